@@ -1,0 +1,98 @@
+"""The `useg` command line: a thin front end over the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from useg.errors import UsegError
+
+TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--data", dict(help="data folder (Ovatus, images/+masks/, or MMOTU OTU_2d); default: embedded synthetic set")),
+    ("--annotations", dict(help="the Ovatus mapping_normalized4.jsonl when it is not beside US_map4/")),
+    ("--label", dict(type=int, help="for label-map masks: the label value that is foreground")),
+    ("--classes", dict(help="comma-separated class names to train on (default: all)")),
+    ("--config", dict(help="YAML or TOML file with the same keys as these flags")),
+    ("--epochs", dict(type=int, help="total epochs (default 12)")),
+    ("--batch-size", dict(type=int, help="targets per optimisation step (default 8)")),
+    ("--support-size", dict(type=int, help="support images per target (default 8)")),
+    ("--image-size", dict(type=int, help="square input size in pixels (default 64)")),
+    ("--widths", dict(help="channels per level, e.g. 64,64,64,64 (official) (default 32,32,32,32)")),
+    ("--lr", dict(type=float, help="Adam learning rate (default 1e-3)")),
+    ("--loss", dict(choices=["dice", "dice+bce"], help="training loss (default dice)")),
+    ("--seed", dict(type=int, help="random seed; 0 is a real seed (default 0)")),
+    ("--samples-per-epoch", dict(type=int, help="training tasks per epoch (default 256)")),
+    ("--split-file", dict(help="JSON {train: [ids], val: [ids], test: [ids]} overriding the seeded split")),
+    ("--pretrained", dict(help="initialise from an official-format UniverSeg weight file (a plain state_dict)")),
+    ("--save-every-steps", dict(type=int, help="also rewrite latest_checkpoint.pt every N steps")),
+    ("--save-every-minutes", dict(type=float, help="also rewrite latest_checkpoint.pt every M minutes")),
+    ("--vis-every", dict(type=int, help="write prediction pictures every N epochs (0: never; default 1)")),
+    ("--vis-count", dict(type=int, help="validation targets pictured each time (default 3)")),
+    ("--num-threads", dict(type=int, help="CPU threads for torch (default: torch's choice)")),
+]
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", help="run folder with checkpoints/, logs/, visualizations_training/ (default .)")
+    for flag, options in TRAIN_FLAGS:
+        parser.add_argument(flag, **options)
+    parser.add_argument("--quiet", action="store_true", default=None, help="epoch summaries only (for logs)")
+    parser.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="useg", description="Train and manage UniverSeg runs.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="train UniverSeg (or resume with --resume)")
+    add_train_flags(train)
+    train.add_argument("--resume", nargs="?", const="latest", metavar="WHICH",
+                       help="latest (default), best, an epoch number, or a checkpoint path")
+    train.add_argument("--overwrite", action="store_true", help="set existing checkpoints aside and start afresh")
+    resume = commands.add_parser("resume", help="resume training: latest, best, EPOCH or PATH")
+    resume.add_argument("which", nargs="?", default="latest")
+    add_train_flags(resume)
+    from useg import manage_cli
+
+    manage_cli.add_commands(commands)
+    return parser
+
+
+def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys given on the command line (None where not given)."""
+    from useg.config import config_keys
+
+    return {key: getattr(args, key, None) for key in config_keys()}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from useg.config import build_config, read_config_file
+    from useg.train import TrainingInterrupted, resume_config, train
+
+    resume = args.which if args.command == "resume" else args.resume
+    file_layer = read_config_file(args.config) if args.config else {}
+    flags = flag_layer(args)
+    run_dir = flags["run_dir"] or file_layer.get("run_dir") or "."
+    saved = resume_config(run_dir, resume) if resume is not None else {}
+    cfg = build_config(saved, file_layer, flags, {"run_dir": run_dir})
+    try:
+        train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
+    except TrainingInterrupted as stop:
+        print(str(stop), file=sys.stderr)
+        return stop.exit_code
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `useg` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("train", "resume"):
+            return run_train(args)
+        return args.handler(args)
+    except UsegError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("aborted: every file on disk is whole; resume with --resume latest", file=sys.stderr)
+        return 130

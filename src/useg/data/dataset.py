@@ -1,0 +1,121 @@
+"""The in-memory dataset every layout loads into, and `load_dataset`, which picks the layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from useg.errors import ConfigError, DataError
+
+ACCEPTED_LAYOUTS = (
+    "an Ovatus folder (US_map4/ + mapping_normalized4.jsonl), "
+    "images/ + masks/ with matching file names, "
+    "or MMOTU OTU_2d (images/ + annotations/<id>_binary.PNG)"
+)
+
+
+@dataclass
+class SegDataset:
+    """Images, one binary mask per class, and anonymous patient and image identities."""
+
+    images: np.ndarray  # (N, H, W) float32 in [0, 1]
+    masks: np.ndarray  # (N, C, H, W) bool; classes may overlap
+    classes: list[str]
+    patients: np.ndarray  # (N,) int64, 0..P-1
+    ids: list[str]  # "p{patient:03d}_i{image:03d}", never a patient name
+    source: str  # "synthetic" | "ovatus" | "folders" | "mmotu"
+    report: dict[str, int]
+    predefined_split: dict[str, list[int]] | None = None
+
+    def __post_init__(self) -> None:
+        n, c = len(self.images), len(self.classes)
+        if self.images.ndim != 3 or self.masks.shape != (n, c, *self.images.shape[1:]):
+            raise ValueError(f"masks {self.masks.shape} do not match images {self.images.shape} and {c} classes")
+        if self.patients.shape != (n,) or len(self.ids) != n:
+            raise ValueError("patients and ids need one entry per image")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_patients(self) -> int:
+        return len(np.unique(self.patients))
+
+    def class_presence(self) -> np.ndarray:
+        """(N, C) bool: image n has a non-empty mask of class c."""
+        return self.masks.any(axis=(2, 3))
+
+
+def image_id(patient: int, image: int) -> str:
+    return f"p{patient:03d}_i{image:03d}"
+
+
+def select_classes(available: list[str], wanted: list[str] | None) -> list[int]:
+    """Indices of the wanted classes, kept in the layout's fixed order."""
+    if wanted is None:
+        return list(range(len(available)))
+    unknown = [name for name in wanted if name not in available]
+    if unknown:
+        raise DataError(f"unknown class {', '.join(unknown)}; valid classes: {', '.join(available)}")
+    return [index for index, name in enumerate(available) if name in wanted]
+
+
+def single_class_name(default: str, wanted: list[str] | None, layout: str) -> str:
+    """Single-class layouts accept at most one class name, which renames their class."""
+    if not wanted:
+        return default
+    if len(wanted) > 1:
+        raise DataError(f"the {layout} layout has one class; pass at most one class name, not {len(wanted)}")
+    return wanted[0]
+
+
+def class_report(masks: np.ndarray, classes: list[str]) -> dict[str, int]:
+    """Number of images with a non-empty mask, per class."""
+    counts = masks.any(axis=(2, 3)).sum(axis=0) if len(masks) else np.zeros(len(classes), int)
+    return {f"masks_{name}": int(count) for name, count in zip(classes, counts)}
+
+
+def no_usable_images(where: str, what_to_check: str) -> DataError:
+    return DataError(f"no usable images in {where}; {what_to_check}")
+
+
+def load_dataset(
+    data: str | Path | None,
+    *,
+    image_size: int = 128,
+    annotations: str | Path | None = None,
+    label: int | None = None,
+    classes: list[str] | None = None,
+    seed: int = 0,
+) -> SegDataset:
+    """Load `data` (a folder, or None for the synthetic set) at `image_size` x `image_size`."""
+    from useg.data import folders, mmotu, ovatus, synthetic
+
+    if image_size < 1:
+        raise ConfigError(f"--image-size must be a positive number of pixels, not {image_size}")
+    if data is None:
+        return synthetic.make_synthetic(image_size=image_size, seed=seed, classes=classes)
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; pass --data with {ACCEPTED_LAYOUTS}")
+    if not root.is_dir():
+        raise DataError(f"--data {root} is a file; pass the folder holding {ACCEPTED_LAYOUTS}")
+    if ovatus.is_ovatus(root, annotations):
+        _reject_label(label, "Ovatus")
+        return ovatus.load_ovatus(root, image_size=image_size, annotations=annotations, classes=classes)
+    if annotations is not None:
+        raise DataError(f"--annotations applies only to the Ovatus layout, but {root} holds no US_map4/ folder")
+    if folders.is_folders(root):
+        return folders.load_folders(root, image_size=image_size, label=label, classes=classes)
+    mmotu_root = mmotu.find_mmotu(root)
+    if mmotu_root is not None:
+        _reject_label(label, "MMOTU")
+        return mmotu.load_mmotu(mmotu_root, image_size=image_size, classes=classes)
+    raise DataError(f"unknown data layout in {root}; expected {ACCEPTED_LAYOUTS}")
+
+
+def _reject_label(label: int | None, layout: str) -> None:
+    if label is not None:
+        raise DataError(f"--label applies only to the images/ + masks/ layout, not to {layout} data")

@@ -1,0 +1,122 @@
+"""Training history: per-epoch lists kept in checkpoints, the JSON log, the table and the curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from useg.checkpoint import atomic_write_json
+
+# Per-epoch lists; index i holds epoch i + 1. The first four are the seed's names.
+EPOCH_KEYS = (
+    "train_loss", "val_dice", "val_dice_per_class", "val_dice_std", "val_dice_min", "val_dice_max",
+    "lr", "epoch_time_s", "samples_per_s", "checkpoint_time_s", "checkpoints_written",
+)
+
+
+def new_history() -> dict[str, Any]:
+    """An empty history: the per-epoch lists plus best_val_dice / best_epoch."""
+    history: dict[str, Any] = {key: [] for key in EPOCH_KEYS}
+    history.update(best_val_dice=None, best_epoch=None, resumed_at=[])
+    return history
+
+
+def append_epoch(history: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Add one epoch's numbers; returns True when its val Dice is a new best."""
+    for key in EPOCH_KEYS:
+        history[key].append(record.get(key))
+    epoch = len(history["train_loss"])
+    val_dice = record["val_dice"]
+    improved = history["best_val_dice"] is None or val_dice > history["best_val_dice"]
+    if improved:
+        history["best_val_dice"], history["best_epoch"] = val_dice, epoch
+    return improved
+
+
+def epoch_rows(history: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history as one dict per epoch (what pandas.DataFrame wants)."""
+    count = len(history["train_loss"])
+    return [{"epoch": i + 1, **{key: history[key][i] for key in EPOCH_KEYS}} for i in range(count)]
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_log_name() -> str:
+    return f"training_{datetime.now().strftime('%Y%m%d_%H%M%S')}.json"
+
+
+def read_log(path: Path) -> dict[str, Any] | None:
+    """The log at `path`, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def latest_log(logs_dir: Path) -> Path | None:
+    """The newest training log in a run's logs folder."""
+    logs = sorted(Path(logs_dir).glob("training_*.json"))
+    return logs[-1] if logs else None
+
+
+def write_log(path: Path, log: dict[str, Any], history: dict[str, Any]) -> None:
+    """Rewrite the JSON log atomically, with the per-epoch records derived from `history`."""
+    log = dict(log, history=history, epochs=epoch_rows(history), updated=utc_now())
+    atomic_write_json(path, log)
+
+
+def format_dice(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+
+def history_table(history: dict[str, Any], title: str = "Training history") -> Table:
+    """A rich table of epochs with loss, Dice and time; the best epoch is starred."""
+    table = Table(title=title)
+    for name in ("epoch", "train loss", "val Dice", "lr", "time (s)", ""):
+        table.add_column(name, justify="right")
+    resumed = set(history.get("resumed_at") or [])
+    for row in epoch_rows(history):
+        marks = []
+        if row["epoch"] == history.get("best_epoch"):
+            marks.append("* best")
+        if row["epoch"] - 1 in resumed and row["epoch"] > 1:
+            marks.append("resumed")
+        time_s = row["epoch_time_s"]
+        table.add_row(str(row["epoch"]), format_dice(row["train_loss"]), format_dice(row["val_dice"]),
+                      "-" if row["lr"] is None else f"{row['lr']:.2e}",
+                      "-" if time_s is None else f"{time_s:.1f}", " ".join(marks))
+    return table
+
+
+def plot_curves(history: dict[str, Any], path: Path) -> Path:
+    """Save loss and val Dice against epoch, best epoch and resume points marked, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = list(range(1, len(history["train_loss"]) + 1))
+    fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(epochs, history["train_loss"], marker="o", markersize=3)
+    loss_ax.set(title="Training loss", xlabel="epoch", ylabel="loss")
+    dice_ax.plot(epochs, history["val_dice"], marker="o", markersize=3, color="tab:green")
+    dice_ax.set(title="Validation Dice", xlabel="epoch", ylabel="Dice", ylim=(0, 1))
+    if history.get("best_epoch"):
+        dice_ax.axvline(history["best_epoch"], color="tab:red", linestyle="--", label=f"best (epoch {history['best_epoch']})")
+    for i, resumed in enumerate(r for r in history.get("resumed_at") or [] if r > 0):
+        for ax in (loss_ax, dice_ax):
+            ax.axvline(resumed + 0.5, color="grey", linestyle=":", label="resumed" if i == 0 and ax is dice_ax else None)
+    dice_ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

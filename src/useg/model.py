@@ -1,0 +1,249 @@
+"""UniverSeg: in-context segmentation of a target image from a support set of (image, label) pairs.
+
+Parameter names and the computed function match the official v1 model, so its
+weight file loads with `strict=True`. Shapes in comments: B batch, S support
+size, C channels, H W image size; the target always carries a size-1 S axis.
+"""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+import pickle
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from useg.errors import CheckpointError, ConfigError
+
+CROSS_IMPLS = ("split", "concat")
+
+
+def _init_conv(conv: nn.Conv2d, nonlinearity: str) -> None:
+    nn.init.kaiming_normal_(conv.weight, nonlinearity=nonlinearity)
+    nn.init.zeros_(conv.bias)
+
+
+class ConvOp(nn.Module):
+    """Conv (same padding) with an optional LeakyReLU, on "N C H W"."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, activation: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.activation = nn.LeakyReLU(0.01) if activation else nn.Identity()
+        _init_conv(self.conv, "leaky_relu" if activation else "linear")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.conv(x))
+
+
+class Vmap(nn.Module):
+    """Applies a "N C H W" module to every element of a "B S C H W" tensor."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.vmapped = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vmapped(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+def _vmap(fn, x: torch.Tensor) -> torch.Tensor:
+    return fn(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+class CrossOp(nn.Module):
+    """3x3 conv over cat(target, support_s) for every support element s; no nonlinearity.
+
+    "concat" builds every pair explicitly (the reference). "split" uses
+    conv(cat(t, s), W) = conv(t, W_t) + conv(s, W_s) + b, so the target half is
+    computed once per target instead of once per pair. Both own the same
+    `cross_conv` weight (out, c_t + c_s, 3, 3) and bias.
+    """
+
+    def __init__(self, in_channels: tuple[int, int], out_channels: int, impl: str = "split"):
+        super().__init__()
+        self.target_channels, self.support_channels = in_channels
+        self.impl = impl
+        self.cross_conv = nn.Conv2d(sum(in_channels), out_channels, kernel_size=3, padding=1)
+        _init_conv(self.cross_conv, "linear")
+
+    def forward(self, target: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        # target: B 1 Ct H W, support: B S Cs H W -> B S Co H W
+        if self.impl == "concat":
+            return self._concat(target, support)
+        return self._split(target, support)
+
+    def _concat(self, target: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        pairs = torch.cat([target.expand(-1, support.shape[1], -1, -1, -1), support], dim=2)  # B S Ct+Cs H W
+        return _vmap(lambda x: F.conv2d(x, self.cross_conv.weight, self.cross_conv.bias, padding=1), pairs)
+
+    def _split(self, target: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.cross_conv.weight, self.cross_conv.bias
+        w_target, w_support = weight.split([self.target_channels, self.support_channels], dim=1)
+        target_part = _vmap(lambda x: F.conv2d(x, w_target, bias, padding=1), target)  # B 1 Co H W
+        support_part = _vmap(lambda x: F.conv2d(x, w_support, padding=1), support)  # B S Co H W
+        # In place is safe: conv2d's backward needs its inputs, not its output.
+        return support_part.add_(target_part)
+
+
+class CrossBlock(nn.Module):
+    """Cross conv over all pairs; mean over S is the new target; then separate conv paths."""
+
+    def __init__(self, in_channels: tuple[int, int], cross_features: int, conv_features: int, impl: str = "split"):
+        super().__init__()
+        self.cross = CrossOp(in_channels, cross_features, impl)
+        self.target = Vmap(ConvOp(cross_features, conv_features))
+        self.support = Vmap(ConvOp(cross_features, conv_features))
+
+    def forward(self, target: torch.Tensor, support: torch.Tensor, need_support: bool = True):
+        interaction = self.cross(target, support)  # B S C H W
+        target = self.target(interaction.mean(dim=1, keepdim=True))  # B 1 C H W
+        # The last decoder block's support output is never used: skip its conv.
+        support = self.support(interaction) if need_support else None  # B S C H W
+        return target, support
+
+
+class UniverSeg(nn.Module):
+    """forward(target (B,1,H,W), support images (B,S,1,H,W), support labels (B,S,1,H,W)) -> logits (B,1,H,W)."""
+
+    def __init__(self, widths: Sequence[int] = (64, 64, 64, 64), cross_impl: str = "split"):
+        super().__init__()
+        self.widths = tuple(widths)
+        self.cross_impl = cross_impl
+        in_channels = (1, 2)  # target image; support image + label
+        skips = []
+        self.enc_blocks = nn.ModuleList()
+        for width in self.widths:
+            self.enc_blocks.append(CrossBlock(in_channels, width, width, cross_impl))
+            in_channels = (width, width)
+            skips.append(in_channels)
+        self.dec_blocks = nn.ModuleList()
+        for width, (skip_t, skip_s) in zip(self.widths[-2::-1], skips[-2::-1]):
+            in_channels = (in_channels[0] + skip_t, in_channels[1] + skip_s)  # upsampled, then skip
+            self.dec_blocks.append(CrossBlock(in_channels, width, width, cross_impl))
+            in_channels = (width, width)
+        self.out_conv = ConvOp(in_channels[0], 1, kernel_size=1, activation=False)
+
+    def forward(self, target_image: torch.Tensor, support_images: torch.Tensor, support_labels: torch.Tensor):
+        self._check_inputs(target_image, support_images, support_labels)
+        target = target_image.unsqueeze(1)  # B 1 1 H W
+        support = torch.cat([support_images, support_labels.to(support_images.dtype)], dim=2)  # B S 2 H W
+        skips = []
+        for level, block in enumerate(self.enc_blocks):
+            target, support = block(target, support)
+            if level < len(self.enc_blocks) - 1:
+                skips.append((target, support))
+                target, support = _vmap(_downsample, target), _vmap(_downsample, support)
+        for level, block in enumerate(self.dec_blocks):
+            skip_target, skip_support = skips.pop()
+            target = torch.cat([_vmap(_upsample, target), skip_target], dim=2)
+            support = torch.cat([_vmap(_upsample, support), skip_support], dim=2)
+            target, support = block(target, support, need_support=level < len(self.dec_blocks) - 1)
+        return self.out_conv(target.squeeze(1))  # B 1 H W
+
+    def _check_inputs(self, target_image, support_images, support_labels) -> None:
+        if target_image.dim() != 4 or target_image.shape[1] != 1:
+            raise ConfigError(f"target image has shape {tuple(target_image.shape)}; expected (B, 1, H, W)")
+        B, _, H, W = target_image.shape
+        for name, tensor in (("support images", support_images), ("support labels", support_labels)):
+            if tensor.dim() != 5 or tensor.shape[0] != B or tensor.shape[2] != 1 or tensor.shape[3:] != (H, W):
+                raise ConfigError(f"{name} have shape {tuple(tensor.shape)}; expected (B, S, 1, H, W) = ({B}, S, 1, {H}, {W})")
+        factor = 2 ** (len(self.widths) - 1)
+        if H % factor or W % factor:
+            raise ConfigError(
+                f"image size {H}x{W} is not divisible by {factor} (needed by {len(self.widths)} levels); "
+                f"resize images to a multiple of {factor}, e.g. 128x128"
+            )
+
+
+def _downsample(x: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(x, kernel_size=2, stride=2)
+
+
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    # Same as nn.UpsamplingBilinear2d(scale_factor=2), which the official model uses.
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+def build_universeg(widths: Sequence[int] = (64, 64, 64, 64), cross_impl: str = "split") -> UniverSeg:
+    """Builds UniverSeg; the defaults are the official v1 architecture."""
+    widths = tuple(widths)
+    if len(widths) < 2 or not all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+        raise ConfigError(f"--widths {widths} is invalid; give at least 2 positive integers, e.g. 64,64,64,64")
+    if cross_impl not in CROSS_IMPLS:
+        raise ConfigError(f"cross_impl {cross_impl!r} is unknown; use one of {', '.join(CROSS_IMPLS)}")
+    return UniverSeg(widths, cross_impl)
+
+
+def model_config(model: UniverSeg) -> dict:
+    """A plain JSON-able dict from which `build_from_config` rebuilds the model."""
+    return {"widths": list(model.widths), "cross_impl": model.cross_impl}
+
+
+def build_from_config(cfg: Mapping) -> UniverSeg:
+    if "widths" not in cfg:
+        raise ConfigError(f"model config {dict(cfg)} has no 'widths'; expected e.g. {{'widths': [64, 64, 64, 64]}}")
+    return build_universeg(cfg["widths"], cfg.get("cross_impl", "split"))
+
+
+def infer_widths(state_dict: Mapping) -> tuple[int, ...] | None:
+    """The encoder widths a UniverSeg state_dict was built with, or None if it does not look like one."""
+    widths = []
+    while (weight := state_dict.get(f"enc_blocks.{len(widths)}.cross.cross_conv.weight")) is not None:
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+            return None
+        widths.append(int(weight.shape[0]))
+    return tuple(widths) if len(widths) >= 2 else None
+
+
+def load_pretrained(model: UniverSeg, path: str | Path) -> None:
+    """Loads an official-format weight file (plain state_dict) or our checkpoint's `model_state_dict`."""
+    state_dict = _read_state_dict(Path(path))
+    problems = _mismatches(model.state_dict(), state_dict)
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        widths = infer_widths(state_dict)
+        hint = (
+            f"the file's widths are {','.join(map(str, widths))}: build the model with --widths {','.join(map(str, widths))}"
+            if widths and widths != model.widths
+            else "the file does not match this UniverSeg architecture"
+        )
+        raise CheckpointError(f"weights in {path} do not fit the model ({shown}); {hint}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _read_state_dict(path: Path) -> Mapping:
+    if not path.is_file():
+        raise CheckpointError(f"weight file {path} not found; check the path")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        culprit = f" of {found.group(1)}" if found else ""
+        raise CheckpointError(
+            f"weight file {path} was refused: it needs unsafe unpickling{culprit}; "
+            "save a plain state_dict of tensors instead"
+        ) from None
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"weight file {path} is unreadable ({type(error).__name__}); re-download or re-save it") from None
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("model_state_dict"), Mapping):
+        loaded = loaded["model_state_dict"]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"weight file {path} holds no state_dict of tensors; expected a torch.save'd state_dict")
+    return loaded
+
+
+def _mismatches(expected: Mapping, found: Mapping) -> list[str]:
+    problems = [
+        f"{k}: file {_shape(found[k])}, model {_shape(v)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    problems += [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    return problems
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "scalar"
