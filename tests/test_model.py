@@ -119,7 +119,8 @@ def test_output_is_invariant_to_support_order():
     model = seeded_model(0, widths=TINY)
     target, images, labels = make_inputs(batch=2, support=5)
     order = torch.tensor([3, 0, 4, 2, 1])
-    torch.testing.assert_close(model(target, images[:, order], labels[:, order]), model(target, images, labels), atol=1e-5, rtol=1e-5)
+    permuted = model(target, images[:, order], labels[:, order])
+    torch.testing.assert_close(permuted, model(target, images, labels), atol=1e-5, rtol=1e-5)
 
 
 def test_infer_widths():

@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsegError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except PermissionError as err:
+        print(f"error: cannot write {err.filename}: permission denied; use a writable --run-dir", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("aborted: every file on disk is whole; resume with --resume latest", file=sys.stderr)
         return 130

@@ -1,9 +1,148 @@
-"""`useg checkpoints ...`, `useg history`, `useg menu`: thin front ends over useg.checkpoint."""
+"""`useg checkpoints ...` and `useg history`: thin front ends over useg.manage and useg.checkpoint."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from useg import manage
+from useg.errors import UsegError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register the management subcommands."""
+    """Register `checkpoints`, `history` and `menu`."""
+    checkpoints = commands.add_parser("checkpoints", help="list, check, clean and export a run's checkpoints")
+    actions = checkpoints.add_subparsers(dest="action", required=True, metavar="ACTION")
+    specs = {
+        "list": ("table of every checkpoint (no tensors loaded)", cmd_list, []),
+        "latest": ("details of the latest checkpoint and how to resume", cmd_latest, []),
+        "info": ("details of one checkpoint file", cmd_info, [("path", {})]),
+        "verify": ("check one file or all: exit 0 only if all are valid", cmd_verify, [("path", {"nargs": "?"})]),
+        "clean": ("keep the N newest periodic checkpoints (latest and best always stay)", cmd_clean,
+                  [("--keep", {"type": int, "required": True}), ("--dry-run", {"action": "store_true"})]),
+        "export": ("write the model weights alone (.safetensors or .pt) plus metadata JSON", cmd_export,
+                   [("path", {}), ("out", {})]),
+    }
+    for name, (help_text, handler, arguments) in specs.items():
+        parser = actions.add_parser(name, help=help_text)
+        add_common(parser)
+        for flag, options in arguments:
+            parser.add_argument(flag, **options)
+        parser.set_defaults(handler=handler)
+    history = commands.add_parser("history", help="table of epochs and training_curves.png")
+    add_common(history)
+    history.set_defaults(handler=cmd_history)
+    menu = commands.add_parser("menu", help="interactive training manager")
+    menu.add_argument("--run-dir", default=".", help="run folder (default .)")
+    menu.set_defaults(handler=cmd_menu)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", default=".", help="run folder (default .)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (schema in CHECKPOINT_GUIDE.md)")
+
+
+def console() -> Console:
+    return Console(highlight=False)
+
+
+def cmd_list(args) -> int:
+    infos = manage.run_checkpoints(args.run_dir)
+    if args.json:
+        manage.print_json([info.to_dict() for info in infos])
+    else:
+        console().print(manage.list_table(infos, f"Checkpoints in {Path(args.run_dir) / 'checkpoints'}"))
+    return 0
+
+
+def show_details(details: dict, as_json: bool) -> int:
+    if as_json:
+        manage.print_json(details)
+    else:
+        print("\n".join(manage.info_lines(details)))
+    return 0
+
+
+def cmd_latest(args) -> int:
+    manage.run_checkpoints(args.run_dir)  # a clear error when the run has none
+    latest = manage.checkpoints_dir(args.run_dir) / "latest_checkpoint.pt"
+    if not latest.is_file():
+        raise UsegError(f"{latest} is missing; see what the run holds with: useg checkpoints list --run-dir {args.run_dir}")
+    return show_details(manage.describe(latest, args.run_dir), args.json)
+
+
+def cmd_info(args) -> int:
+    return show_details(manage.describe(args.path), args.json)
+
+
+def cmd_verify(args) -> int:
+    from useg.checkpoint import verify_checkpoint
+
+    if args.path:
+        if not Path(args.path).exists():
+            raise UsegError(f"{args.path} does not exist")
+        results = [verify_checkpoint(Path(args.path))]
+    else:
+        results = [verify_checkpoint(info.path) for info in manage.run_checkpoints(args.run_dir)]
+    rows = [{"path": str(r.path), "status": r.status, "valid": r.status == "ok", "reason": r.reason} for r in results]
+    if args.json:
+        manage.print_json(rows)
+    else:
+        for row in rows:
+            print(f"{'ok' if row['valid'] else 'BAD'}  {row['path']}" + ("" if row["valid"] else f": {row['status']}: {row['reason']}"))
+    bad = sum(not row["valid"] for row in rows)
+    if not args.json:
+        print(f"{len(rows) - bad} valid, {bad} invalid")
+    return 1 if bad else 0
+
+
+def cmd_clean(args) -> int:
+    from useg.checkpoint import CheckpointManager, bytes_freed
+
+    if args.keep < 1:
+        raise UsegError(f"--keep must be at least 1 (got {args.keep}); latest and best are always kept anyway")
+    folder = manage.checkpoints_dir(args.run_dir)
+    manage.run_checkpoints(args.run_dir)
+    with CheckpointManager(folder, total_epochs=1, lock=not args.dry_run, warn=lambda m: None) as manager:
+        removed = manager.clean(keep=args.keep, dry_run=args.dry_run)
+    freed = bytes_freed(removed)
+    if args.json:
+        manage.print_json({"dry_run": args.dry_run, "removed": [info.to_dict() for info in removed], "freed_bytes": freed})
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for info in removed:
+        print(f"{verb} {info.path}")
+    print(f"{verb} {len(removed)} checkpoint(s), {'would free' if args.dry_run else 'freed'} {manage.format_size(freed)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    result = manage.export_weights(args.path, args.out)
+    if args.json:
+        manage.print_json(result)
+    else:
+        print(f"wrote {result['path']} ({result['parameters']:,} parameters) and {result['metadata_path']}")
+    return 0
+
+
+def cmd_history(args) -> int:
+    from useg.history import epoch_rows, history_table, plot_curves
+
+    history = manage.run_history(args.run_dir)
+    curves = plot_curves(history, Path(args.run_dir) / "training_curves.png")
+    if args.json:
+        manage.print_json({"best_val_dice": history["best_val_dice"], "best_epoch": history["best_epoch"],
+                           "resumed_at": history.get("resumed_at", []), "epochs": epoch_rows(history),
+                           "curves": str(curves)})
+    else:
+        console().print(history_table(history))
+        print(f"curves saved to {curves}")
+    return 0
+
+
+def cmd_menu(args) -> int:
+    from useg.menu import run_menu
+
+    return run_menu(args.run_dir)

@@ -148,7 +148,8 @@ class UniverSeg(nn.Module):
         B, _, H, W = target_image.shape
         for name, tensor in (("support images", support_images), ("support labels", support_labels)):
             if tensor.dim() != 5 or tensor.shape[0] != B or tensor.shape[2] != 1 or tensor.shape[3:] != (H, W):
-                raise ConfigError(f"{name} have shape {tuple(tensor.shape)}; expected (B, S, 1, H, W) = ({B}, S, 1, {H}, {W})")
+                expected = f"(B, S, 1, H, W) = ({B}, S, 1, {H}, {W})"
+                raise ConfigError(f"{name} have shape {tuple(tensor.shape)}; expected {expected}")
         factor = 2 ** (len(self.widths) - 1)
         if H % factor or W % factor:
             raise ConfigError(
@@ -204,8 +205,9 @@ def load_pretrained(model: UniverSeg, path: str | Path) -> None:
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         widths = infer_widths(state_dict)
+        flag = ",".join(map(str, widths or ()))
         hint = (
-            f"the file's widths are {','.join(map(str, widths))}: build the model with --widths {','.join(map(str, widths))}"
+            f"the file's widths are {flag}: build the model with --widths {flag}"
             if widths and widths != model.widths
             else "the file does not match this UniverSeg architecture"
         )
@@ -226,7 +228,8 @@ def _read_state_dict(path: Path) -> Mapping:
             "save a plain state_dict of tensors instead"
         ) from None
     except Exception as error:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"weight file {path} is unreadable ({type(error).__name__}); re-download or re-save it") from None
+        reason = type(error).__name__
+        raise CheckpointError(f"weight file {path} is unreadable ({reason}); re-download or re-save it") from None
     if isinstance(loaded, Mapping) and isinstance(loaded.get("model_state_dict"), Mapping):
         loaded = loaded["model_state_dict"]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

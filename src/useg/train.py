@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 import useg
-from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, read_metadata, restore_rng_state
+from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, read_metadata, resolve_checkpoint
+from useg.checkpoint import restore_rng_state
 from useg.config import TrainConfig, changed_keys, incompatible_keys
 from useg.data import Split, TaskSampler, load_dataset, make_batch, split_by_patient, validation_tasks
 from useg.errors import CheckpointError, ConfigError
@@ -97,8 +98,10 @@ class Run:
 
 def resume_config(run_dir: str | Path, which: str) -> dict[str, Any]:
     """The config saved with the checkpoint `which` names (read from its sidecar, no tensors)."""
-    manager = CheckpointManager(run_paths(run_dir).checkpoints, total_epochs=1, lock=False, warn=lambda message: None)
-    meta = read_metadata(manager.resolve(which)) or {}
+    folder = run_paths(run_dir).checkpoints
+    if not folder.is_dir():
+        raise CheckpointError(f"no checkpoint to resume from: {folder} does not exist; start with useg train")
+    meta = read_metadata(resolve_checkpoint(folder, which, warn=lambda message: None)) or {}
     return dict(meta.get("config") or {})
 
 
@@ -239,6 +242,7 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
 
 def open_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
     """Start the JSON log, or continue the one the run has been writing."""
+    run.log_path.parent.mkdir(parents=True, exist_ok=True)
     previous = read_log(run.log_path) if state is not None else None
     session = {"started": utc_now(), "resumed_from": resumed_from,
                "start_epoch": run.start_epoch, "start_batch": run.start_batch}
@@ -377,15 +381,18 @@ def training_state(run: Run, epoch: int, position: tuple[int, int, float, int]) 
 
 
 def save_epoch_checkpoint(run: Run, epoch: int, record: dict[str, Any]) -> None:
-    """Checkpoint after a finished epoch, then rewrite the log with its timing and files."""
-    before = {p.name: p.stat().st_mtime_ns for p in run.paths.checkpoints.glob("*.pt")}
+    """Checkpoint after a finished epoch (written in the background), then rewrite the log."""
+    manager = run.manager
+    written = ["latest_checkpoint.pt"]
+    if epoch in manager.scheduled_epochs:
+        written.append(f"epoch_{epoch:03d}_checkpoint.pt")
+    if manager.best_val_dice is None or record["val_dice"] > manager.best_val_dice:
+        written.append("best_model.pt")
+    run.history["checkpoints_written"][-1] = written
     started = time.perf_counter()
-    run.manager.save(training_state(run, epoch, (epoch, 0, 0.0, 0)), epoch=epoch,
-                     val_dice=record["val_dice"], train_loss=record["train_loss"])
+    manager.save(training_state(run, epoch, (epoch, 0, 0.0, 0)), epoch=epoch,
+                 val_dice=record["val_dice"], train_loss=record["train_loss"])
     run.history["checkpoint_time_s"][-1] = round(time.perf_counter() - started, 4)
-    run.manager.wait()
-    after = {p.name: p.stat().st_mtime_ns for p in run.paths.checkpoints.glob("*.pt")}
-    run.history["checkpoints_written"][-1] = sorted(name for name, t in after.items() if before.get(name) != t)
     write_log(run.log_path, run.log, run.history)
 
 

@@ -91,15 +91,15 @@ def remove_quietly(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def explain_write_errors(directory: Path, nbytes: int) -> Iterator[None]:
+def explain_write_errors(directory: Path, nbytes: int | None = None) -> Iterator[None]:
     """Turn a full disk or an unwritable folder into a one-line CheckpointError."""
     try:
         yield
     except OSError as error:
         if error.errno in _FULL_DISK:
+            needs = f": writing needs {nbytes} bytes" if nbytes else ""
             raise CheckpointError(
-                f"not enough space in {directory}: writing needs {nbytes} bytes; "
-                "free some space (e.g. `useg clean`) or use another --run-dir"
+                f"not enough space in {directory}{needs}; free some space (e.g. `useg clean`) or use another --run-dir"
             ) from error
         if error.errno in _NOT_WRITABLE:
             raise CheckpointError(

@@ -1,0 +1,161 @@
+"""Checksums, sidecars and verification: is this file exactly the checkpoint we wrote, and safe to load?
+
+Every checkpoint `NAME.pt` has a sidecar `NAME.pt.json` recording the sha256 and size
+of its bytes (see publish.py for how the two stay consistent through a crash).
+Verification never executes the pickle: it hashes the bytes and lists the globals
+the pickle would import (torch's static disassembly), nothing more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+
+from .layout import pending_path, sidecar_path
+
+STATUSES = ("ok", "corrupt", "missing-checksum", "missing", "unsafe")
+_CHUNK = 4 * 1024 * 1024
+_RETRIES_WHEN_REPLACED = 3
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of checking one checkpoint file; `status` is one of STATUSES."""
+
+    path: Path
+    status: str
+    reason: str = ""
+    metadata: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the file is exactly what was written and safe to load."""
+        return self.status == "ok"
+
+
+def sha256_bytes(data: bytes | memoryview) -> str:
+    """Hex sha256 of bytes already in memory."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_stream(handle: BinaryIO) -> str:
+    """Hex sha256 of an open file from its start, read in chunks so size never matters."""
+    handle.seek(0)
+    digest = hashlib.sha256()
+    while chunk := handle.read(_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_sidecar(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """Read one sidecar file: (its dict, "") or (None, why it is unusable)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            sidecar = json.load(handle)
+    except FileNotFoundError:
+        return None, f"no checksum sidecar {path.name}"
+    except (OSError, ValueError) as error:
+        return None, f"sidecar {path.name} is unreadable ({error})"
+    if not isinstance(sidecar, dict) or not _has_checksum(sidecar):
+        return None, f"sidecar {path.name} lacks sha256/size_bytes"
+    return sidecar, ""
+
+
+def verify_checkpoint(path: str | os.PathLike) -> VerifyResult:
+    """Check a checkpoint against its sidecar and for unsafe pickle globals; never runs the pickle."""
+    result, handle = open_verified(path)
+    if handle is not None:
+        handle.close()
+    return result
+
+
+def open_verified(path: str | os.PathLike) -> tuple[VerifyResult, BinaryIO | None]:
+    """Verify `path` and, when it is ok, return the open file that was checked (positioned at 0).
+
+    Loading from this handle reads exactly the verified bytes, even if a writer
+    replaces the file by name a moment later.
+    """
+    path = Path(path)
+    for _ in range(_RETRIES_WHEN_REPLACED):
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            return VerifyResult(path, "missing", f"{path.name} does not exist"), None
+        result = _verify_open_file(path, handle)
+        if result.ok:
+            handle.seek(0)
+            return result, handle
+        replaced = _replaced_since_open(path, handle)
+        handle.close()
+        if not replaced:  # a mismatch caused by a concurrent save is retried; a real one is reported
+            break
+    return result, None
+
+
+def unsafe_globals(handle: BinaryIO) -> list[str]:
+    """Globals the pickle would import that weights_only loading refuses (static; runs nothing).
+
+    Raises ValueError/RuntimeError when the file is not a complete torch.save zip archive.
+    """
+    handle.seek(0)
+    return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(handle))
+
+
+def _verify_open_file(path: Path, handle: BinaryIO) -> VerifyResult:
+    candidates, problem = _sidecar_candidates(path)
+    if not candidates:
+        return _verify_without_sidecar(path, handle, problem)
+    size = os.fstat(handle.fileno()).st_size
+    same_size = [c for c in candidates if c["size_bytes"] == size]
+    if not same_size:
+        expected = candidates[0]["size_bytes"]
+        return VerifyResult(path, "corrupt", f"file is {size} bytes but its sidecar records {expected} (truncated or overwritten)")
+    digest = sha256_stream(handle)
+    matching = next((c for c in same_size if c["sha256"] == digest), None)
+    if matching is None:
+        return VerifyResult(path, "corrupt", "sha256 of the file does not match its sidecar (bytes changed on disk)")
+    return _check_pickle(path, handle, matching)
+
+
+def _verify_without_sidecar(path: Path, handle: BinaryIO, problem: str) -> VerifyResult:
+    # Still look inside: an unsafe or truncated file deserves that status more than "no checksum".
+    result = _check_pickle(path, handle, None)
+    if not result.ok:
+        return result
+    return VerifyResult(path, "missing-checksum", f"{problem}, so its bytes cannot be checked")
+
+
+def _check_pickle(path: Path, handle: BinaryIO, metadata: dict | None) -> VerifyResult:
+    try:
+        names = unsafe_globals(handle)
+    except (RuntimeError, ValueError, OSError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return VerifyResult(path, "corrupt", f"not a complete torch.save zip archive, truncated? ({first_line})")
+    if names:
+        return VerifyResult(path, "unsafe", f"its pickle needs globals outside the weights_only allow-list: {', '.join(names)}")
+    return VerifyResult(path, "ok", "", metadata)
+
+
+def _sidecar_candidates(path: Path) -> tuple[list[dict[str, Any]], str]:
+    # The final sidecar first; a pending one (an unfinished save, see publish.py) may describe
+    # the file instead when the process died between the two renames.
+    sidecar, problem = read_sidecar(sidecar_path(path))
+    pending, _ = read_sidecar(pending_path(path))
+    return [c for c in (sidecar, pending) if c is not None], problem
+
+
+def _has_checksum(sidecar: dict[str, Any]) -> bool:
+    return isinstance(sidecar.get("sha256"), str) and type(sidecar.get("size_bytes")) is int
+
+
+def _replaced_since_open(path: Path, handle: BinaryIO) -> bool:
+    try:
+        return os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return True

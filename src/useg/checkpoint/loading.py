@@ -1,0 +1,132 @@
+"""Finding and loading checkpoints: always verified first, always `weights_only=True`.
+
+A file is loaded from the very handle that was verified, so the bytes loaded are the
+bytes checked. Nothing here ever calls `torch.load(..., weights_only=False)`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import torch
+
+from useg.errors import CheckpointError
+
+from .integrity import VerifyResult, open_verified
+from .layout import BEST_NAME, LATEST_NAME, periodic_name
+from .listing import list_checkpoints
+from .state import FORMAT_VERSION
+
+Which = str | int | os.PathLike
+
+_ADVICE = {
+    "missing": "check the path, or run `useg list` to see the run's checkpoints",
+    "missing-checksum": "it cannot be verified; restore its .json sidecar or pick another checkpoint",
+    "corrupt": "it was damaged on disk; resume from another checkpoint (see `useg list`)",
+    "unsafe": "it was not loaded and nothing in it ran; do not use this file",
+}
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Verify `path`, then load it with `weights_only=True` on the CPU; CheckpointError if anything is off."""
+    result, handle = open_verified(path)
+    if handle is None:
+        raise CheckpointError(describe_problem(result))
+    with handle:
+        return load_verified(Path(path), handle)
+
+
+def load_verified(path: Path, handle: BinaryIO) -> dict[str, Any]:
+    """Load an already verified open checkpoint and check that this useg can read its format."""
+    try:
+        state = torch.load(handle, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: refused by weights_only loading ({_first_line(error)}); it was not loaded") from error
+    except (RuntimeError, EOFError) as error:
+        raise CheckpointError(f"{path}: unreadable ({_first_line(error)}); resume from another checkpoint") from error
+    _check_format(path, state)
+    return state
+
+
+def describe_problem(result: VerifyResult) -> str:
+    """One line naming the file, what is wrong with it and what to do."""
+    return f"{result.path}: {result.status}: {result.reason}; {_ADVICE.get(result.status, '')}".rstrip("; ")
+
+
+def checkpoint_path(directory: Path, which: Which) -> Path:
+    """The file `which` names: "latest", "best", an epoch number, or a path (relative ones also tried in `directory`)."""
+    if which == "latest":
+        return directory / LATEST_NAME
+    if which == "best":
+        return directory / BEST_NAME
+    if isinstance(which, int) or (isinstance(which, str) and which.isdigit()):
+        return directory / periodic_name(int(which))
+    path = Path(which)
+    if not path.is_absolute() and not path.exists() and (directory / path).exists():
+        return directory / path
+    return path
+
+
+def open_resolved(directory: Path, which: Which, warn: Callable[[str], None]) -> tuple[Path, BinaryIO]:
+    """Resolve `which` to a verified open checkpoint; "latest" falls back to the newest valid periodic one."""
+    if which == "latest":
+        return _open_latest_or_fallback(directory, warn)
+    path = checkpoint_path(directory, which)
+    result, handle = open_verified(path)
+    if handle is None:
+        raise CheckpointError(describe_problem(result))
+    return path, handle
+
+
+def resolve_checkpoint(directory: str | os.PathLike, which: Which = "latest",
+                       warn: Callable[[str], None] = print) -> Path:
+    """The verified file to load for `which` (see `open_resolved`)."""
+    path, handle = open_resolved(Path(directory), which, warn)
+    handle.close()
+    return path
+
+
+def _open_latest_or_fallback(directory: Path, warn: Callable[[str], None]) -> tuple[Path, BinaryIO]:
+    skipped: list[tuple[str, str]] = []
+    for path in _resume_candidates(directory):
+        result, handle = open_verified(path)
+        if handle is not None:
+            for name, reason in skipped:
+                warn(f"skipped {name}: {reason}; resuming from {path.name}")
+            return path, handle
+        skipped.append((path.name, f"{result.status}, {result.reason}"))
+    details = "; ".join(f"skipped {name}: {reason}" for name, reason in skipped if not reason.startswith("missing,"))
+    raise CheckpointError(f"no checkpoint to resume from in {directory}" + (f" ({details})" if details else ""))
+
+
+def _resume_candidates(directory: Path) -> list[Path]:
+    # best_model.pt lacks the optimizer state, so it cannot continue a run: never a fallback.
+    periodic = [info for info in list_checkpoints(directory) if info.kind == "periodic" and info.path.exists()]
+    periodic.sort(key=lambda i: (_number(i.epoch), _number(i.step), i.path.stat().st_mtime), reverse=True)
+    return [directory / LATEST_NAME] + [info.path for info in periodic]
+
+
+def _check_format(path: Path, state: Any) -> None:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a useg checkpoint dict")
+    version = state.get("format_version", 0)  # files from before versioning count as 0
+    if type(version) is not int:
+        raise CheckpointError(f"{path}: format_version {version!r} is not an int; this is not a useg checkpoint")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: written by a newer useg (format_version {version}, this one reads up to {FORMAT_VERSION}); "
+            "upgrade useg to load it"
+        )
+
+
+def _number(value: Any) -> int:
+    return value if type(value) is int else -1
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+

@@ -1,0 +1,261 @@
+"""CheckpointManager: the one object a training loop talks to about checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from useg.errors import CheckpointError
+
+from .atomic import explain_write_errors, remove_stale_temp_files
+from .integrity import VerifyResult, open_verified, sha256_bytes
+from .layout import BEST_NAME, LATEST_NAME, periodic_name
+from .listing import CheckpointInfo, checkpoint_info, list_checkpoints
+from .loading import Which, checkpoint_path, load_verified, open_resolved
+from .lock import RunLock, acquire_run_lock, lock_owner
+from .policy import DEFAULT_PERCENTAGES, SavePlan, periodic_epochs, plan_save
+from .publish import finalize_pending_sidecars, publish_bytes, publish_link
+from .retention import clean_checkpoints
+from .state import check_weights_only_safe, snapshot_state, stamp, to_bytes
+from .writer import BackgroundWriter
+
+DEFAULT_BEST_EXCLUDE = ("optimizer_state_dict", "scheduler_state_dict", "rng_state", "sampler_state")
+_MAX_SIDECAR_CONFIG_BYTES = 64 * 1024  # the sidecar copy of the config is for `useg list`, not a second store
+
+
+def warn_to_stderr(message: str) -> None:
+    """Default warning sink."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+class CheckpointManager:
+    """Saves, finds, verifies and cleans the checkpoints of one run folder.
+
+    Files: `latest_checkpoint.pt` (every save), `epoch_NNN_checkpoint.pt` (epochs from
+    `periodic_epochs`), `best_model.pt` (strictly better val_dice, without training-only
+    parts), each with a `.json` sidecar. With `lock=True` the folder is locked for this
+    process and leftovers of a killed save are cleaned up before anything else happens.
+    """
+
+    def __init__(self, directory: str | os.PathLike, total_epochs: int,
+                 periodic_percentages: Iterable[int] = DEFAULT_PERCENTAGES, *, async_save: bool = True,
+                 lock: bool = True, warn: Callable[[str], None] | None = None,
+                 best_exclude: Iterable[str] = DEFAULT_BEST_EXCLUDE) -> None:
+        self.directory = Path(directory)
+        self.periodic_percentages = tuple(periodic_percentages)
+        self.total_epochs = total_epochs  # validates both
+        self.best_exclude = frozenset(best_exclude)
+        self._warn = warn or warn_to_stderr
+        self._writer = BackgroundWriter() if async_save else None
+        self._resumed_from: Path | None = None
+        with explain_write_errors(self.directory):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock: RunLock | None = acquire_run_lock(self.directory, self._warn) if lock else None
+        try:
+            if self._lock is not None:
+                self._recover_from_crash()
+            self.best_val_dice, self.best_epoch = self._read_best()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- schedule -------------------------------------------------------------------------
+
+    @property
+    def total_epochs(self) -> int:
+        """Planned epochs; set it when a run is extended and the periodic schedule follows."""
+        return self._total_epochs
+
+    @total_epochs.setter
+    def total_epochs(self, value: int) -> None:
+        try:
+            periodic_epochs(value, self.periodic_percentages)
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint schedule for {self.directory}: {error}") from error
+        self._total_epochs = value
+
+    @property
+    def scheduled_epochs(self) -> frozenset[int]:
+        """Epochs that get a periodic file under the current total."""
+        return periodic_epochs(self._total_epochs, self.periodic_percentages)
+
+    # --- saving ---------------------------------------------------------------------------
+
+    def save(self, state: Mapping[str, Any], epoch: int, val_dice: float | None = None,
+             train_loss: float | None = None, kind: str = "epoch", step: int | None = None) -> None:
+        """Save `state` (a dict of `state_dict()`-able parts and plain values) after `epoch` completed epochs.
+
+        kind="epoch" rewrites latest, plus the periodic file when due and best_model.pt on
+        a strictly better `val_dice`; kind="interrupt" (Ctrl+C mid-epoch) rewrites latest only.
+        The state is snapshotted now; with async_save the write happens in the background.
+        """
+        if type(epoch) is not int or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0 (completed epochs), got {epoch!r}")
+        val_dice = None if val_dice is None else float(val_dice)
+        train_loss = None if train_loss is None else float(train_loss)
+        plan = plan_save(kind, epoch, val_dice, self.best_val_dice, self.scheduled_epochs)
+        snapshot = self._snapshot(state, epoch)
+        if plan.best:
+            self.best_val_dice, self.best_epoch = val_dice, epoch
+        fields = self._sidecar_fields(snapshot, epoch, step, val_dice, train_loss)
+        if self._writer is None:
+            self._write(snapshot, plan, fields)
+        else:
+            self._writer.submit(lambda: self._write(snapshot, plan, fields))
+
+    def wait(self) -> None:
+        """Return when every save is durable on disk; re-raise a background write's error."""
+        if self._writer is not None:
+            self._writer.wait()
+
+    def _snapshot(self, state: Mapping[str, Any], epoch: int) -> dict[str, Any]:
+        if "epoch" in state and state["epoch"] != epoch:
+            raise ValueError(f"save(epoch={epoch}) but state['epoch'] is {state['epoch']}")
+        snapshot = stamp(snapshot_state({**state, "epoch": epoch}))
+        check_weights_only_safe(snapshot)  # on the caller's thread: a bug surfaces at the line that caused it
+        return snapshot
+
+    def _write(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any]) -> None:
+        data = to_bytes(snapshot)
+        with explain_write_errors(self.directory, len(data)):
+            latest = self.directory / LATEST_NAME
+            publish_bytes(latest, data, self._sidecar(fields, plan.latest_kind, data))
+            if plan.periodic:
+                periodic = self.directory / periodic_name(fields["epoch"])
+                publish_link(latest, periodic, data, self._sidecar(fields, "periodic", data))
+            if plan.best:
+                best = self._best_state(snapshot, fields["val_dice"])
+                best_data = to_bytes(best)
+                publish_bytes(self.directory / BEST_NAME, best_data, self._sidecar(fields, "best", best_data))
+
+    def _best_state(self, snapshot: dict[str, Any], val_dice: float) -> dict[str, Any]:
+        best = {key: value for key, value in snapshot.items() if key not in self.best_exclude}
+        best["val_dice"] = val_dice
+        return best
+
+    def _sidecar_fields(self, snapshot: dict[str, Any], epoch: int, step: int | None,
+                        val_dice: float | None, train_loss: float | None) -> dict[str, Any]:
+        history = snapshot.get("history") if isinstance(snapshot.get("history"), dict) else {}
+        return {
+            "format_version": snapshot["format_version"],
+            "created": snapshot["created"],
+            "epoch": epoch,
+            "step": step,
+            "val_dice": val_dice,
+            "train_loss": train_loss,
+            "best_val_dice": _json_number(_first_set(history.get("best_val_dice"), self.best_val_dice)),
+            "best_epoch": _json_number(_first_set(history.get("best_epoch"), self.best_epoch)),
+            "total_epochs": self._total_epochs,
+            "config": _small_config(snapshot.get("config")),
+        }
+
+    @staticmethod
+    def _sidecar(fields: dict[str, Any], kind: str, data: bytes) -> dict[str, Any]:
+        return {**fields, "kind": kind, "sha256": sha256_bytes(data), "size_bytes": len(data)}
+
+    # --- reading --------------------------------------------------------------------------
+
+    def resolve(self, which: Which = "latest") -> Path:
+        """The verified file for "latest" (falling back to the newest valid periodic one),
+        "best", an epoch number or a path; CheckpointError when there is none."""
+        path, handle = self._open(which)
+        handle.close()
+        return path
+
+    def load(self, which: Which = "latest") -> dict[str, Any]:
+        """Resolve `which`, then load it with weights_only=True on the CPU; returns the plain dict."""
+        path, handle = self._open(which)
+        with handle:
+            state = load_verified(path, handle)
+        self._resumed_from = path
+        return state
+
+    def verify(self, which: Which) -> VerifyResult:
+        """Hash-check one file (no fallback): status ok, corrupt, missing-checksum, missing or unsafe."""
+        self.wait()
+        result, handle = open_verified(checkpoint_path(self.directory, which))
+        if handle is not None:
+            handle.close()
+        return result
+
+    def list(self) -> list[CheckpointInfo]:
+        """Every checkpoint of the run from its sidecar, oldest first (reads no checkpoint bytes)."""
+        self.wait()
+        return list_checkpoints(self.directory)
+
+    def _open(self, which: Which):
+        self.wait()
+        return open_resolved(self.directory, which, self._warn)
+
+    # --- housekeeping ---------------------------------------------------------------------
+
+    def clean(self, keep: int, dry_run: bool = False) -> list[CheckpointInfo]:
+        """Delete all but the `keep` newest periodic checkpoints; latest, best and the file
+        this run resumed from always stay. Returns what was (or, with dry_run, would be) removed."""
+        if type(keep) is not int or keep < 0:
+            raise CheckpointError(f"keep must be 0 or more, got {keep!r}; pass e.g. --keep 2")
+        owner = None if self._lock is not None else lock_owner(self.directory)
+        if owner is not None:
+            raise CheckpointError(f"run {self.directory} is being trained by process {owner.get('pid')}; "
+                                  "clean it after that run ends")
+        self.wait()
+        protect = [self._resumed_from] if self._resumed_from else []
+        return clean_checkpoints(self.directory, keep, dry_run, protect)
+
+    def close(self) -> None:
+        """Wait for the last save, then release the run lock (also on a write error)."""
+        try:
+            self.wait()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _recover_from_crash(self) -> None:
+        # Under the lock nobody else writes here, so leftovers are from a killed save.
+        removed = remove_stale_temp_files(self.directory)
+        finalized = finalize_pending_sidecars(self.directory)
+        if removed or finalized:
+            self._warn(f"recovered from an interrupted save in {self.directory}: removed {len(removed)} "
+                       f"temp file(s), finished {len(finalized)} sidecar(s)")
+
+    def _read_best(self) -> tuple[float | None, int | None]:
+        # From disk, never only remembered: a restarted run must not overwrite a better best.
+        if not (self.directory / BEST_NAME).exists():
+            return None, None
+        info = checkpoint_info(self.directory / BEST_NAME)
+        if not info.valid:
+            self._warn(f"ignoring {info.name}: {info.reason}; the next validation result replaces it")
+            return None, None
+        return info.val_dice, info.epoch
+
+
+def _first_set(preferred: Any, fallback: Any) -> Any:
+    return fallback if preferred is None else preferred
+
+
+def _json_number(value: Any) -> Any:
+    return value if type(value) in (int, float, type(None)) else None
+
+
+def _small_config(config: Any) -> dict[str, Any] | None:
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return None
+    if not isinstance(config, dict):
+        return None
+    try:
+        text = json.dumps(config)
+    except (TypeError, ValueError):
+        return None
+    return json.loads(text) if len(text) <= _MAX_SIDECAR_CONFIG_BYTES else None

@@ -1,0 +1,104 @@
+"""Putting a checkpoint and its sidecar in place so that the pair is consistent after a crash at any point.
+
+Protocol for `NAME.pt` with sidecar `NAME.pt.json`:
+  0. write the bytes to a hidden temp `.NAME.pt.*.tmp` (fsynced)   [or hard-link an identical file there]
+  1. write the new sidecar durably as `NAME.pt.json.pending`
+  2. os.replace the temp onto `NAME.pt`;  3. fsync the folder
+  4. os.replace the pending sidecar onto `NAME.pt.json`;  5. fsync the folder
+
+What a SIGKILL leaves, by the last step completed:
+  - none or 0: the old file and old sidecar, untouched and matching; a stray `.tmp` that
+    start-up removes (under the run lock).
+  - 1: the old pair still matches; the pending sidecar describes bytes that are not at
+    NAME.pt, so readers ignore it and start-up deletes it.
+  - 2 or 3: NAME.pt is new, NAME.pt.json describes the old bytes, the pending sidecar the new
+    ones: verification accepts the file through the pending sidecar (roll forward) and
+    start-up renames it onto NAME.pt.json.
+  - 4 or 5: the new pair, matching.
+On power loss, step 3 makes the checkpoint rename durable before the sidecar rename
+starts, so we never end up with a new sidecar next to the old bytes (which would make a
+good file look corrupt). Each sidecar records the inode of its file, so a reader that
+cannot hash (listing) can still tell which of the two sidecars describes the file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write_json, fsync_directory, remove_quietly, replace_durably, write_temp_file
+from .integrity import read_sidecar, sha256_stream
+from .layout import PENDING_SUFFIX, TEMP_SUFFIX, pending_path, sidecar_path
+
+
+def publish_bytes(final: Path, data: bytes | memoryview, sidecar: dict[str, Any]) -> None:
+    """Durably replace `final` with `data` and its sidecar with `sidecar` (which holds the sha256)."""
+    temp = write_temp_file(final.parent, final.name, data)
+    publish_temp(temp, final, sidecar)
+
+
+def publish_link(source: Path, final: Path, data: bytes | memoryview, sidecar: dict[str, Any]) -> None:
+    """Publish `final` with the same bytes as the published `source`, stored once as a hard link.
+
+    Falls back to writing `data` (the same bytes) where the file system refuses links.
+    """
+    temp = _link_to_temp(source, final) or write_temp_file(final.parent, final.name, data)
+    publish_temp(temp, final, sidecar)
+
+
+def publish_temp(temp: Path, final: Path, sidecar: dict[str, Any]) -> None:
+    """Steps 1-5 of the protocol above, for a durable temp file holding the new bytes."""
+    pending = pending_path(final)
+    sidecar = {**sidecar, "inode": os.stat(temp).st_ino}
+    try:
+        atomic_write_json(pending, sidecar)
+        replace_durably(temp, final)
+    except BaseException:
+        remove_quietly(temp)
+        if not _holds_inode(final, sidecar["inode"]):
+            remove_quietly(pending)  # the rename never happened: the pending sidecar describes nothing
+        raise
+    replace_durably(pending, sidecar_path(final))
+
+
+def finalize_pending_sidecars(directory: Path) -> list[Path]:
+    """Roll forward or discard pending sidecars left by a killed save; call only under the run lock.
+
+    Returns the checkpoints whose pending sidecar was made final.
+    """
+    finalized = []
+    for pending in sorted(directory.glob("*" + PENDING_SUFFIX)):
+        final = pending.with_name(pending.name[: -len(PENDING_SUFFIX)])
+        if _pending_matches(pending, final):
+            os.replace(pending, sidecar_path(final))
+            finalized.append(final)
+        else:
+            remove_quietly(pending)
+    fsync_directory(directory)
+    return finalized
+
+
+def _pending_matches(pending: Path, final: Path) -> bool:
+    sidecar, _ = read_sidecar(pending)
+    if sidecar is None or not final.is_file() or final.stat().st_size != sidecar["size_bytes"]:
+        return False
+    with open(final, "rb") as handle:
+        return sha256_stream(handle) == sidecar["sha256"]
+
+
+def _link_to_temp(source: Path, final: Path) -> Path | None:
+    temp = final.with_name(f".{final.name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+    try:
+        os.link(source, temp)
+    except OSError:
+        return None  # e.g. EPERM/ENOTSUP on file systems without hard links: copy instead
+    return temp
+
+
+def _holds_inode(path: Path, inode: int) -> bool:
+    try:
+        return os.stat(path).st_ino == inode
+    except FileNotFoundError:
+        return False

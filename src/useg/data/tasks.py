@@ -1,0 +1,194 @@
+"""Binary in-context tasks (one class, one target, S supports) and their tensor batches.
+
+Rules shared by training and validation: a task's supports never include its
+target and, by default, no image of the target's patient (that would leak the
+answer); supports are drawn without replacement when there are enough
+candidates, else with replacement. Every random choice comes from a generator
+seeded by the task's own coordinates, so any batch can be rebuilt exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from useg.data.augment import augment_task
+from useg.data.dataset import SegDataset
+from useg.errors import ConfigError, DataError
+
+
+@dataclass
+class Task:
+    target: int  # dataset index of the image to segment
+    cls: int  # class index
+    supports: np.ndarray  # (S,) int64 dataset indices
+
+
+@dataclass
+class Batch:
+    target_image: torch.Tensor  # (B, 1, H, W) float32
+    target_label: torch.Tensor  # (B, 1, H, W) float32, 0/1
+    support_images: torch.Tensor  # (B, S, 1, H, W) float32
+    support_labels: torch.Tensor  # (B, S, 1, H, W) float32, 0/1
+    classes: torch.Tensor  # (B,) int64
+    targets: torch.Tensor  # (B,) int64
+    supports: torch.Tensor  # (B, S) int64
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{name: tensor.to(device) for name, tensor in vars(self).items()})
+
+
+def class_members(ds: SegDataset, pool_idx) -> list[np.ndarray]:
+    """Per class, the sorted pool images whose mask of that class is non-empty."""
+    pool = np.unique(np.asarray(pool_idx, dtype=np.int64))
+    presence = ds.class_presence()[pool]
+    return [pool[presence[:, c]] for c in range(len(ds.classes))]
+
+
+def candidates(members: np.ndarray, patients: np.ndarray, target: int, exclude_same_patient: bool) -> np.ndarray:
+    """Support candidates for `target`: never the target, and not its patient unless allowed."""
+    keep = members != target
+    if exclude_same_patient:
+        keep &= patients[members] != patients[target]
+    return members[keep]
+
+
+def candidate_counts(members: np.ndarray, patients: np.ndarray, targets: np.ndarray, exclude_same_patient: bool) -> np.ndarray:
+    """len(candidates(members, ..., t)) for each t in `targets`, vectorised."""
+    if not exclude_same_patient:
+        return len(members) - np.isin(targets, members).astype(np.int64)
+    same_patient = np.bincount(patients[members], minlength=int(patients.max()) + 1)
+    return len(members) - same_patient[patients[targets]]
+
+
+def choose_supports(rng: np.random.Generator, pool: np.ndarray, support_size: int) -> np.ndarray:
+    return rng.choice(pool, size=support_size, replace=len(pool) < support_size).astype(np.int64)
+
+
+def check_support_size(largest_pool: int, support_size: int, where: str) -> None:
+    if largest_pool < support_size:
+        raise DataError(
+            f"only {largest_pool} {where} images can serve as supports of one task, fewer than "
+            f"--support-size {support_size}; lower --support-size to {largest_pool} or less"
+        )
+
+
+def _check_settings(support_size: int, seed: int) -> None:
+    if support_size < 1:
+        raise ConfigError(f"--support-size must be at least 1, not {support_size}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be 0 or more, not {seed}")
+
+
+class TaskSampler:
+    """Training tasks: a class uniformly among the eligible ones, then a target and supports of it."""
+
+    def __init__(
+        self, ds: SegDataset, train_idx, *, support_size: int, seed: int, samples_per_epoch: int,
+        exclude_same_patient: bool = True, augment: bool = True,
+    ) -> None:
+        _check_settings(support_size, seed)
+        if samples_per_epoch < 1:
+            raise ConfigError(f"samples per epoch must be at least 1, not {samples_per_epoch}")
+        self.ds, self.support_size, self.seed = ds, support_size, seed
+        self.samples_per_epoch, self.augment = samples_per_epoch, augment
+        self.exclude_same_patient = exclude_same_patient
+        self._members = class_members(ds, train_idx)
+        self._targets, largest = self._eligible_targets()
+        self.eligible_classes = np.asarray([c for c, t in enumerate(self._targets) if len(t)], dtype=np.int64)
+        if not len(self.eligible_classes):
+            raise DataError(
+                f"no class has a training image with a support image of another "
+                f"{'patient' if exclude_same_patient else 'image'} in the training split "
+                f"({len(np.unique(train_idx))} images); add data or give the training split more patients"
+            )
+        check_support_size(largest, support_size, "training")
+
+    def _eligible_targets(self) -> tuple[list[np.ndarray], int]:
+        """Per class, the targets that have at least one candidate; and the largest candidate pool."""
+        eligible, largest = [], 0
+        for members in self._members:
+            counts = candidate_counts(members, self.ds.patients, members, self.exclude_same_patient)
+            eligible.append(members[counts >= 1])
+            largest = max(largest, int(counts.max(initial=0)))
+        return eligible, largest
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-self.samples_per_epoch // batch_size)
+
+    def task(self, epoch: int, index: int) -> Task:
+        """The task at `index` of `epoch`: depends only on (seed, epoch, index)."""
+        return self._draw(self._rng(epoch, index))
+
+    def batch(self, epoch: int, batch_index: int, batch_size: int) -> Batch:
+        """Samples batch_index * batch_size .. (capped at samples_per_epoch) of `epoch`; exactly reproducible."""
+        start = batch_index * batch_size
+        stop = min(start + batch_size, self.samples_per_epoch)
+        if batch_size < 1 or not 0 <= start < stop:
+            raise IndexError(f"batch {batch_index} of size {batch_size} is outside the epoch's {self.samples_per_epoch} samples")
+        rngs = [self._rng(epoch, index) for index in range(start, stop)]
+        tasks = [self._draw(rng) for rng in rngs]
+        return make_batch(self.ds, tasks, rngs if self.augment else None)
+
+    def _rng(self, epoch: int, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, index])
+
+    def _draw(self, rng: np.random.Generator) -> Task:
+        cls = int(rng.choice(self.eligible_classes))
+        target = int(rng.choice(self._targets[cls]))
+        pool = candidates(self._members[cls], self.ds.patients, target, self.exclude_same_patient)
+        return Task(target=target, cls=cls, supports=choose_supports(rng, pool, self.support_size))
+
+
+def validation_tasks(
+    ds: SegDataset, target_idx, pool_idx, *, support_size: int, seed: int, exclude_same_patient: bool = True,
+) -> list[Task]:
+    """One task per (target image, class present in it) with supports from `pool_idx`, fixed by `seed`.
+
+    A (target, class) pair without any candidate support is left out.
+    """
+    _check_settings(support_size, seed)
+    members = class_members(ds, pool_idx)
+    presence = ds.class_presence()
+    tasks, largest = [], 0
+    for target in np.asarray(target_idx, dtype=np.int64):
+        for cls in np.flatnonzero(presence[target]):
+            pool = candidates(members[cls], ds.patients, int(target), exclude_same_patient)
+            if len(pool):
+                largest = max(largest, len(pool))
+                rng = np.random.default_rng([seed, int(target), int(cls)])
+                tasks.append(Task(int(target), int(cls), choose_supports(rng, pool, support_size)))
+    if len(target_idx) and not tasks:
+        raise DataError(
+            f"none of the {len(target_idx)} evaluation images has a class with support images in the "
+            f"training split; give the training split more patients"
+        )
+    if tasks:
+        check_support_size(largest, support_size, "training (support pool)")
+    return tasks
+
+
+def make_batch(ds: SegDataset, tasks: list[Task], rngs: list[np.random.Generator] | None = None) -> Batch:
+    """Stack tasks into tensors; `rngs` (one per task) turns augmentation on."""
+    if not tasks or len({len(task.supports) for task in tasks}) != 1:
+        raise ValueError("make_batch needs at least one task, all with the same number of supports")
+    targets = np.asarray([task.target for task in tasks], dtype=np.int64)
+    classes = np.asarray([task.cls for task in tasks], dtype=np.int64)
+    supports = np.stack([np.asarray(task.supports, dtype=np.int64) for task in tasks])
+    members = np.concatenate([targets[:, None], supports], axis=1)  # (B, 1 + S)
+    images = ds.images[members]  # (B, 1 + S, H, W)
+    labels = ds.masks[members, classes[:, None]].astype(np.float32)
+    if rngs is not None:
+        for b, rng in enumerate(rngs):
+            images[b], labels[b] = augment_task(rng, images[b], labels[b])
+    return Batch(
+        target_image=torch.from_numpy(np.ascontiguousarray(images[:, :1])),
+        target_label=torch.from_numpy(np.ascontiguousarray(labels[:, :1])),
+        support_images=torch.from_numpy(np.ascontiguousarray(images[:, 1:, None])),
+        support_labels=torch.from_numpy(np.ascontiguousarray(labels[:, 1:, None])),
+        classes=torch.from_numpy(classes),
+        targets=torch.from_numpy(targets),
+        supports=torch.from_numpy(supports),
+    )

@@ -1,0 +1,147 @@
+"""The interactive training manager (`useg menu`): the seed's numbered menu over the same library."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from useg import manage
+from useg.errors import UsegError
+
+OPTIONS = (
+    ("1", "Start new training"),
+    ("2", "Resume from latest"),
+    ("3", "Resume from a specific checkpoint"),
+    ("4", "View checkpoint info"),
+    ("5", "Clean old checkpoints"),
+    ("6", "Show training history"),
+    ("q", "Quit"),
+)
+
+
+class EndOfInput(Exception):
+    """stdin closed (a pipe ran out): leave the menu cleanly."""
+
+
+def ask(prompt: str) -> str:
+    try:
+        return input(prompt).strip()
+    except EOFError:
+        raise EndOfInput from None
+
+
+def run_menu(run_dir: str) -> int:
+    """Show the menu until the user quits or input ends; each option reports its own errors."""
+    console = Console(highlight=False)
+    actions = {"1": start_training, "2": resume_latest, "3": resume_specific, "4": view_info,
+               "5": clean_old, "6": show_history}
+    while True:
+        console.print(f"\n[bold]UniverSeg training manager[/bold]  (run folder: {Path(run_dir).resolve()})")
+        for key, label in OPTIONS:
+            console.print(f"  {key}  {label}")
+        try:
+            choice = ask("Choose an option: ").lower()
+        except EndOfInput:
+            return 0
+        if choice in ("q", "quit", "exit"):
+            return 0
+        if choice not in actions:
+            console.print(f"Unknown option {choice!r}; type 1-6 or q.")
+            continue
+        try:
+            actions[choice](run_dir, console)
+        except UsegError as err:
+            console.print(f"error: {err}", markup=False)
+        except EndOfInput:
+            return 0
+
+
+def run_useg(arguments: list[str]) -> int:
+    """Run training as a child process, so Ctrl+C there stops training, not the menu."""
+    command = [sys.executable, "-m", "useg", *arguments]
+    print("$ useg " + " ".join(arguments))
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
+
+
+def start_training(run_dir: str, console: Console) -> None:
+    epochs = ask("Epochs (Enter for the default): ")
+    data = ask("Data folder (Enter for the embedded synthetic set): ")
+    arguments = ["train", "--run-dir", run_dir]
+    if epochs:
+        arguments += ["--epochs", epochs]
+    if data:
+        arguments += ["--data", data]
+    run_useg(arguments)
+
+
+def resume_latest(run_dir: str, console: Console) -> None:
+    manage.run_checkpoints(run_dir)
+    run_useg(["resume", "latest", "--run-dir", run_dir])
+
+
+def choose_checkpoint(run_dir: str, console: Console):
+    """Show the numbered list and return the chosen checkpoint, or None."""
+    infos = manage.run_checkpoints(run_dir)
+    console.print(manage.list_table(infos, "Checkpoints"))
+    answer = ask(f"Checkpoint number (1-{len(infos)}, Enter to go back): ")
+    if not answer:
+        return None
+    if not answer.isdigit() or not 1 <= int(answer) <= len(infos):
+        console.print(f"No checkpoint number {answer!r}.")
+        return None
+    return infos[int(answer) - 1]
+
+
+def resume_specific(run_dir: str, console: Console) -> None:
+    info = choose_checkpoint(run_dir, console)
+    if info is None:
+        return
+    if info.kind == "best":
+        console.print("best_model.pt holds weights only (no optimizer state); choose a full checkpoint to resume.")
+        return
+    extra = ask("Total epochs (Enter to keep the run's total): ")
+    run_useg(["resume", str(info.path), "--run-dir", run_dir] + (["--epochs", extra] if extra else []))
+
+
+def view_info(run_dir: str, console: Console) -> None:
+    info = choose_checkpoint(run_dir, console)
+    if info is not None:
+        console.print("\n".join(manage.info_lines(manage.describe(info.path, run_dir))), markup=False)
+
+
+def clean_old(run_dir: str, console: Console) -> None:
+    from useg.checkpoint import CheckpointManager, bytes_freed
+
+    keep = ask("Keep how many periodic checkpoints? ")
+    if not keep.isdigit() or int(keep) < 1:
+        console.print(f"Please give a whole number of at least 1 (got {keep!r}).")
+        return
+    folder = manage.checkpoints_dir(run_dir)
+    with CheckpointManager(folder, total_epochs=1, lock=False, warn=lambda m: None) as preview:
+        doomed = preview.clean(keep=int(keep), dry_run=True)
+    if not doomed:
+        console.print("Nothing to remove.")
+        return
+    for info in doomed:
+        console.print(f"  will remove {info.name}", markup=False)
+    if ask(f"Remove these {len(doomed)} file(s)? [y/N] ").lower() not in ("y", "yes"):
+        console.print("Nothing removed.")
+        return
+    with CheckpointManager(folder, total_epochs=1, lock=True, warn=lambda m: None) as manager:
+        removed = manager.clean(keep=int(keep))
+    console.print(f"Removed {len(removed)} file(s), freed {manage.format_size(bytes_freed(removed))}.")
+
+
+def show_history(run_dir: str, console: Console) -> None:
+    from useg.history import history_table, plot_curves
+
+    history = manage.run_history(run_dir)
+    console.print(history_table(history))
+    curves = plot_curves(history, Path(run_dir) / "training_curves.png")
+    console.print(f"curves saved to {curves}", markup=False)
