@@ -110,8 +110,8 @@ def tiny_dataset(presence: np.ndarray, patients: np.ndarray, classes: list[str])
     masks = np.zeros((n, c, 8, 8), dtype=bool)
     masks[presence] = True
     images = (np.arange(n, dtype=np.float32)[:, None, None] / n).repeat(8, 1).repeat(8, 2)
-    return SegDataset(images, masks, classes, patients.astype(np.int64), [f"p{p:03d}_i{i:03d}" for i, p in enumerate(patients)],
-                      "synthetic", {})
+    ids = [f"p{p:03d}_i{i:03d}" for i, p in enumerate(patients)]
+    return SegDataset(images, masks, classes, patients.astype(np.int64), ids, "synthetic", {})
 
 
 # ---------------------------------------------------------------- Ovatus
@@ -166,7 +166,8 @@ def test_ovatus_class_subset_keeps_fixed_order_and_rejects_unknown_names(ovatus_
 
 def test_ovatus_malformed_line_names_file_and_line(ovatus_root: Path) -> None:
     lines = ovatus_lines()
-    write_jsonl(ovatus_root / "mapping_normalized4.jsonl", [lines[0], "", '{"patient_name": "x", "images": [', lines[1]])
+    broken = '{"patient_name": "x", "images": ['
+    write_jsonl(ovatus_root / "mapping_normalized4.jsonl", [lines[0], "", broken, lines[1]])
     with pytest.raises(DataError, match=r"mapping_normalized4\.jsonl line 3: invalid JSON"):
         load_dataset(ovatus_root, image_size=32)
 
@@ -428,7 +429,10 @@ def test_validation_tasks_are_fixed_and_leak_free(synthetic: SegDataset) -> None
     again = validation_tasks(synthetic, split.val, split.train, support_size=5, seed=1)
     presence = synthetic.class_presence()
     assert len(first) == presence[split.val].sum()
-    assert [(t.target, t.cls, t.supports.tolist()) for t in first] == [(t.target, t.cls, t.supports.tolist()) for t in again]
+    def described(tasks):
+        return [(task.target, task.cls, task.supports.tolist()) for task in tasks]
+
+    assert described(first) == described(again)
     train = set(split.train.tolist())
     for task in first:
         assert set(task.supports.tolist()) <= train and task.target not in task.supports

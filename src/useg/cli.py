@@ -19,7 +19,7 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--support-size", dict(type=int, help="support images per target (default 8)")),
     ("--image-size", dict(type=int, help="square input size in pixels (default 64)")),
     ("--widths", dict(help="channels per level, e.g. 64,64,64,64 (official) (default 32,32,32,32)")),
-    ("--lr", dict(type=float, help="Adam learning rate (default 1e-3)")),
+    ("--lr", dict(type=float, help="Adam learning rate (default 1e-4)")),
     ("--loss", dict(choices=["dice", "dice+bce"], help="training loss (default dice)")),
     ("--seed", dict(type=int, help="random seed; 0 is a real seed (default 0)")),
     ("--samples-per-epoch", dict(type=int, help="training tasks per epoch (default 256)")),

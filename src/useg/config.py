@@ -27,7 +27,7 @@ class TrainConfig:
     support_size: int = 8
     image_size: int = 64
     widths: list[int] = field(default_factory=lambda: [32, 32, 32, 32])
-    lr: float = 1e-3
+    lr: float = 1e-4
     min_lr_ratio: float = 0.05
     loss: str = "dice"  # "dice" or "dice+bce"
     seed: int = 0

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from useg.checkpoint import CheckpointInfo, atomic_write_bytes, atomic_write_json, list_checkpoints, load_checkpoint
@@ -52,15 +53,17 @@ def format_size(size: int | None) -> str:
 
 def list_table(infos: list[CheckpointInfo], title: str) -> Table:
     """The `checkpoints list` table; best and latest marked, invalid files shown with their reason."""
-    table = Table(title=title)
-    for name in ("#", "file", "kind", "epoch", "train loss", "val Dice", "size", "created", "valid"):
-        table.add_column(name, justify="right" if name in ("#", "epoch", "train loss", "val Dice", "size") else "left")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("#", "file", "kind", "epoch", "loss", "val Dice", "size", "created", "valid"):
+        numeric = name in ("#", "epoch", "loss", "val Dice", "size")
+        table.add_column(name, justify="right" if numeric else "left", no_wrap=name != "valid")
     for number, info in enumerate(infos, 1):
-        marks = {"best": " (best)", "latest": " (latest)", "interrupt": " (latest)"}.get(info.kind, "")
+        mark = {"best": " *", "latest": " <", "interrupt": " <"}.get(info.kind, "")
         valid = "yes" if info.valid else f"NO: {info.reason}"
-        table.add_row(str(number), info.name + marks, info.kind, "-" if info.epoch is None else str(info.epoch),
+        table.add_row(str(number), info.name + mark, info.kind, "-" if info.epoch is None else str(info.epoch),
                       format_number(info.train_loss), format_number(info.val_dice), format_size(info.size_bytes),
-                      (info.created or "-")[:19].replace("T", " "), valid)
+                      (info.created or "-")[5:16].replace("T", " "), valid)
+    table.caption = "* best   < latest (resume point)"
     return table
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -45,7 +46,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def console() -> Console:
-    return Console(highlight=False)
+    """Rich output; wide enough for the tables when piped into a file or a log."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def cmd_list(args) -> int:

@@ -66,7 +66,9 @@ def load_folders(root: Path, *, image_size: int, label: int | None, classes: lis
     mask_files = images_by_stem(root / "masks", "masks")
     for stem, path in image_files.items():
         if stem not in mask_files:
-            raise DataError(f"image {path.name} has no mask in {root / 'masks'}; add {stem}.png there or remove the image")
+            raise DataError(
+                f"image {path.name} has no mask in {root / 'masks'}; add {stem}.png there or remove the image"
+            )
     pairs = []
     for stem, path in image_files.items():
         grey, values = read_pair(path, mask_files[stem], image_size)

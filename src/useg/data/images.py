@@ -33,7 +33,7 @@ def open_image(path: Path, name: str) -> Image.Image:
         return image
     except FileNotFoundError:
         raise DataError(f"image {name} does not exist; check the data folder") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
         raise DataError(
             f"cannot read image {name} ({type(error).__name__}); replace or remove the file"
         ) from None

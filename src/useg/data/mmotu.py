@@ -75,7 +75,9 @@ def load_mmotu(root: Path, *, image_size: int, classes: list[str] | None) -> Seg
             kept.append((grey, mask))
             stems.append(stem)
     if not kept:
-        raise no_usable_images(str(root / "images"), "every image needs an annotations/<id>_binary.PNG with tumour pixels")
+        raise no_usable_images(
+            str(root / "images"), "every image needs an annotations/<id>_binary.PNG with tumour pixels"
+        )
     split, not_found = predefined_split(root, stems)
     return pair_dataset(kept, class_name, "mmotu", predefined_split=split, extra_report={
         "images_without_labels": len(image_files) - len(kept),

@@ -87,7 +87,8 @@ def read_annotations(path: Path) -> dict[str, list[AnnotatedImage]]:
         try:
             record = json.loads(text)
         except json.JSONDecodeError as error:
-            raise DataError(f"{where}: invalid JSON ({error.msg} at column {error.colno}); fix or remove the line") from None
+            problem = f"{error.msg} at column {error.colno}"
+            raise DataError(f"{where}: invalid JSON ({problem}); fix or remove the line") from None
         name, images = _patient_record(record, where)
         patients[nfc(name)].extend(_annotated_image(entry, number, where) for entry in images)
     return patients
@@ -169,8 +170,13 @@ def load_masks(
 class _FolderFiles:
     """File lookup inside one patient folder: exact name first, then NFC and case-insensitive."""
 
-    def __init__(self, folder: Path) -> None:
-        files = [path for path in folder.iterdir() if path.is_file()]
+    def __init__(self, folder: Path, patient: int) -> None:
+        try:
+            files = [path for path in folder.iterdir() if path.is_file()]
+        except OSError as error:  # the folder's name is personal: say which patient index instead
+            raise DataError(
+                f"cannot list the image folder of patient p{patient:03d} ({type(error).__name__}); check permissions"
+            ) from None
         self.exact = {nfc(path.name): path for path in files}
         self.folded = {nfc(path.name).casefold(): path for path in files}
 
@@ -214,7 +220,7 @@ def load_ovatus(
 def _load_patient(
     folder: Path, entries: list[AnnotatedImage], patient: int, class_names: list[str], size: int, counts: Counter
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    files = _FolderFiles(folder)
+    files = _FolderFiles(folder, patient)
     loaded = []
     for entry in entries:
         path = files.find(entry.image_name)

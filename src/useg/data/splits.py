@@ -60,7 +60,9 @@ def split_by_patient(ds: SegDataset, seed: int, fractions: tuple[float, float, f
     order = np.random.default_rng(seed).permutation(np.unique(ds.patients))
     bounds = np.cumsum(counts)[:-1]
     groups = np.split(order, bounds)
-    parts = {name: np.flatnonzero(np.isin(ds.patients, group)).astype(np.int64) for name, group in zip(SPLIT_NAMES, groups)}
+    parts = {
+        name: np.flatnonzero(np.isin(ds.patients, group)).astype(np.int64) for name, group in zip(SPLIT_NAMES, groups)
+    }
     return Split(**parts, image_ids=list(ds.ids))
 
 

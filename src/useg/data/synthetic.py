@@ -105,7 +105,8 @@ def _moved(rng: np.random.Generator, lesion: Lesion) -> Lesion:
     x, y = lesion.centre
     return Lesion(
         kind=lesion.kind,
-        centre=(float(np.clip(x + rng.normal(0, 0.05), 0.28, 0.72)), float(np.clip(y + rng.normal(0, 0.05), 0.26, 0.74))),
+        centre=(float(np.clip(x + rng.normal(0, 0.05), 0.28, 0.72)),
+                float(np.clip(y + rng.normal(0, 0.05), 0.26, 0.74))),
         radius=float(np.clip(lesion.radius * rng.uniform(0.8, 1.2), 0.08, 0.25)),
         aspect=float(np.clip(lesion.aspect * rng.uniform(0.9, 1.1), 0.5, 1.0)),
         angle=lesion.angle + rng.normal(0, 0.3),
@@ -207,7 +208,8 @@ def _draw_lesion(rng: np.random.Generator, echo, x, y, lesion: Lesion) -> np.nda
     if lesion.kind == 1:
         for _ in range(rng.integers(1, 4)):
             offset = rng.uniform(-0.5, 0.5) * lesion.radius
-            through = (lesion.centre[0] - offset * np.sin(lesion.angle), lesion.centre[1] + offset * np.cos(lesion.angle))
+            x0, y0 = lesion.centre
+            through = (x0 - offset * np.sin(lesion.angle), y0 + offset * np.cos(lesion.angle))
             septum = _band(x, y, through, lesion.angle + rng.normal(0, 0.6), rng.uniform(0.005, 0.01)) * mask
             echo += septum * rng.uniform(0.3, 0.6)
     return mask

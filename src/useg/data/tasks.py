@@ -55,7 +55,9 @@ def candidates(members: np.ndarray, patients: np.ndarray, target: int, exclude_s
     return members[keep]
 
 
-def candidate_counts(members: np.ndarray, patients: np.ndarray, targets: np.ndarray, exclude_same_patient: bool) -> np.ndarray:
+def candidate_counts(
+    members: np.ndarray, patients: np.ndarray, targets: np.ndarray, exclude_same_patient: bool
+) -> np.ndarray:
     """len(candidates(members, ..., t)) for each t in `targets`, vectorised."""
     if not exclude_same_patient:
         return len(members) - np.isin(targets, members).astype(np.int64)
@@ -127,7 +129,9 @@ class TaskSampler:
         start = batch_index * batch_size
         stop = min(start + batch_size, self.samples_per_epoch)
         if batch_size < 1 or not 0 <= start < stop:
-            raise IndexError(f"batch {batch_index} of size {batch_size} is outside the epoch's {self.samples_per_epoch} samples")
+            raise IndexError(
+                f"batch {batch_index} of size {batch_size} is outside the epoch's {self.samples_per_epoch} samples"
+            )
         rngs = [self._rng(epoch, index) for index in range(start, stop)]
         tasks = [self._draw(rng) for rng in rngs]
         return make_batch(self.ds, tasks, rngs if self.augment else None)
