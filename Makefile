@@ -16,7 +16,7 @@ demo: install
 	$(VENV)/bin/useg train --run-dir runs/demo --overwrite
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 bench: install
 	$(PY) -m bench

@@ -22,10 +22,10 @@ class Progress:
 
     def line(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(text, markup=False)
+            self.console.print(text, markup=False, soft_wrap=True)
 
     def warn(self, text: str) -> None:
-        self.errors.print(f"warning: {text}", markup=False)
+        self.errors.print(f"warning: {text}", markup=False, soft_wrap=True)
 
     @contextmanager
     def epoch_bar(self, epoch: int, epochs: int, batches: int, start: int):
@@ -46,7 +46,7 @@ class Progress:
         self.console.print(
             f"epoch {epoch:>3}/{epochs}  loss {record['train_loss']:.4f}  val Dice {record['val_dice']:.4f}{best}  "
             f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s  {record['samples_per_s']:.1f} samples/s",
-            markup=False, highlight=False)
+            markup=False, highlight=False, soft_wrap=True)
 
 
 class RichBar:

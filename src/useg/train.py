@@ -17,6 +17,7 @@ import torch
 import useg
 from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, read_metadata, resolve_checkpoint
 from useg.checkpoint import restore_rng_state
+from useg.checkpoint.faults import kill_point
 from useg.config import TrainConfig, changed_keys, incompatible_keys
 from useg.data import Split, TaskSampler, load_dataset, make_batch, split_by_patient, validation_tasks
 from useg.errors import CheckpointError, ConfigError
@@ -179,6 +180,7 @@ def build_run(cfg, paths, manager, state, resumed_from, progress) -> Run:
     sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
                           samples_per_epoch=cfg.samples_per_epoch)
     val_tasks = validation_tasks(dataset, split.val, split.train, support_size=cfg.support_size, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build_universeg(tuple(cfg.widths))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * cfg.min_lr_ratio)
@@ -280,6 +282,7 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         if cfg.vis_every and (epoch + 1) % cfg.vis_every == 0:
             save_pictures(run, epoch + 1)
         save_epoch_checkpoint(run, epoch + 1, record)
+        kill_point("epoch-end")
         progress.epoch_summary(epoch + 1, cfg.epochs, record, improved, run.history)
         run.start_batch, run.partial_loss = 0, (0.0, 0)
         if stop.signum is not None and epoch + 1 < cfg.epochs:
@@ -303,6 +306,7 @@ def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -
             loss.backward()
             run.optimizer.step()
             run.step += 1
+            kill_point("step")
             loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
             bar.advance(loss_sum / loss_count)
             position = (epoch, batch_index + 1, loss_sum, loss_count)

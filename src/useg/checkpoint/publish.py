@@ -28,6 +28,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from .faults import kill_point
 from .atomic import atomic_write_json, fsync_directory, remove_quietly, replace_durably, write_temp_file
 from .integrity import read_sidecar, sha256_stream
 from .layout import PENDING_SUFFIX, TEMP_SUFFIX, pending_path, sidecar_path
@@ -36,6 +37,7 @@ from .layout import PENDING_SUFFIX, TEMP_SUFFIX, pending_path, sidecar_path
 def publish_bytes(final: Path, data: bytes | memoryview, sidecar: dict[str, Any]) -> None:
     """Durably replace `final` with `data` and its sidecar with `sidecar` (which holds the sha256)."""
     temp = write_temp_file(final.parent, final.name, data)
+    kill_point("after-temp-write")
     publish_temp(temp, final, sidecar)
 
 
@@ -54,13 +56,16 @@ def publish_temp(temp: Path, final: Path, sidecar: dict[str, Any]) -> None:
     sidecar = {**sidecar, "inode": os.stat(temp).st_ino}
     try:
         atomic_write_json(pending, sidecar)
+        kill_point("before-rename")
         replace_durably(temp, final)
+        kill_point("after-rename")
     except BaseException:
         remove_quietly(temp)
         if not _holds_inode(final, sidecar["inode"]):
             remove_quietly(pending)  # the rename never happened: the pending sidecar describes nothing
         raise
     replace_durably(pending, sidecar_path(final))
+    kill_point("after-sidecar")
 
 
 def finalize_pending_sidecars(directory: Path) -> list[Path]:

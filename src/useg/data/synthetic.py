@@ -95,7 +95,7 @@ def _patient(rng: np.random.Generator, kind: int) -> Patient:
         shape_seed=int(rng.integers(2**31)),
     )
     return Patient(
-        gain=rng.uniform(0.8, 1.15), speckle_looks=rng.uniform(1.5, 4.0),
+        gain=rng.uniform(0.8, 1.15), speckle_looks=rng.uniform(2.5, 5.0),
         fan_half_angle=np.deg2rad(rng.uniform(32, 45)), attenuation=rng.uniform(0.2, 0.5), lesion=lesion,
     )
 
@@ -197,7 +197,7 @@ def _draw_lesion(rng: np.random.Generator, echo, x, y, lesion: Lesion) -> np.nda
     below = _below(x, y, lesion) * ~mask
     if lesion.kind == 2:
         texture = 1 + 0.3 * _waves(np.random.default_rng(lesion.shape_seed), x, y, 6, 4, 10)
-        echo[mask] *= (rng.uniform(0.9, 1.7) * texture)[mask]
+        echo[mask] *= (rng.uniform(1.35, 1.9) * texture)[mask]
         if rng.random() < 0.5:
             echo *= 1 - rng.uniform(0.2, 0.5) * below
         return mask

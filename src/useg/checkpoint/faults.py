@@ -1,0 +1,29 @@
+"""Deterministic kill points for fault-injection tests.
+
+`USEG_KILL_AT="after-rename:3"` makes the process SIGKILL itself the 3rd time it
+reaches the point named `after-rename`; `step:5:SIGINT` sends SIGINT instead (a
+Ctrl+C at an exact step); several entries separated by commas. Unset (the
+normal case) it costs one dictionary lookup. Real faults can't be scheduled; this lets the
+tests kill at exact instants inside the save path and the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_hits: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """Signal this process if USEG_KILL_AT names `name` and this is the chosen hit."""
+    spec = os.environ.get("USEG_KILL_AT")
+    if not spec:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    for entry in spec.split(","):
+        parts = entry.strip().split(":")
+        point, count = parts[0], int(parts[1]) if len(parts) > 1 else 1
+        signal_name = parts[2] if len(parts) > 2 else "SIGKILL"
+        if point == name and _hits[name] == count:
+            os.kill(os.getpid(), signal.Signals[signal_name])
