@@ -196,8 +196,8 @@ def _draw_lesion(rng: np.random.Generator, echo, x, y, lesion: Lesion) -> np.nda
     mask = distance <= 1
     below = _below(x, y, lesion) * ~mask
     if lesion.kind == 2:
-        texture = 1 + 0.3 * _waves(np.random.default_rng(lesion.shape_seed), x, y, 6, 4, 10)
-        echo[mask] *= (rng.uniform(1.35, 1.9) * texture)[mask]
+        texture = 1 + 0.2 * _waves(np.random.default_rng(lesion.shape_seed), x, y, 6, 4, 10)
+        echo[mask] *= (rng.uniform(1.6, 2.2) * texture)[mask]
         if rng.random() < 0.5:
             echo *= 1 - rng.uniform(0.2, 0.5) * below
         return mask
