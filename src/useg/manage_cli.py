@@ -1,4 +1,4 @@
-"""`useg checkpoints ...` and `useg history`: thin front ends over useg.manage and useg.checkpoint."""
+"""`useg checkpoints ...`, `useg history` and `useg menu`: thin front ends over useg.manage and useg.checkpoint."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "info": ("details of one checkpoint file", cmd_info, [("path", {})]),
         "verify": ("check one file or all: exit 0 only if all are valid", cmd_verify, [("path", {"nargs": "?"})]),
         "clean": ("keep the N newest periodic checkpoints (latest and best always stay)", cmd_clean,
-                  [("--keep", {"type": int, "required": True}), ("--dry-run", {"action": "store_true"})]),
+                  [("--keep", {"type": int, "required": True, "metavar": "N"}),
+                   ("--dry-run", {"action": "store_true", "help": "show what would go, remove nothing"})]),
         "export": ("write the model weights alone (.safetensors or .pt) plus metadata JSON", cmd_export,
                    [("path", {}), ("out", {})]),
     }
     for name, (help_text, handler, arguments) in specs.items():
-        parser = actions.add_parser(name, help=help_text)
+        parser = actions.add_parser(name, help=help_text, description=help_text)
         add_common(parser)
         for flag, options in arguments:
             parser.add_argument(flag, **options)
@@ -53,7 +54,7 @@ def console() -> Console:
 def cmd_list(args) -> int:
     infos = manage.run_checkpoints(args.run_dir)
     if args.json:
-        manage.print_json([info.to_dict() for info in infos])
+        manage.print_json([manage.record(info) for info in infos])
     else:
         console().print(manage.list_table(infos, f"Checkpoints in {Path(args.run_dir) / 'checkpoints'}"))
     return 0
@@ -80,38 +81,22 @@ def cmd_info(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from useg.checkpoint import verify_checkpoint
-
-    if args.path:
-        if not Path(args.path).exists():
-            raise UsegError(f"{args.path} does not exist")
-        results = [verify_checkpoint(Path(args.path))]
-    else:
-        results = [verify_checkpoint(info.path) for info in manage.run_checkpoints(args.run_dir)]
-    rows = [{"path": str(r.path), "status": r.status, "valid": r.status == "ok", "reason": r.reason} for r in results]
+    rows = manage.verify_records(args.run_dir, args.path)
+    bad = sum(not row["valid"] for row in rows)
     if args.json:
         manage.print_json(rows)
-    else:
-        for row in rows:
-            print(f"{'ok' if row['valid'] else 'BAD'}  {row['path']}" + ("" if row["valid"] else f": {row['status']}: {row['reason']}"))
-    bad = sum(not row["valid"] for row in rows)
-    if not args.json:
-        print(f"{len(rows) - bad} valid, {bad} invalid")
+        return 1 if bad else 0
+    for row in rows:
+        print(f"ok   {row['path']}" if row["valid"] else f"BAD  {row['path']}: {row['status']}: {row['reason']}")
+    print(f"{len(rows) - bad} valid, {bad} invalid")
     return 1 if bad else 0
 
 
 def cmd_clean(args) -> int:
-    from useg.checkpoint import CheckpointManager, bytes_freed
-
-    if args.keep < 1:
-        raise UsegError(f"--keep must be at least 1 (got {args.keep}); latest and best are always kept anyway")
-    folder = manage.checkpoints_dir(args.run_dir)
-    manage.run_checkpoints(args.run_dir)
-    with CheckpointManager(folder, total_epochs=1, lock=not args.dry_run, warn=lambda m: None) as manager:
-        removed = manager.clean(keep=args.keep, dry_run=args.dry_run)
-    freed = bytes_freed(removed)
+    removed, freed = manage.clean_run(args.run_dir, args.keep, args.dry_run)
     if args.json:
-        manage.print_json({"dry_run": args.dry_run, "removed": [info.to_dict() for info in removed], "freed_bytes": freed})
+        manage.print_json({"dry_run": args.dry_run, "keep": args.keep,
+                           "removed": [manage.record(info) for info in removed], "freed_bytes": freed})
         return 0
     verb = "would remove" if args.dry_run else "removed"
     for info in removed:

@@ -27,10 +27,15 @@ class EndOfInput(Exception):
 
 
 def ask(prompt: str) -> str:
+    """One answer from the user; EndOfInput when stdin has closed."""
     try:
-        return input(prompt).strip()
+        answer = input(prompt).strip()
     except EOFError:
+        print()
         raise EndOfInput from None
+    if not sys.stdin.isatty():
+        print(answer)  # a terminal echoes what was typed; echo piped answers so the transcript reads the same
+    return answer
 
 
 def run_menu(run_dir: str) -> int:
@@ -116,26 +121,22 @@ def view_info(run_dir: str, console: Console) -> None:
 
 
 def clean_old(run_dir: str, console: Console) -> None:
-    from useg.checkpoint import CheckpointManager, bytes_freed
-
+    """Ask N, show what would go, and remove it only after a yes."""
     keep = ask("Keep how many periodic checkpoints? ")
     if not keep.isdigit() or int(keep) < 1:
-        console.print(f"Please give a whole number of at least 1 (got {keep!r}).")
+        console.print(f"Please give a whole number of at least 1 (got {keep!r}).", markup=False)
         return
-    folder = manage.checkpoints_dir(run_dir)
-    with CheckpointManager(folder, total_epochs=1, lock=False, warn=lambda m: None) as preview:
-        doomed = preview.clean(keep=int(keep), dry_run=True)
+    doomed, freed = manage.clean_run(run_dir, int(keep), dry_run=True)
     if not doomed:
         console.print("Nothing to remove.")
         return
     for info in doomed:
         console.print(f"  will remove {info.name}", markup=False)
-    if ask(f"Remove these {len(doomed)} file(s)? [y/N] ").lower() not in ("y", "yes"):
+    if ask(f"Remove these {len(doomed)} file(s), freeing {manage.format_size(freed)}? [y/N] ").lower() not in ("y", "yes"):
         console.print("Nothing removed.")
         return
-    with CheckpointManager(folder, total_epochs=1, lock=True, warn=lambda m: None) as manager:
-        removed = manager.clean(keep=int(keep))
-    console.print(f"Removed {len(removed)} file(s), freed {manage.format_size(bytes_freed(removed))}.")
+    removed, freed = manage.clean_run(run_dir, int(keep), dry_run=False)
+    console.print(f"Removed {len(removed)} file(s), freed {manage.format_size(freed)}.")
 
 
 def show_history(run_dir: str, console: Console) -> None:

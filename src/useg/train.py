@@ -21,7 +21,8 @@ from useg.checkpoint.faults import kill_point
 from useg.config import TrainConfig, changed_keys, incompatible_keys
 from useg.data import Split, TaskSampler, load_dataset, make_batch, split_by_patient, validation_tasks
 from useg.errors import CheckpointError, ConfigError
-from useg.history import append_epoch, new_history, new_log_name, read_log, utc_now, write_log
+from useg.history import append_epoch, log_tensorboard, new_history, new_log_name, open_tensorboard, read_log
+from useg.history import utc_now, write_log
 from useg.metrics import hard_dice, segmentation_loss
 from useg.model import build_universeg, load_pretrained, model_config
 from useg.progress import Progress
@@ -91,6 +92,7 @@ class Run:
     history: dict[str, Any]
     log_path: Path
     log: dict[str, Any]
+    tensorboard: Any = None
     start_epoch: int = 0
     start_batch: int = 0
     partial_loss: tuple[float, int] = (0.0, 0)
@@ -118,6 +120,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
         run_epochs(run, stop, progress)
     finally:
         stop.restore()
+        if run.tensorboard is not None:
+            run.tensorboard.close()
         run.manager.close()
     best = run.history["best_val_dice"]
     progress.line(f"Done: {cfg.epochs} epochs, best val Dice {best:.4f} at epoch {run.history['best_epoch']}; "
@@ -193,6 +197,8 @@ def build_run(cfg, paths, manager, state, resumed_from, progress) -> Run:
     if state is not None:
         restore_state(run, state)
     open_log(run, state, resumed_from)
+    if cfg.tensorboard:
+        run.tensorboard = open_tensorboard(paths.logs / "tensorboard", progress.warn)
     progress.line(describe_data(dataset, split, len(val_tasks)))
     return run
 
@@ -282,6 +288,7 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         if cfg.vis_every and (epoch + 1) % cfg.vis_every == 0:
             save_pictures(run, epoch + 1)
         save_epoch_checkpoint(run, epoch + 1, record)
+        log_tensorboard(run.tensorboard, epoch + 1, record)
         kill_point("epoch-end")
         progress.epoch_summary(epoch + 1, cfg.epochs, record, improved, run.history)
         run.start_batch, run.partial_loss = 0, (0.0, 0)
