@@ -14,15 +14,15 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--label", dict(type=int, help="for label-map masks: the label value that is foreground")),
     ("--classes", dict(help="comma-separated class names to train on (default: all)")),
     ("--config", dict(help="YAML or TOML file with the same keys as these flags")),
-    ("--epochs", dict(type=int, help="total epochs (default 12)")),
-    ("--batch-size", dict(type=int, help="targets per optimisation step (default 8)")),
-    ("--support-size", dict(type=int, help="support images per target (default 8)")),
+    ("--epochs", dict(type=int, help="total epochs (default 10)")),
+    ("--batch-size", dict(type=int, help="targets per optimisation step (default 4)")),
+    ("--support-size", dict(type=int, help="support images per target (default 4)")),
     ("--image-size", dict(type=int, help="square input size in pixels (default 64)")),
     ("--widths", dict(help="channels per level, e.g. 64,64,64,64 (official) (default 32,32,32,32)")),
     ("--lr", dict(type=float, help="Adam learning rate (default 1e-4)")),
     ("--loss", dict(choices=["dice", "dice+bce"], help="training loss (default dice)")),
     ("--seed", dict(type=int, help="random seed; 0 is a real seed (default 0)")),
-    ("--samples-per-epoch", dict(type=int, help="training tasks per epoch (default 256)")),
+    ("--samples-per-epoch", dict(type=int, help="training tasks per epoch (default 512)")),
     ("--split-file", dict(help="JSON {train: [ids], val: [ids], test: [ids]} overriding the seeded split")),
     ("--pretrained", dict(help="initialise from an official-format UniverSeg weight file (a plain state_dict)")),
     ("--save-every-steps", dict(type=int, help="also rewrite latest_checkpoint.pt every N steps")),
@@ -68,7 +68,8 @@ def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     from useg.config import build_config, read_config_file
-    from useg.train import TrainingInterrupted, resume_config, train
+    from useg.signals import TrainingInterrupted
+    from useg.train import resume_config, train
 
     resume = args.which if args.command == "resume" else args.resume
     file_layer = read_config_file(args.config) if args.config else {}

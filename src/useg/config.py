@@ -22,16 +22,16 @@ class TrainConfig:
     label: int | None = None
     classes: list[str] | None = None
     run_dir: str = "."
-    epochs: int = 12
-    batch_size: int = 8
-    support_size: int = 8
+    epochs: int = 10
+    batch_size: int = 4
+    support_size: int = 4
     image_size: int = 64
     widths: list[int] = field(default_factory=lambda: [32, 32, 32, 32])
     lr: float = 1e-4
     min_lr_ratio: float = 0.05
     loss: str = "dice"  # "dice" or "dice+bce"
     seed: int = 0
-    samples_per_epoch: int = 256
+    samples_per_epoch: int = 512
     split_fractions: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
     split_file: str | None = None
     periodic_percentages: list[int] = field(default_factory=lambda: [20, 40, 60, 80, 100])

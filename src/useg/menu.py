@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from useg import manage
 from useg.errors import UsegError
@@ -44,17 +45,20 @@ def run_menu(run_dir: str) -> int:
     actions = {"1": start_training, "2": resume_latest, "3": resume_specific, "4": view_info,
                "5": clean_old, "6": show_history}
     while True:
-        console.print(f"\n[bold]UniverSeg training manager[/bold]  (run folder: {Path(run_dir).resolve()})")
+        console.print(f"\n[bold]UniverSeg training manager[/bold]  (run folder: {escape(str(Path(run_dir).resolve()))})")
         for key, label in OPTIONS:
             console.print(f"  {key}  {label}")
         try:
             choice = ask("Choose an option: ").lower()
         except EndOfInput:
             return 0
+        except KeyboardInterrupt:
+            print()
+            return 130
         if choice in ("q", "quit", "exit"):
             return 0
         if choice not in actions:
-            console.print(f"Unknown option {choice!r}; type 1-6 or q.")
+            console.print(f"Unknown option {choice!r}; type 1-6 or q.", markup=False)
             continue
         try:
             actions[choice](run_dir, console)
@@ -66,12 +70,15 @@ def run_menu(run_dir: str) -> int:
 
 def run_useg(arguments: list[str]) -> int:
     """Run training as a child process, so Ctrl+C there stops training, not the menu."""
-    command = [sys.executable, "-m", "useg", *arguments]
     print("$ useg " + " ".join(arguments))
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 130
+    with subprocess.Popen([sys.executable, "-m", "useg", *arguments]) as child:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:
+                # The terminal sent Ctrl+C to the child too; it is saving its position, so wait for it.
+                # (subprocess.call would SIGKILL it here, mid-save.)
+                continue
 
 
 def start_training(run_dir: str, console: Console) -> None:
@@ -85,9 +92,15 @@ def start_training(run_dir: str, console: Console) -> None:
     run_useg(arguments)
 
 
+def ask_total_epochs() -> list[str]:
+    """`--epochs N` when the user wants to extend the run, else nothing."""
+    total = ask("Total epochs (Enter to keep the run's total): ")
+    return ["--epochs", total] if total else []
+
+
 def resume_latest(run_dir: str, console: Console) -> None:
-    manage.run_checkpoints(run_dir)
-    run_useg(["resume", "latest", "--run-dir", run_dir])
+    manage.run_checkpoints(run_dir)  # a clear error when there is nothing to resume
+    run_useg(["resume", "latest", "--run-dir", run_dir, *ask_total_epochs()])
 
 
 def choose_checkpoint(run_dir: str, console: Console):
@@ -98,7 +111,7 @@ def choose_checkpoint(run_dir: str, console: Console):
     if not answer:
         return None
     if not answer.isdigit() or not 1 <= int(answer) <= len(infos):
-        console.print(f"No checkpoint number {answer!r}.")
+        console.print(f"No checkpoint number {answer!r}.", markup=False)
         return None
     return infos[int(answer) - 1]
 
@@ -110,8 +123,10 @@ def resume_specific(run_dir: str, console: Console) -> None:
     if info.kind == "best":
         console.print("best_model.pt holds weights only (no optimizer state); choose a full checkpoint to resume.")
         return
-    extra = ask("Total epochs (Enter to keep the run's total): ")
-    run_useg(["resume", str(info.path), "--run-dir", run_dir] + (["--epochs", extra] if extra else []))
+    if not info.valid:
+        console.print(f"{info.name} is not valid ({info.reason}); choose another checkpoint.", markup=False)
+        return
+    run_useg(["resume", str(info.path), "--run-dir", run_dir, *ask_total_epochs()])
 
 
 def view_info(run_dir: str, console: Console) -> None:

@@ -15,10 +15,11 @@ from rich.progress import Progress as RichProgress
 class Progress:
     """Training output; `quiet` keeps only epoch summaries and warnings."""
 
-    def __init__(self, console: Console | None = None, quiet: bool = False):
-        self.console = console or Console(highlight=False)
-        self.errors = Console(stderr=True, highlight=False)
-        self.quiet = quiet
+    def __init__(self, console: Console | None = None, quiet: bool = False, silent: bool = False):
+        # silent: ranks other than 0 of a distributed run print nothing, so output appears once.
+        self.console = console or Console(highlight=False, quiet=silent)
+        self.errors = Console(stderr=True, highlight=False, quiet=silent)
+        self.quiet = quiet or silent
 
     def line(self, text: str) -> None:
         if not self.quiet:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import platform
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,20 +17,21 @@ import numpy as np
 import torch
 
 import useg
-from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, read_metadata, resolve_checkpoint
-from useg.checkpoint import restore_rng_state
+from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, read_metadata
+from useg.checkpoint import resolve_checkpoint, restore_rng_state
 from useg.checkpoint.faults import kill_point
 from useg.config import TrainConfig, changed_keys, incompatible_keys
-from useg.data import Split, TaskSampler, load_dataset, make_batch, split_by_patient, validation_tasks
-from useg.errors import CheckpointError, ConfigError
+from useg.data import Split, TaskSampler, load_dataset, split_by_patient, validation_tasks
+from useg.distributed import World, any_rank, barrier, broadcast_object, close_world, gather_objects, init_world
+from useg.distributed import mean_over_ranks
+from useg.errors import CheckpointError, ConfigError, UsegError
 from useg.history import append_epoch, log_tensorboard, new_history, new_log_name, open_tensorboard, read_log
 from useg.history import utc_now, write_log
-from useg.metrics import hard_dice, segmentation_loss
+from useg.metrics import segmentation_loss
 from useg.model import build_universeg, load_pretrained, model_config
 from useg.progress import Progress
-from useg.viz import save_prediction_figure
-
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+from useg.signals import StopRequest, TrainingInterrupted
+from useg.validation import picture_tasks, save_pictures, validate
 
 
 @dataclass
@@ -44,49 +47,21 @@ def run_paths(run_dir: str | Path) -> RunPaths:
     return RunPaths(root, root / "checkpoints", root / "logs", root / "visualizations_training")
 
 
-class TrainingInterrupted(Exception):
-    """Raised after an interrupt checkpoint is durable; carries the exit code."""
-
-    def __init__(self, exit_code: int, message: str):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-@dataclass
-class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop stops after the current optimisation step."""
-
-    signum: int | None = None
-    saving: bool = False
-    previous: dict[int, Any] = field(default_factory=dict)
-
-    def install(self) -> None:
-        for signum in EXIT_CODES:
-            self.previous[signum] = signal.signal(signum, self.handle)
-
-    def restore(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            # A second Ctrl+C aborts at once; atomic writes keep every file on disk whole.
-            raise KeyboardInterrupt
-        self.signum = signum
-
-
 @dataclass
 class Run:
     """Everything the loop mutates, built once by `prepare_run`."""
 
     cfg: TrainConfig
     paths: RunPaths
-    manager: CheckpointManager
+    world: World
+    device: torch.device
+    manager: CheckpointManager | None  # only rank 0 writes files
     dataset: Any
     split: Split
     sampler: TaskSampler
     val_tasks: list
     model: torch.nn.Module
+    train_model: torch.nn.Module  # the model, wrapped in DistributedDataParallel when distributed
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     history: dict[str, Any]
@@ -110,37 +85,77 @@ def resume_config(run_dir: str | Path, which: str) -> dict[str, Any]:
 
 def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = False, console=None) -> dict[str, Any]:
     """Train (or resume) one run; returns the history. Raises TrainingInterrupted on a signal."""
-    progress = Progress(console=console, quiet=cfg.quiet)
+    world = init_world()
+    progress = Progress(console=console, quiet=cfg.quiet, silent=not world.is_main)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    run = prepare_run(cfg, resume, overwrite, progress)
-    stop = StopRequest()
-    stop.install()
     try:
-        run_epochs(run, stop, progress)
+        run = prepare_run(cfg, world, resume, overwrite, progress)
+        stop = StopRequest()
+        stop.install()
+        try:
+            run_epochs(run, stop, progress)
+        finally:
+            stop.restore()
+            finish(run)
     finally:
-        stop.restore()
-        if run.tensorboard is not None:
-            run.tensorboard.close()
-        run.manager.close()
+        close_world(world)
     best = run.history["best_val_dice"]
     progress.line(f"Done: {cfg.epochs} epochs, best val Dice {best:.4f} at epoch {run.history['best_epoch']}; "
                   f"checkpoints in {run.paths.checkpoints}")
     return run.history
 
 
-def prepare_run(cfg: TrainConfig, resume: str | None, overwrite: bool, progress: Progress) -> Run:
-    """Lock the run folder, load data, build the model and restore state when resuming."""
+def finish(run: Run) -> None:
+    """Close the TensorBoard writer and wait until every checkpoint write is durable."""
+    if run.tensorboard is not None:
+        run.tensorboard.close()
+    if run.manager is not None:
+        run.manager.close()
+
+
+def on_main(world: World, action, share: bool = False):
+    """Run `action` on rank 0 only; a user error there is raised on every rank.
+
+    Returns its result on rank 0 (and on every rank with `share`), None elsewhere.
+    """
+    result, outcome = None, ("ok", None)
+    if world.is_main:
+        try:
+            result = action()
+        except UsegError as error:
+            if not world.enabled:
+                raise
+            outcome = ("error", (type(error), str(error)))
+    if not world.enabled:
+        return result
+    outcome = broadcast_object(world, outcome if not share or outcome[0] == "error" else ("ok", result))
+    if outcome[0] == "error":
+        kind, message = outcome[1]
+        raise kind(message)
+    return outcome[1] if share else result
+
+
+def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: bool, progress: Progress) -> Run:
+    """Lock the run folder (rank 0), load data, build the model and restore state when resuming."""
     paths = run_paths(cfg.run_dir)
-    check_run_dir(paths, resume, overwrite, progress)
-    manager = CheckpointManager(paths.checkpoints, total_epochs=cfg.epochs,
-                                periodic_percentages=tuple(cfg.periodic_percentages), lock=True, warn=progress.warn)
+    if cfg.batch_size % world.world_size:
+        raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world.world_size} processes")
+    manager = on_main(world, lambda: open_manager(cfg, paths, resume, overwrite, progress))
     try:
-        state, resumed_from = load_resume_state(manager, resume, cfg, progress)
-        return build_run(cfg, paths, manager, state, resumed_from, progress)
+        path = on_main(world, lambda: manager.resolve(resume), share=True) if resume is not None else None
+        state = check_resume_state(load_checkpoint(path), path, cfg, progress) if path is not None else None
+        return build_run(cfg, paths, world, manager, state, path.name if path else None, progress)
     except BaseException:
-        manager.close()
+        if manager is not None:
+            manager.close()
         raise
+
+
+def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, progress: Progress):
+    check_run_dir(paths, resume, overwrite, progress)
+    return CheckpointManager(paths.checkpoints, total_epochs=cfg.epochs,
+                             periodic_percentages=tuple(cfg.periodic_percentages), lock=True, warn=progress.warn)
 
 
 def check_run_dir(paths: RunPaths, resume: str | None, overwrite: bool, progress: Progress) -> None:
@@ -159,48 +174,65 @@ def check_run_dir(paths: RunPaths, resume: str | None, overwrite: bool, progress
     progress.warn(f"--overwrite: moved the previous checkpoints to {kept}")
 
 
-def load_resume_state(manager, resume, cfg, progress) -> tuple[dict | None, str | None]:
-    """Load the checkpoint to resume from and check that the config still fits it."""
-    if resume is None:
-        return None, None
-    path = manager.resolve(resume)
-    state = manager.load(path)
+def check_resume_state(state: dict, path: Path, cfg: TrainConfig, progress: Progress) -> dict:
+    """Refuse a checkpoint that is not a full training state or whose config no longer fits."""
+    if "optimizer_state_dict" not in state or "sampler_state" not in state:
+        raise CheckpointError(f"{path.name} holds model weights only (no optimizer or data position) and cannot "
+                              "be resumed; resume from latest or an epoch_NNN checkpoint, or fine-tune with --pretrained")
     saved = state.get("config") or {}
     bad = incompatible_keys(saved, cfg)
     if bad:
         details = ", ".join(f"{key} {saved[key]!r} -> {getattr(cfg, key)!r}" for key in bad)
         raise ConfigError(f"cannot resume {path.name}: the config differs in {details}; "
                           "use the checkpoint's values or start a new --run-dir")
-    progress.line(f"Resuming from {path} (epoch {state['epoch']}"
-                  + (f", batch {state['sampler_state']['batch_index']}" if state["sampler_state"]["batch_index"] else "")
-                  + ")")
-    return state, path.name
+    batch = state["sampler_state"]["batch_index"]
+    progress.line(f"Resuming from {path} (epoch {state['epoch']}" + (f", batch {batch})" if batch else ")"))
+    if state["epoch"] >= cfg.epochs:
+        progress.line(f"The run already has {state['epoch']} of {cfg.epochs} epochs; pass --epochs N to extend it")
+    return state
 
 
-def build_run(cfg, paths, manager, state, resumed_from, progress) -> Run:
+def choose_device(world: World) -> torch.device:
+    return torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def build_run(cfg, paths, world, manager, state, resumed_from, progress) -> Run:
     dataset = load_dataset(cfg.data, image_size=cfg.image_size, annotations=cfg.annotations, label=cfg.label,
                            classes=cfg.classes, seed=cfg.seed)
     split = choose_split(cfg, dataset, state)
     sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
                           samples_per_epoch=cfg.samples_per_epoch)
     val_tasks = validation_tasks(dataset, split.val, split.train, support_size=cfg.support_size, seed=cfg.seed)
+    device = choose_device(world)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
-    model = build_universeg(tuple(cfg.widths))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * cfg.min_lr_ratio)
-    history = new_history()
+    model = build_universeg(tuple(cfg.widths)).to(device)
     if state is None and cfg.pretrained:
         load_pretrained(model, cfg.pretrained)
         progress.line(f"Initialised from {cfg.pretrained}")
-    run = Run(cfg, paths, manager, dataset, split, sampler, val_tasks, model, optimizer, scheduler, history,
-              log_path=paths.logs / new_log_name(), log={})
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * cfg.min_lr_ratio)
+    run = Run(cfg, paths, world, device, manager, dataset, split, sampler, val_tasks, model, model, optimizer,
+              scheduler, new_history(), log_path=paths.logs / new_log_name(), log={})
     if state is not None:
-        restore_state(run, state)
-    open_log(run, state, resumed_from)
-    if cfg.tensorboard:
-        run.tensorboard = open_tensorboard(paths.logs / "tensorboard", progress.warn)
-    progress.line(describe_data(dataset, split, len(val_tasks)))
+        restore_state(run, state, progress)
+    run.train_model = wrap_distributed(model, world)
+    run.log_path = Path(broadcast_object(world, str(run.log_path)))
+    if world.is_main:
+        open_log(run, state, resumed_from)
+        if cfg.tensorboard:
+            run.tensorboard = open_tensorboard(paths.logs / "tensorboard", progress.warn)
+    progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device))
     return run
+
+
+def wrap_distributed(model: torch.nn.Module, world: World) -> torch.nn.Module:
+    if not world.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # The last decoder block's support conv is never used (its output is discarded), hence unused parameters.
+    device_ids = [world.local_rank] if torch.cuda.is_available() else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
 
 
 def choose_split(cfg: TrainConfig, dataset, state: dict | None) -> Split:
@@ -208,12 +240,10 @@ def choose_split(cfg: TrainConfig, dataset, state: dict | None) -> Split:
     if state is not None:
         return Split.from_dict(state["split"], dataset)
     if cfg.split_file:
-        import json
-
         try:
             saved = json.loads(Path(cfg.split_file).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
-            raise ConfigError(f"--split-file {cfg.split_file}: cannot read it ({err})") from None
+            raise ConfigError(f"--split-file {cfg.split_file}: cannot read it ({type(err).__name__})") from None
         return Split.from_dict(saved, dataset)
     return split_by_patient(dataset, seed=cfg.seed, fractions=tuple(cfg.split_fractions))
 
@@ -229,7 +259,11 @@ def describe_data(dataset, split: Split, val_tasks: int) -> str:
     return text
 
 
-def restore_state(run: Run, state: dict[str, Any]) -> None:
+def describe_world(world: World, device: torch.device) -> str:
+    return f"; {world.world_size} processes on {device.type}" if world.enabled else f"; device {device.type}"
+
+
+def restore_state(run: Run, state: dict[str, Any], progress: Progress) -> None:
     """Put model, optimiser, scheduler, history, RNG and data position back as saved."""
     run.model.load_state_dict(state["model_state_dict"])
     run.optimizer.load_state_dict(state["optimizer_state_dict"])
@@ -238,7 +272,7 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
     run.scheduler.T_max = run.cfg.epochs
     run.history = state["history"]
     run.history.setdefault("resumed_at", []).append(state["epoch"])
-    restore_rng_state(state["rng_state"])
+    restore_rng(run.world, state, progress)
     position = state["sampler_state"]
     run.start_epoch = state["epoch"]
     run.start_batch = position["batch_index"]
@@ -248,17 +282,26 @@ def restore_state(run: Run, state: dict[str, Any]) -> None:
         run.log_path = run.paths.logs / state["log_file"]
 
 
+def restore_rng(world: World, state: dict[str, Any], progress: Progress) -> None:
+    """Each rank gets its own saved RNG state back when the number of processes is unchanged."""
+    per_rank = state.get("rng_state_per_rank") or [state["rng_state"]]
+    if len(per_rank) != world.world_size:
+        progress.warn(f"resuming a {len(per_rank)}-process checkpoint with {world.world_size} process(es): "
+                      "training continues correctly but is not bit-identical to an uninterrupted run")
+    restore_rng_state(per_rank[world.rank] if len(per_rank) == world.world_size else per_rank[0])
+
+
 def open_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
     """Start the JSON log, or continue the one the run has been writing."""
     run.log_path.parent.mkdir(parents=True, exist_ok=True)
     previous = read_log(run.log_path) if state is not None else None
-    session = {"started": utc_now(), "resumed_from": resumed_from,
-               "start_epoch": run.start_epoch, "start_batch": run.start_batch}
+    session = {"started": utc_now(), "resumed_from": resumed_from, "start_epoch": run.start_epoch,
+               "start_batch": run.start_batch, "world_size": run.world.world_size}
     if state is not None:
         session["config_changes"] = changed_keys(state.get("config") or {}, run.cfg)
     run.log = {
         "format": "useg-training-log", "format_version": 1,
-        "config": run.cfg.to_dict(), "model": model_config(run.model), "environment": environment(),
+        "config": run.cfg.to_dict(), "model": model_config(run.model), "environment": environment(run),
         "data": {"source": run.dataset.source, "classes": run.dataset.classes, "report": run.dataset.report,
                  "split_sizes": {name: len(getattr(run.split, name)) for name in ("train", "val", "test")}},
         "sessions": (previous or {}).get("sessions", []) + [session],
@@ -266,61 +309,69 @@ def open_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
     write_log(run.log_path, run.log, run.history)
 
 
-def environment() -> dict[str, Any]:
+def environment(run: Run) -> dict[str, Any]:
     return {"useg": useg.__version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "device": "cpu", "threads": torch.get_num_threads()}
+            "device": str(run.device), "threads": torch.get_num_threads(), "world_size": run.world.world_size}
 
 
 def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
     """Train from the saved position to cfg.epochs, checkpointing after each epoch."""
     cfg = run.cfg
+    pictured = picture_tasks(run.val_tasks, cfg.vis_count)
     for epoch in range(run.start_epoch, cfg.epochs):
         started = time.perf_counter()
         loss_sum, loss_count = run_one_epoch(run, epoch, stop, progress)
         run.scheduler.step()
-        record = validate(run)
+        record = validate(run.model, run.dataset, run.val_tasks, 2 * cfg.batch_size, run.device, run.world)
         train_time = time.perf_counter() - started
         record.update(train_loss=loss_sum / max(loss_count, 1), lr=run.optimizer.param_groups[0]["lr"],
                       epoch_time_s=round(train_time, 3),
                       samples_per_s=round(cfg.samples_per_epoch / max(train_time, 1e-9), 2))
         improved = append_epoch(run.history, record)
-        if cfg.vis_every and (epoch + 1) % cfg.vis_every == 0:
-            save_pictures(run, epoch + 1)
+        if run.world.is_main and cfg.vis_every and (epoch + 1) % cfg.vis_every == 0:
+            save_pictures(run.model, run.dataset, pictured, run.paths.visualizations, epoch + 1, run.device)
         save_epoch_checkpoint(run, epoch + 1, record)
-        log_tensorboard(run.tensorboard, epoch + 1, record)
         kill_point("epoch-end")
         progress.epoch_summary(epoch + 1, cfg.epochs, record, improved, run.history)
         run.start_batch, run.partial_loss = 0, (0.0, 0)
-        if stop.signum is not None and epoch + 1 < cfg.epochs:
+        if any_rank(run.world, stop.signum is not None) and epoch + 1 < cfg.epochs:
             # The signal came during validation or the save: the epoch checkpoint is the position.
-            raise TrainingInterrupted(EXIT_CODES[stop.signum], resume_hint(run))
+            raise TrainingInterrupted(stop.exit_code, resume_hint(run))
+
+
+def local_part(batch, world: World):
+    """This rank's share of the global batch (the batch is the same definition at any world size)."""
+    if not world.enabled:
+        return batch
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name)[world.rank::world.world_size]
+                                         for f in dataclasses.fields(batch)})
 
 
 def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -> tuple[float, int]:
     """Optimisation steps of one epoch, from the saved batch on; returns (loss sum, batches)."""
-    cfg, model = run.cfg, run.model
-    model.train()
+    cfg = run.cfg
+    run.train_model.train()
     loss_sum, loss_count = run.partial_loss
     batches = run.sampler.num_batches(cfg.batch_size)
     last_save = time.monotonic()
     with progress.epoch_bar(epoch + 1, cfg.epochs, batches, run.start_batch) as bar:
         for batch_index in range(run.start_batch, batches):
-            batch = run.sampler.batch(epoch, batch_index, cfg.batch_size)
-            logits = model(batch.target_image, batch.support_images, batch.support_labels)
+            batch = local_part(run.sampler.batch(epoch, batch_index, cfg.batch_size), run.world).to(run.device)
+            logits = run.train_model(batch.target_image, batch.support_images, batch.support_labels)
             loss = segmentation_loss(logits, batch.target_label, cfg.loss)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
             run.step += 1
             kill_point("step")
-            loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+            loss_sum, loss_count = loss_sum + mean_over_ranks(run.world, loss.item()), loss_count + 1
             bar.advance(loss_sum / loss_count)
             position = (epoch, batch_index + 1, loss_sum, loss_count)
-            if stop.signum is not None:
+            if any_rank(run.world, stop.signum is not None):
                 save_interrupt(run, position, stop, progress)
             if mid_epoch_save_due(cfg, run.step, last_save) and batch_index + 1 < batches:
-                save_mid_epoch(run, position)
+                save_checkpoint(run, position[0], position, kind="interrupt")
                 last_save = time.monotonic()
     return loss_sum, loss_count
 
@@ -331,47 +382,10 @@ def mid_epoch_save_due(cfg: TrainConfig, step: int, last_save: float) -> bool:
     return bool(by_steps or by_time)
 
 
-@torch.no_grad()
-def validate(run: Run) -> dict[str, Any]:
-    """Dice of every fixed validation task; per class, their mean ('best' uses it) and spread."""
-    run.model.eval()
-    scores, classes = [], []
-    size = max(run.cfg.batch_size, 1) * 2
-    for start in range(0, len(run.val_tasks), size):
-        tasks = run.val_tasks[start:start + size]
-        batch = make_batch(run.dataset, tasks)
-        logits = run.model(batch.target_image, batch.support_images, batch.support_labels)
-        scores.append(hard_dice(logits, batch.target_label))
-        classes.append(batch.classes)
-    dice, cls = torch.cat(scores), torch.cat(classes)
-    per_class = {run.dataset.classes[c]: float(dice[cls == c].mean()) for c in sorted(set(cls.tolist()))}
-    return {"val_dice": float(np.mean(list(per_class.values()))), "val_dice_per_class": per_class,
-            "val_dice_std": float(dice.std()) if len(dice) > 1 else 0.0,
-            "val_dice_min": float(dice.min()), "val_dice_max": float(dice.max())}
-
-
-@torch.no_grad()
-def save_pictures(run: Run, epoch: int) -> None:
-    """Pictures of a few fixed validation targets, comparable across epochs."""
-    count = min(run.cfg.vis_count, len(run.val_tasks))
-    picks = np.linspace(0, len(run.val_tasks) - 1, count).round().astype(int) if count else []
-    run.model.eval()
-    for number, task_index in enumerate(picks):
-        task = run.val_tasks[task_index]
-        batch = make_batch(run.dataset, [task])
-        logits = run.model(batch.target_image, batch.support_images, batch.support_labels)
-        dice = float(hard_dice(logits, batch.target_label)[0])
-        title = (f"epoch {epoch} · {run.dataset.ids[task.target]} · class {run.dataset.classes[task.cls]} · "
-                 f"Dice {dice:.3f}")
-        save_prediction_figure(run.paths.visualizations / f"epoch_{epoch:03d}_batch_{number:03d}.png",
-                               batch.target_image[0, 0].numpy(), batch.target_label[0, 0].numpy(),
-                               (logits[0, 0] > 0).float().numpy(), batch.support_images[0, :, 0].numpy(),
-                               batch.support_labels[0, :, 0].numpy(), title)
-
-
 def training_state(run: Run, epoch: int, position: tuple[int, int, float, int]) -> dict[str, Any]:
     """The full state a checkpoint holds: the seed's keys plus what exact resume needs."""
     data_epoch, batch_index, loss_sum, loss_count = position
+    rng_per_rank = gather_objects(run.world, capture_rng_state())
     return {
         "epoch": epoch,
         "step": run.step,
@@ -379,9 +393,10 @@ def training_state(run: Run, epoch: int, position: tuple[int, int, float, int]) 
         "optimizer_state_dict": run.optimizer.state_dict(),
         "scheduler_state_dict": run.scheduler.state_dict(),
         "history": run.history,
-        "rng_state": capture_rng_state(),
+        "rng_state": rng_per_rank[0],
+        "rng_state_per_rank": rng_per_rank,
         "sampler_state": {"seed": run.cfg.seed, "epoch": data_epoch, "batch_index": batch_index,
-                          "loss_sum": loss_sum, "loss_count": loss_count,
+                          "loss_sum": loss_sum, "loss_count": loss_count, "world_size": run.world.world_size,
                           "samples_per_epoch": run.cfg.samples_per_epoch, "batch_size": run.cfg.batch_size},
         "config": run.cfg.to_dict(),
         "model_config": model_config(run.model),
@@ -391,36 +406,45 @@ def training_state(run: Run, epoch: int, position: tuple[int, int, float, int]) 
     }
 
 
+def save_checkpoint(run: Run, epoch: int, position, **save_args) -> None:
+    """Rank 0 saves; with several processes every rank waits until the file is durable."""
+    state = training_state(run, epoch, position)  # a collective: every rank takes part
+    if run.manager is not None:
+        run.manager.save(state, epoch=epoch, step=run.step, **save_args)
+        if run.world.enabled:
+            run.manager.wait()
+    barrier(run.world)
+
+
 def save_epoch_checkpoint(run: Run, epoch: int, record: dict[str, Any]) -> None:
     """Checkpoint after a finished epoch (written in the background), then rewrite the log."""
     manager = run.manager
-    written = ["latest_checkpoint.pt"]
-    if epoch in manager.scheduled_epochs:
-        written.append(f"epoch_{epoch:03d}_checkpoint.pt")
-    if manager.best_val_dice is None or record["val_dice"] > manager.best_val_dice:
-        written.append("best_model.pt")
-    run.history["checkpoints_written"][-1] = written
+    if manager is not None:
+        written = ["latest_checkpoint.pt"]
+        if epoch in manager.scheduled_epochs:
+            written.append(f"epoch_{epoch:03d}_checkpoint.pt")
+        if manager.best_val_dice is None or record["val_dice"] > manager.best_val_dice:
+            written.append("best_model.pt")
+        run.history["checkpoints_written"][-1] = written
     started = time.perf_counter()
-    manager.save(training_state(run, epoch, (epoch, 0, 0.0, 0)), epoch=epoch,
-                 val_dice=record["val_dice"], train_loss=record["train_loss"])
+    save_checkpoint(run, epoch, (epoch, 0, 0.0, 0), val_dice=record["val_dice"], train_loss=record["train_loss"])
     run.history["checkpoint_time_s"][-1] = round(time.perf_counter() - started, 4)
-    write_log(run.log_path, run.log, run.history)
-
-
-def save_mid_epoch(run: Run, position: tuple[int, int, float, int]) -> None:
-    """Rewrite latest_checkpoint.pt inside a long epoch (--save-every-steps/--save-every-minutes)."""
-    run.manager.save(training_state(run, position[0], position), epoch=position[0], kind="interrupt")
+    if run.world.is_main:
+        write_log(run.log_path, run.log, run.history)
+        log_tensorboard(run.tensorboard, epoch, record)
 
 
 def save_interrupt(run: Run, position, stop: StopRequest, progress: Progress) -> None:
     """Write the interrupt checkpoint, wait until it is durable, and stop with 130/143."""
-    stop.saving = True
-    name = signal.Signals(stop.signum).name
-    progress.warn(f"{name} received: saving the position (epoch {position[0] + 1}, batch {position[1]}) ...")
-    save_mid_epoch(run, position)
-    run.manager.wait()
-    write_log(run.log_path, run.log, run.history)
-    raise TrainingInterrupted(EXIT_CODES[stop.signum], resume_hint(run))
+    signals = [s for s in gather_objects(run.world, stop.signum) if s is not None]
+    stop.signum = stop.signum or signals[0]
+    progress.warn(f"{signal.Signals(stop.signum).name} received: saving the position "
+                  f"(epoch {position[0] + 1}, batch {position[1]}) ...")
+    save_checkpoint(run, position[0], position, kind="interrupt")
+    if run.manager is not None:
+        run.manager.wait()
+        write_log(run.log_path, run.log, run.history)
+    raise TrainingInterrupted(stop.exit_code, resume_hint(run))
 
 
 def resume_hint(run: Run) -> str:

@@ -120,16 +120,21 @@ class CheckpointManager:
 
     def _write(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any]) -> None:
         data = to_bytes(snapshot)
+        # latest goes last: a save counts once latest is durable. Killed before that, the run
+        # resumes from the previous latest and redoes this epoch, writing its periodic and best
+        # files again; written first, latest would move on and those two would never be written.
         with explain_write_errors(self.directory, len(data)):
+            if plan.best:
+                best_data = to_bytes(self._best_state(snapshot, fields["val_dice"]))
+                publish_bytes(self.directory / BEST_NAME, best_data, self._sidecar(fields, "best", best_data))
             latest = self.directory / LATEST_NAME
-            publish_bytes(latest, data, self._sidecar(fields, plan.latest_kind, data))
+            latest_sidecar = self._sidecar(fields, plan.latest_kind, data)
             if plan.periodic:
                 periodic = self.directory / periodic_name(fields["epoch"])
-                publish_link(latest, periodic, data, self._sidecar(fields, "periodic", data))
-            if plan.best:
-                best = self._best_state(snapshot, fields["val_dice"])
-                best_data = to_bytes(best)
-                publish_bytes(self.directory / BEST_NAME, best_data, self._sidecar(fields, "best", best_data))
+                publish_bytes(periodic, data, self._sidecar(fields, "periodic", data))
+                publish_link(periodic, latest, data, latest_sidecar)
+            else:
+                publish_bytes(latest, data, latest_sidecar)
 
     def _best_state(self, snapshot: dict[str, Any], val_dice: float) -> dict[str, Any]:
         best = {key: value for key, value in snapshot.items() if key not in self.best_exclude}

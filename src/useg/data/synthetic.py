@@ -89,7 +89,7 @@ def _patient(rng: np.random.Generator, kind: int) -> Patient:
     lesion = Lesion(
         kind=kind,
         centre=(rng.uniform(0.32, 0.68), rng.uniform(0.3, 0.68)),
-        radius=rng.uniform(0.08, 0.22),
+        radius=rng.uniform(0.10, 0.22),
         aspect=rng.uniform(0.6, 1.0),
         angle=rng.uniform(0, np.pi),
         shape_seed=int(rng.integers(2**31)),
@@ -107,7 +107,7 @@ def _moved(rng: np.random.Generator, lesion: Lesion) -> Lesion:
         kind=lesion.kind,
         centre=(float(np.clip(x + rng.normal(0, 0.05), 0.28, 0.72)),
                 float(np.clip(y + rng.normal(0, 0.05), 0.26, 0.74))),
-        radius=float(np.clip(lesion.radius * rng.uniform(0.8, 1.2), 0.08, 0.25)),
+        radius=float(np.clip(lesion.radius * rng.uniform(0.8, 1.2), 0.09, 0.25)),
         aspect=float(np.clip(lesion.aspect * rng.uniform(0.9, 1.1), 0.5, 1.0)),
         angle=lesion.angle + rng.normal(0, 0.3),
         shape_seed=lesion.shape_seed,
@@ -117,7 +117,7 @@ def _moved(rng: np.random.Generator, lesion: Lesion) -> Lesion:
 def _second_lesion(rng: np.random.Generator, first: Lesion) -> Lesion:
     """A smaller lesion of another kind, placed apart from the first when possible."""
     kind = int(rng.choice([k for k in range(3) if k != first.kind]))
-    radius = rng.uniform(0.08, 0.13)
+    radius = rng.uniform(0.09, 0.14)
     for _ in range(10):
         centre = (rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.78))
         if np.hypot(centre[0] - first.centre[0], centre[1] - first.centre[1]) > first.radius + radius + 0.02:

@@ -1,0 +1,94 @@
+"""torch.distributed set-up from the environment torchrun provides; a no-op in a single process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands: rank 0 of 1 unless launched by torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_world() -> World:
+    """Join the process group torchrun describes (NCCL on GPUs, gloo on CPU); single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return World()
+    world = World(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available()
+        if use_cuda:
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return world
+
+
+def close_world(world: World) -> None:
+    if world.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(world: World) -> None:
+    if world.enabled:
+        dist.barrier()
+
+
+def gather_objects(world: World, value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not world.enabled:
+        return [value]
+    values: list[Any] = [None] * world.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def broadcast_object(world: World, value: Any) -> Any:
+    """Rank 0's `value` on every rank."""
+    if not world.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo reduces CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def any_rank(world: World, flag: bool) -> bool:
+    """True on every rank when it is true on at least one (e.g. a SIGTERM reached one rank)."""
+    if not world.enabled:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def mean_over_ranks(world: World, value: float) -> float:
+    """The mean of a float over ranks, identical on every rank."""
+    if not world.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=collective_device())
+    dist.all_reduce(tensor)
+    return float(tensor.item() / world.world_size)

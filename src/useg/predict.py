@@ -1,0 +1,248 @@
+"""Apply a trained model: load it from a run's checkpoint and segment new images from a support folder.
+
+Inputs of any size are resized to the model's square size (the rule every data
+layout uses), predicted from a fixed, seeded support set per class, and the
+probability map is resized back to the input's original size before thresholding.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from useg.checkpoint import load_checkpoint, resolve_checkpoint, verify_checkpoint
+from useg.checkpoint.loading import checkpoint_path
+from useg.data import SegDataset, load_dataset
+from useg.data.dataset import select_classes
+from useg.data.images import is_image_file, open_image, read_grey, to_grey
+from useg.errors import CheckpointError, DataError
+from useg.model import UniverSeg, build_from_config, infer_widths
+
+# Overlay tints per class (RGB), in the support set's class order.
+OVERLAY_COLOURS = [(255, 64, 64), (64, 200, 255), (255, 210, 0), (120, 255, 120), (255, 100, 255), (255, 150, 60)]
+OVERLAY_ALPHA = 0.35
+
+
+def warn(message: str) -> None:
+    """Warnings go to stderr, so `--json` output stays parseable."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@dataclass
+class TrainedModel:
+    """A model rebuilt from a checkpoint, with the training config it was saved with."""
+
+    model: UniverSeg
+    path: Path
+    epoch: int
+    config: dict[str, Any]
+    classes: list[str]
+    split: dict[str, list[str]] | None  # anonymous image ids per split, as training saved them
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    @property
+    def support_size(self) -> int:
+        return int(self.config["support_size"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+
+@dataclass
+class SupportSet:
+    """The fixed supports of one class: (S, H, W) images in [0, 1] and 0/1 labels."""
+
+    cls: str
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def checkpoint_file(run_dir: str | Path, which: str | None) -> Path:
+    """The verified file `which` names (default best): latest, best, an epoch number or a path."""
+    which = which or "best"
+    folder = Path(run_dir) / "checkpoints"
+    if which in ("latest", "best") or which.isdigit():
+        if not folder.is_dir():
+            raise CheckpointError(f"no checkpoints in {folder}: train first (useg train --run-dir {run_dir}), "
+                                  "or pass --run-dir or a checkpoint path")
+    elif verify_checkpoint(checkpoint_path(folder, which)).status == "missing-checksum":
+        raise CheckpointError(f"{which} has no checksum sidecar, so it is no useg checkpoint; a plain weight file "
+                              "(such as the official UniverSeg one) starts training with useg train --pretrained FILE")
+    return resolve_checkpoint(folder, which, warn=warn)
+
+
+def load_trained(run_dir: str | Path = ".", which: str | None = None) -> TrainedModel:
+    """Load a run's checkpoint (verified, weights_only) and rebuild its model in eval mode."""
+    path = checkpoint_file(run_dir, which)
+    state = load_checkpoint(path)
+    missing = [key for key in ("model_state_dict", "model_config", "config") if key not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by useg train")
+    model = build_from_config(state["model_config"])
+    fit_weights(model, state["model_state_dict"], path)
+    model.eval()
+    classes = list(state.get("classes") or state["config"].get("classes") or [])
+    return TrainedModel(model, path, int(state.get("epoch", 0)), dict(state["config"]), classes, state.get("split"))
+
+
+def fit_weights(model: UniverSeg, weights: dict, path: Path) -> None:
+    """Load weights into the model built from the same checkpoint's model_config; refuse a mismatch."""
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError:
+        found = ",".join(map(str, infer_widths(weights) or ())) or "unknown"
+        raise CheckpointError(
+            f"{path}: its weights (widths {found}) do not fit its model_config (widths "
+            f"{','.join(map(str, model.widths))}); the file was edited or mixed up: use another checkpoint"
+        ) from None
+
+
+@torch.no_grad()
+def probabilities(model: UniverSeg, targets: torch.Tensor, support_images: torch.Tensor,
+                  support_labels: torch.Tensor) -> torch.Tensor:
+    """Sigmoid foreground probabilities (B, 1, H, W) for targets (B, 1, H, W) and supports (B, S, 1, H, W)."""
+    model.eval()
+    return torch.sigmoid(model(targets, support_images, support_labels))
+
+
+def support_sets(supports: SegDataset, wanted: list[str] | None, support_size: int, seed: int) -> list[SupportSet]:
+    """Per chosen class, up to `support_size` images showing it, picked by a generator seeded per class."""
+    if support_size < 1:
+        raise DataError(f"--support-size must be at least 1, not {support_size}")
+    chosen = select_classes(supports.classes, wanted)
+    shown = {cls: np.flatnonzero(supports.masks[:, cls].any(axis=(1, 2))) for cls in chosen}
+    unshown = [supports.classes[cls] for cls in chosen if not len(shown[cls])]
+    if unshown and (wanted or len(unshown) == len(chosen)):
+        raise DataError(f"no support image shows class {', '.join(unshown)}; add such images or choose --classes")
+    if unshown:
+        warn(f"no support image shows class {', '.join(unshown)}; not predicted")
+    return [pick_supports(supports, cls, shown[cls], support_size, seed) for cls in chosen if len(shown[cls])]
+
+
+def pick_supports(supports: SegDataset, cls: int, members: np.ndarray, support_size: int, seed: int) -> SupportSet:
+    """A seeded pick without repeats; all of them when there are fewer than `support_size`."""
+    name = supports.classes[cls]
+    if len(members) < support_size:
+        warn(f"class {name} has {len(members)} support images, fewer than --support-size {support_size}; "
+             f"using all {len(members)}")
+    rng = np.random.default_rng([seed, cls])
+    picked = np.sort(rng.choice(members, size=min(support_size, len(members)), replace=False))
+    return SupportSet(name, supports.images[picked], supports.masks[picked, cls].astype(np.float32))
+
+
+def load_supports(trained: TrainedModel, folder: str | Path, wanted: list[str] | None,
+                  support_size: int | None) -> tuple[list[SupportSet], bool]:
+    """The support sets from a folder in any training layout, at the model's size; and whether it is multi-class."""
+    folder = Path(folder)
+    if folder.is_dir() and not any(folder.iterdir()):
+        raise DataError(f"support folder {folder} is empty; it needs images with masks in a training layout")
+    data = load_dataset(folder, image_size=trained.image_size)
+    size = trained.support_size if support_size is None else support_size
+    return support_sets(data, wanted, size, trained.seed), len(data.classes) > 1
+
+
+def input_files(items: list[str | Path]) -> list[Path]:
+    """Image files named directly or found (not recursively) in named folders; each readable, stems unique."""
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(path for path in item.iterdir() if is_image_file(path))
+            if not found:
+                raise DataError(f"no images (.png, .jpg, .tif) in {item}")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            raise DataError(f"input image {item} does not exist")
+    stems: dict[str, Path] = {}
+    for path in files:
+        open_image(path, str(path))  # header only: fail before any mask is written
+        if stems.setdefault(path.stem, path) != path:
+            raise DataError(f"inputs {stems[path.stem]} and {path} share the name {path.stem}; their masks would clash")
+    return files
+
+
+def output_names(stem: str, sets: list[SupportSet], multi_class: bool) -> dict[str, str]:
+    """Mask file name per class: `<stem>.png`, or `<stem>_<class>.png` for multi-class supports."""
+    return {s.cls: f"{stem}_{s.cls}.png" if multi_class else f"{stem}.png" for s in sets}
+
+
+def predict_masks(trained: TrainedModel, path: Path, sets: list[SupportSet]) -> dict[str, np.ndarray]:
+    """Boolean masks per class at the image's original (height, width)."""
+    size = trained.image_size
+    grey, (width, height) = read_grey(path, str(path), size)
+    target = torch.from_numpy(grey)[None, None].expand(len(sets), 1, size, size)
+    if len({len(s.images) for s in sets}) == 1:
+        images = torch.from_numpy(np.stack([s.images for s in sets]))[:, :, None]
+        labels = torch.from_numpy(np.stack([s.labels for s in sets]))[:, :, None]
+        probs = probabilities(trained.model, target, images, labels)
+    else:  # classes with fewer supports cannot share a batch
+        probs = torch.cat([probabilities(trained.model, target[:1], torch.from_numpy(s.images)[None, :, None],
+                                         torch.from_numpy(s.labels)[None, :, None]) for s in sets])
+    full = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
+    return {s.cls: (full[i, 0] > 0.5).numpy() for i, s in enumerate(sets)}
+
+
+def predict_file(trained: TrainedModel, path: Path, sets: list[SupportSet], out: Path, *,
+                 multi_class: bool, overlay: bool) -> list[Path]:
+    """Segment one input and write its mask PNG(s) (0/255), plus `<stem>_overlay.png` when asked."""
+    masks = predict_masks(trained, path, sets)
+    written = []
+    for cls, name in output_names(path.stem, sets, multi_class).items():
+        Image.fromarray(masks[cls].astype(np.uint8) * 255).save(out / name)
+        written.append(out / name)
+    if overlay:
+        picture = overlay_picture(original_rgb(path), list(masks.values()))
+        Image.fromarray(picture).save(out / f"{path.stem}_overlay.png")
+        written.append(out / f"{path.stem}_overlay.png")
+    return written
+
+
+def check_outputs(files: list[Path], sets: list[SupportSet], out: Path, multi_class: bool) -> None:
+    """Refuse an --out that would overwrite one of the inputs."""
+    inputs = {path.resolve() for path in files}
+    for path in files:
+        names = [*output_names(path.stem, sets, multi_class).values(), f"{path.stem}_overlay.png"]
+        clash = next((out / name for name in names if (out / name).resolve() in inputs), None)
+        if clash is not None:
+            raise DataError(f"writing {clash} would overwrite an input image; choose another --out folder")
+
+
+def original_rgb(path: Path) -> np.ndarray:
+    """The input as (H, W, 3) uint8, upright as viewers show it; grey and 16-bit images scaled to 0-255."""
+    image = ImageOps.exif_transpose(open_image(path, str(path)))
+    if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+        return np.asarray(image.convert("RGB"))
+    grey = (to_grey(image) * 255).round().astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def outline(mask: np.ndarray, thickness: int) -> np.ndarray:
+    """Pixels of the mask within `thickness` of its edge (a 4-neighbour outside counts as edge)."""
+    inner = mask.copy()
+    for _ in range(thickness):
+        padded = np.pad(inner, 1, constant_values=False)
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def overlay_picture(rgb: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    """The image tinted inside each mask, with the mask's outline in full colour."""
+    picture = rgb.astype(np.float32)
+    thickness = max(1, min(rgb.shape[:2]) // 200)  # visible on large scans, thin on small ones
+    for index, mask in enumerate(masks):
+        colour = np.asarray(OVERLAY_COLOURS[index % len(OVERLAY_COLOURS)], dtype=np.float32)
+        picture[mask] = (1 - OVERLAY_ALPHA) * picture[mask] + OVERLAY_ALPHA * colour
+        picture[outline(mask, thickness)] = colour
+    return picture.round().astype(np.uint8)

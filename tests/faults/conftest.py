@@ -1,0 +1,130 @@
+"""Fixtures of the fault-injection suite: the forked CLI runner, one uninterrupted reference run, the ledger.
+
+Long mode (300+ kills): `USEG_LONG_FAULTS=1 pytest tests/faults` or `pytest tests/faults --long`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test_train's helpers (TINY, assert_same_training)
+pytest.register_assert_rewrite("faultkit")
+
+import faultkit  # noqa: E402
+
+_LEDGER: dict[str, dict] = {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="also run the long fault-injection mode (300+ kills); same as USEG_LONG_FAULTS=1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "long: long fault-injection runs, skipped unless --long or USEG_LONG_FAULTS=1")
+
+
+def long_mode(config: pytest.Config) -> bool:
+    return bool(os.environ.get("USEG_LONG_FAULTS")) or bool(config.getoption("--long", default=False))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if long_mode(config):
+        return
+    skip = pytest.mark.skip(reason="long fault-injection mode: run with USEG_LONG_FAULTS=1 or --long")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cli(tmp_path_factory) -> faultkit.Cli:
+    return faultkit.Cli(tmp_path_factory.mktemp("cli_output"))
+
+
+@pytest.fixture(scope="session")
+def reference_run(cli, tmp_path_factory) -> Path:
+    """The torture run done once without faults (RUN_FLAGS): what every killed run must end up equal to."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    result = cli("train", "--run-dir", run, *faultkit.RUN_FLAGS)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+@pytest.fixture
+def finished_run(reference_run, tmp_path) -> Path:
+    """A private copy of the finished reference run, to damage freely."""
+    copy = tmp_path / "run"
+    shutil.copytree(reference_run, copy, symlinks=True)
+    _relink_like(reference_run / "checkpoints", copy / "checkpoints")
+    return copy
+
+
+def _relink_like(source: Path, copy: Path) -> None:
+    # copytree copies hard links as separate files; restore them so the copy behaves like a run.
+    by_inode: dict[int, Path] = {}
+    for path in sorted(source.glob("*.pt")):
+        first = by_inode.setdefault(path.stat().st_ino, path)
+        if first != path:
+            (copy / path.name).unlink()
+            os.link(copy / first.name, copy / path.name)
+
+
+@pytest.fixture
+def ledger(request) -> faultkit.Ledger:
+    """Counts the faults a test injected; the totals are printed after the run (and written to
+    $USEG_FAULTS_REPORT as JSON when set), which is where RELIABILITY.md's numbers come from."""
+    book = faultkit.Ledger()
+    yield book
+    _LEDGER[request.node.name] = {
+        "faults": dict(book.faults), "total": book.total, "files_verified": book.files_verified,
+        "max_lost_steps": max(book.lost_steps, default=0), "runs_finished": book.runs_finished,
+        "fresh_starts": book.fresh_starts,
+    }
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size) -> a fresh small tmpfs folder (root only), unmounted afterwards; skips where mount fails."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / f"tmpfs_{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if not _LEDGER:
+        return
+    totals: dict[str, int] = {}
+    for entry in _LEDGER.values():
+        for label, count in entry["faults"].items():
+            totals[label] = totals.get(label, 0) + count
+    terminalreporter.section("fault injection")
+    for label, count in sorted(totals.items()):
+        terminalreporter.write_line(f"{count:5d}  {label}")
+    terminalreporter.write_line(f"{sum(totals.values()):5d}  total faults injected into training runs")
+    for name, entry in _LEDGER.items():
+        extra = {k: v for k, v in entry.items() if k != "faults" and v}
+        if extra:
+            terminalreporter.write_line(f"       {name}: {extra}")
+    report = os.environ.get("USEG_FAULTS_REPORT")
+    if report:
+        Path(report).write_text(json.dumps({"tests": _LEDGER, "totals": totals}, indent=2) + "\n")
