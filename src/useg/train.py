@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import platform
 import shutil
@@ -93,11 +94,18 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
         run = prepare_run(cfg, world, resume, overwrite, progress)
         stop = StopRequest()
         stop.install()
+        together = False
         try:
             run_epochs(run, stop, progress)
+            together = True
+        except TrainingInterrupted:
+            together = True  # every rank stops at the same step
+            raise
         finally:
             stop.restore()
             finish(run)
+            if together:
+                barrier(world)  # no rank tears the process group down while another still uses it
     finally:
         close_world(world)
     best = run.history["best_val_dice"]
@@ -416,8 +424,21 @@ def save_checkpoint(run: Run, epoch: int, position, **save_args) -> None:
     barrier(run.world)
 
 
+def check_replicas_agree(run: Run) -> None:
+    """With several processes, every rank must hold the same weights, or the checkpoint is a lie."""
+    if not run.world.enabled:
+        return
+    digest = hashlib.sha256()
+    for tensor in run.model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    fingerprints = gather_objects(run.world, digest.hexdigest())
+    if len(set(fingerprints)) != 1:
+        raise RuntimeError(f"model replicas diverged across ranks: {fingerprints}")
+
+
 def save_epoch_checkpoint(run: Run, epoch: int, record: dict[str, Any]) -> None:
     """Checkpoint after a finished epoch (written in the background), then rewrite the log."""
+    check_replicas_agree(run)
     manager = run.manager
     if manager is not None:
         written = ["latest_checkpoint.pt"]

@@ -1,0 +1,64 @@
+"""Two CPU processes with gloo through torchrun: one set of files, identical replicas, exact resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_train import TINY, assert_same_training, final_state, useg
+
+ARGS = ["--epochs", "3", *TINY, "--quiet", "--vis-every", "0"]  # batch 2: one target per rank
+
+
+def torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "useg", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ddp") / "straight"
+    done = torchrun("train", "--run-dir", str(run), *ARGS)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return run, done
+
+
+def test_two_processes_write_one_set_of_files(two_process_run):
+    run, done = two_process_run
+    names = sorted(p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert names == sorted(f"{n}{s}" for n in ("best_model.pt", "latest_checkpoint.pt", "epoch_001_checkpoint.pt",
+                                               "epoch_002_checkpoint.pt", "epoch_003_checkpoint.pt")
+                           for s in ("", ".json"))
+    assert len(list((run / "logs").glob("training_*.json"))) == 1
+    assert done.stdout.count("epoch   3/3") == 1  # rank 1 prints nothing
+    state = final_state(run)
+    assert state["sampler_state"]["world_size"] == 2 and len(state["rng_state_per_rank"]) == 2
+
+
+def test_kill_and_resume_with_two_processes_is_bitwise_exact(two_process_run, tmp_path):
+    straight, _ = two_process_run
+    killed = tmp_path / "killed"
+    died = torchrun("train", "--run-dir", str(killed), *ARGS, env={"USEG_KILL_AT": "epoch-end:2"})
+    assert died.returncode != 0
+    resumed = torchrun("resume", "latest", "--run-dir", str(killed), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_training(final_state(straight), final_state(killed))
+
+
+def test_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path):
+    run, _ = two_process_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    subprocess.run(["cp", "-a", str(run / "checkpoints"), str(run / "logs"), str(copy)], check=True)
+    done = useg("resume", "latest", "--run-dir", str(copy), "--epochs", "4", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "not bit-identical" in done.stderr
+    state = final_state(copy)
+    assert state["epoch"] == 4 and state["sampler_state"]["world_size"] == 1
+    assert torch.isfinite(torch.tensor(state["history"]["train_loss"])).all()
