@@ -8,7 +8,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 python="${USEG_PYTHON:-$repo/.venv/bin/python}"
 [[ -x "$python" ]] || python=python3
 run="${1:-$(mktemp -d)/demo}"
-TINY=(--widths 8,8 --image-size 32 --support-size 2 --batch-size 2 --samples-per-epoch 6 --vis-count 1 --num-threads 1)
+TINY=(--widths 8,8 --image-size 32 --support-size 2 --batch-size 2 --samples-per-epoch 6 --vis-every 0 --num-threads 1)
 
 useg() { "$python" -m useg "$@"; }
 show() { printf '\n$ %s\n' "$*"; "$@"; }
@@ -18,20 +18,19 @@ show useg train --run-dir "$run" --epochs 5 --quiet "${TINY[@]}"
 show useg resume latest --run-dir "$run" --epochs 6 --quiet     # continue to 6 epochs in total
 
 # --- Look at what the run holds --------------------------------------------------------------
-show useg checkpoints list --run-dir "$run"                      # sidecars only, no tensors loaded
+show useg checkpoints list --run-dir "$run"                      # sidecars only, no tensors loaded; add --json for scripts
 show useg checkpoints latest --run-dir "$run"                    # details + the exact resume command
 show useg checkpoints info "$run/checkpoints/best_model.pt"
 show useg checkpoints verify --run-dir "$run"                     # sha256 + safety check; exit 1 if any is bad
 show useg history --run-dir "$run"                               # table + training_curves.png
 
-# --- Resume from an older checkpoint (epoch 2's periodic file) ---------------------------------
-show useg resume 2 --run-dir "$run" --quiet
+# --- Go back to an older checkpoint (epoch 2's periodic file) and train on from there ---------
+show useg resume 2 --run-dir "$run" --epochs 6 --quiet
 
 # --- Free disk, share weights ------------------------------------------------------------------
 show useg checkpoints clean --keep 2 --dry-run --run-dir "$run"   # what would go
 show useg checkpoints clean --keep 2 --run-dir "$run"
 show useg checkpoints export "$run/checkpoints/best_model.pt" "$run/export/best.safetensors"
-show useg checkpoints list --run-dir "$run" --json
 
 # --- The seed's script names still work ---------------------------------------------------------
 show "$python" "$repo/scripts/checkpoint_manager.py" --latest --run-dir "$run"

@@ -39,7 +39,8 @@ def useg_arguments(args: argparse.Namespace, extra: list[str]) -> list[str]:
     if args.resume is not None:
         return ["resume", args.resume, *run_dir, *extra]
     if args.clean:
-        return ["checkpoints", "clean", "--keep", str(args.keep), *run_dir, *json_flag] + (["--dry-run"] if args.dry_run else [])
+        dry_run = ["--dry-run"] if args.dry_run else []
+        return ["checkpoints", "clean", "--keep", str(args.keep), *run_dir, *json_flag, *dry_run]
     return ["checkpoints", "list" if args.list else "latest", *run_dir, *json_flag]
 
 

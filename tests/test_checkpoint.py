@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from useg.checkpoint import (
     restore_rng_state,
     verify_checkpoint,
 )
+from useg.checkpoint import manager as manager_module
 from useg.checkpoint import publish
 from useg.checkpoint.integrity import sha256_bytes
 from useg.errors import CheckpointError, UsegError
@@ -372,6 +374,18 @@ def test_disk_full_raises_checkpoint_error_naming_folder_and_bytes_and_keeps_old
         subprocess.run(["umount", str(mount_point)], check=True)
 
 
+def test_a_folder_that_takes_no_new_files_fails_at_start_up_not_at_the_first_save(tmp_path):
+    train(tmp_path, 1)
+    if subprocess.run(["chattr", "+i", str(tmp_path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i (immutable folder) is not available here")
+    try:  # the lock file exists and stays writable: only creating a file shows the problem
+        with pytest.raises(CheckpointError, match=rf"cannot write in {tmp_path}: Operation not permitted"):
+            manager(tmp_path)
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp_path)], check=True)
+    assert not is_locked(tmp_path) and not list(tmp_path.glob(".*.tmp"))
+
+
 # --- verification -------------------------------------------------------------------------
 
 
@@ -620,6 +634,27 @@ def test_close_releases_the_lock_even_when_the_last_write_failed(tmp_path, monke
     with pytest.raises(OSError):
         mgr.close()
     manager(tmp_path).close()  # would be refused if the lock were still held
+
+
+def test_close_interrupted_by_ctrl_c_keeps_the_lock_until_the_write_in_flight_is_done(tmp_path, monkeypatch):
+    release_write = threading.Event()
+    real_publish = manager_module.publish_bytes
+
+    def slow_publish(*args, **kwargs):
+        release_write.wait(timeout=30)
+        real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(manager_module, "publish_bytes", slow_publish)
+    mgr = manager(tmp_path, async_save=True)
+    mgr.save(Trainer().state(1), epoch=1)
+    monkeypatch.setattr(mgr._writer, "wait", lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # Ctrl+C while close() waits for the save
+        mgr.close()
+    assert mgr._lock.held, "released while the save was still being written"
+    release_write.set()
+    monkeypatch.undo()
+    mgr.close()  # the write completes; closing again now releases the lock
+    assert verify_checkpoint(tmp_path / LATEST).ok and not mgr._lock.held
 
 
 # --- RNG ----------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ def test_csv_has_one_row_per_test_image_and_class_it_shows(runs):
     trained = load_trained(runs["trained"])
     data = load_dataset(None, image_size=32, seed=0)
     test_ids = set(trained.split["test"])
-    expected = {(data.ids[i], data.classes[c]) for i, c in zip(*np.nonzero(data.class_presence())) if data.ids[i] in test_ids}
+    present = zip(*np.nonzero(data.class_presence()))
+    expected = {(data.ids[i], data.classes[c]) for i, c in present if data.ids[i] in test_ids}
     assert {(row["image"], row["class"]) for row in rows} == expected and len(rows) == len(expected)
     assert list(rows[0]) == ["image", "class", "dice", "iou", "hd95_px", "truth_pixels", "predicted_pixels"]
     for row in rows:
@@ -74,7 +75,8 @@ def test_csv_has_one_row_per_test_image_and_class_it_shows(runs):
 
 def test_json_schema_and_summary(runs, capsys, tmp_path):
     report = evaluate_json(runs["trained"], capsys, "--split", "val", "--csv", str(tmp_path / "val.csv"))
-    assert {"checkpoint", "split", "support_size", "ensembles", "per_class", "mean_dice", "rows", "csv"} <= report.keys()
+    schema = {"checkpoint", "split", "support_size", "ensembles", "per_class", "mean_dice", "rows", "csv"}
+    assert schema <= report.keys()
     assert report["split"] == "val" and report["support_size"] == 4 and report["ensembles"] == 1
     assert Path(report["checkpoint"]).name == "best_model.pt" and Path(report["csv"]).is_file()
     for name, stats in report["per_class"].items():

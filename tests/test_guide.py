@@ -14,7 +14,8 @@ from useg.manage import RECORD_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "CHECKPOINT_GUIDE.md"
-TINY = "--widths 8,8 --image-size 32 --support-size 2 --batch-size 2 --samples-per-epoch 6 --vis-count 1 --num-threads 1 --vis-every 0"
+TINY = ("--widths 8,8 --image-size 32 --support-size 2 --batch-size 2 --samples-per-epoch 6 --vis-count 1 "
+        "--num-threads 1 --vis-every 0")
 TRAINING = re.compile(r"(useg train|scripts/train_universeg_ovatus\.py)(?=\s)")
 EXPECT_FAIL = "# expect-fail"
 

@@ -86,7 +86,8 @@ def test_files_as_inputs_and_same_result_every_time(run, support_folder, inputs,
     for out in (tmp_path / "a", tmp_path / "b"):
         assert predict(run, "--support", str(support_folder), "--images", *files, "--out", str(out)) == 0
     for name in ("wide.png", "square.png"):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / name)), np.asarray(Image.open(tmp_path / "b" / name)))
+        first, second = (np.asarray(Image.open(tmp_path / out / name)) for out in ("a", "b"))
+        assert np.array_equal(first, second)
 
 
 def test_overlay_is_the_input_size_in_colour(run, support_folder, inputs, tmp_path):

@@ -11,35 +11,42 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-CHECKPOINT_HELP = "best (default), latest, an epoch number, or a checkpoint path (relative ones also in DIR/checkpoints)"
+from useg.errors import ConfigError
+
+CHECKPOINT_HELP = "best (default), latest, an epoch number, or a path (relative ones also in DIR/checkpoints)"
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register `evaluate` and `predict`."""
     evaluate = commands.add_parser("evaluate", help="Dice, IoU and HD95 of a checkpoint on the val or test split")
     add_common(evaluate)
-    evaluate.add_argument("--data", help="data folder (default: the one the run trained on)")
-    evaluate.add_argument("--annotations", help="the Ovatus mapping_normalized4.jsonl when it is not beside US_map4/")
+    evaluate.add_argument("--data", metavar="DIR", help="data folder (default: the one the run trained on)")
+    evaluate.add_argument("--annotations", metavar="FILE",
+                          help="the Ovatus mapping_normalized4.jsonl when it is not beside US_map4/")
     evaluate.add_argument("--split", choices=["val", "test"], default="test", help="targets to score (default test)")
-    evaluate.add_argument("--ensembles", type=int, default=1, help="average K predictions from K support draws")
-    evaluate.add_argument("--seed", type=int, help="seed of the support draws (default: the run's seed)")
-    evaluate.add_argument("--csv", help="per-image CSV to write (default DIR/evaluation_<split>.csv)")
+    evaluate.add_argument("--ensembles", type=int, default=1, metavar="K",
+                          help="average the probabilities of K support draws (default 1)")
+    evaluate.add_argument("--seed", type=int, metavar="N", help="seed of the support draws (default: the run's seed)")
+    evaluate.add_argument("--csv", metavar="PATH", help="per-image CSV to write (default DIR/evaluation_<split>.csv)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     evaluate.set_defaults(handler=cmd_evaluate)
     predict = commands.add_parser("predict", help="write mask PNGs for new images, given a folder of supports")
     add_common(predict)
-    predict.add_argument("--support", required=True, help="folder of images + masks in any layout training accepts")
-    predict.add_argument("--images", required=True, nargs="+", help="image files and/or folders of images")
-    predict.add_argument("--out", required=True, help="folder for the masks (created if missing)")
+    predict.add_argument("--support", required=True, metavar="DIR",
+                         help="folder of images + masks in any layout training accepts")
+    predict.add_argument("--images", required=True, nargs="+", metavar="PATH",
+                         help="image files and/or folders of images")
+    predict.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
     predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
-    predict.add_argument("--classes", help="comma-separated classes to predict (default: every support class)")
+    predict.add_argument("--classes", metavar="A,B",
+                         help="comma-separated classes to predict (default: every support class)")
     predict.set_defaults(handler=cmd_predict)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
-    parser.add_argument("--run-dir", default=".", help="run folder (default .)")
-    parser.add_argument("--support-size", type=int, help="supports per prediction (default: the run's)")
+    parser.add_argument("--run-dir", default=".", metavar="DIR", help="run folder (default .)")
+    parser.add_argument("--support-size", type=int, metavar="S", help="supports per prediction (default: the run's)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -93,12 +100,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = input_files(args.images)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise_usage(f"--out {out} is a file; give a folder for the masks")
+        raise ConfigError(f"--out {out} is a file; give a folder for the masks")
     out.mkdir(parents=True, exist_ok=True)
     check_outputs(files, sets, out, multi_class)
     written = predict_all(trained, files, sets, out, multi_class, args.overlay)
-    print(f"{len(files)} image(s) segmented ({', '.join(s.cls for s in sets)}; S={len(sets[0].images)}): "
-          f"{written} file(s) written to {out}")
+    used = ", ".join(f"{s.cls} (S={len(s.images)})" for s in sets)
+    print(f"{len(files)} image(s) segmented for {used}: {written} file(s) written to {out}")
     return 0
 
 
@@ -115,9 +122,3 @@ def predict_all(trained, files, sets, out: Path, multi_class: bool, overlay: boo
         for path in bar.track(files):
             written += len(predict_file(trained, path, sets, out, multi_class=multi_class, overlay=overlay))
     return written
-
-
-def raise_usage(message: str) -> None:
-    from useg.errors import ConfigError
-
-    raise ConfigError(message)

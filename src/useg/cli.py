@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except PermissionError as err:
         print(f"error: cannot write {err.filename}: permission denied; use a writable --run-dir", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) left: stop quietly, as shell tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("aborted: every file on disk is whole; resume with --resume latest", file=sys.stderr)
         return 130

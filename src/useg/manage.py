@@ -81,10 +81,17 @@ def describe(path: str | Path, run_dir: str | Path | None = None) -> dict[str, A
     info, result = checkpoint_info(path), verify_checkpoint(path)
     if info.status == "missing-checksum" and result.status == "corrupt":
         raise CheckpointError(f"{path} is not a useg checkpoint (no sidecar {path.name}.json and {result.reason})")
-    run_dir = run_dir if run_dir is not None else path.parent.parent
+    run_dir = run_dir if run_dir is not None else run_dir_of(path, info.config)
     return {**record(info, result), "sha256": (result.metadata or {}).get("sha256"), "config": info.config or {},
             "resume_command": resume_command(run_dir, path, info.kind, info.epoch),
             "resumes_from": resume_target(run_dir, path, result.ok)}
+
+
+def run_dir_of(path: Path, config: dict | None) -> Path | str:
+    """The run a checkpoint belongs to: its folder's parent, else the run_dir it was trained in."""
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    return (config or {}).get("run_dir") or "."
 
 
 def resume_target(run_dir: str | Path, path: Path, valid: bool) -> str | None:

@@ -39,9 +39,19 @@ def ask(prompt: str) -> str:
     return answer
 
 
+def enable_line_editing() -> None:
+    """In a terminal, arrow keys edit the answer and recall earlier ones (readline), where Python has it."""
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401 - importing it is what makes input() use it
+        except ImportError:
+            pass
+
+
 def run_menu(run_dir: str) -> int:
     """Show the menu until the user quits or input ends; each option reports its own errors."""
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    enable_line_editing()
     actions = {"1": start_training, "2": resume_latest, "3": resume_specific, "4": view_info,
                "5": clean_old, "6": show_history}
     while True:
@@ -64,6 +74,8 @@ def run_menu(run_dir: str) -> int:
             actions[choice](run_dir, console)
         except UsegError as err:
             console.print(f"error: {err}", markup=False)
+        except KeyboardInterrupt:
+            console.print("\ncancelled")  # Ctrl+C inside an option goes back to the menu, not out of it
         except EndOfInput:
             return 0
 

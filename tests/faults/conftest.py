@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,12 +51,28 @@ def cli(tmp_path_factory) -> faultkit.Cli:
 
 
 @pytest.fixture(scope="session")
-def reference_run(cli, tmp_path_factory) -> Path:
-    """The torture run done once without faults (RUN_FLAGS): what every killed run must end up equal to."""
-    run = tmp_path_factory.mktemp("reference") / "run"
-    result = cli("train", "--run-dir", run, *faultkit.RUN_FLAGS)
+def _reference(cli, tmp_path_factory) -> tuple[Path, float]:
+    folder = tmp_path_factory.mktemp("reference")
+    result = cli("train", "--run-dir", folder / "run", *faultkit.RUN_FLAGS)
     assert result.returncode == 0, result.stderr
-    return run
+    started = time.monotonic()  # the first child is slower (cold caches): time a second, identical run
+    result = cli("train", "--run-dir", folder / "again", *faultkit.RUN_FLAGS)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    faultkit.assert_same_run(folder / "run", folder / "again")
+    return folder / "run", seconds
+
+
+@pytest.fixture(scope="session")
+def reference_run(_reference) -> Path:
+    """The torture run done once without faults (RUN_FLAGS): what every killed run must end up equal to."""
+    return _reference[0]
+
+
+@pytest.fixture(scope="session")
+def run_seconds(_reference) -> float:
+    """How long that run took here and now: random faults are timed as fractions of it."""
+    return _reference[1]
 
 
 @pytest.fixture

@@ -102,11 +102,14 @@ class Cli:
         self._numbers = itertools.count()
 
     def start(self, *args: str, env: dict[str, str] | None = None, stdin: str = "",
-              uid: int | None = None) -> Child:
+              uid: int | None = None, stop_after: str | None = None) -> Child:
+        """Start `useg ARGS`; `uid`: run as that user; `stop_after="module:function"`: SIGSTOP
+        the child right after that function returns (to pause it at an exact instant)."""
         out_dir = self._out_root / f"call_{next(self._numbers):05d}"
         out_dir.mkdir(parents=True)
         (out_dir / "stdin").write_text(stdin)
-        process = self._context.Process(target=child_main, args=([str(a) for a in args], env or {}, str(out_dir), uid))
+        options = {"uid": uid, "stop_after": stop_after}
+        process = self._context.Process(target=child_main, args=([str(a) for a in args], env or {}, str(out_dir), options))
         process.start()
         return Child(process, out_dir)
 
@@ -130,7 +133,7 @@ def _start_forkserver() -> None:
             os.environ["PYTHONPATH"] = previous
 
 
-def child_main(argv: list[str], env: dict[str, str], out_dir: str, uid: int | None) -> None:
+def child_main(argv: list[str], env: dict[str, str], out_dir: str, options: dict) -> None:
     """In the forked child: set up env, stdio and the step counter, then run the CLI and exit with its code."""
     out = Path(out_dir)
     for name in ("USEG_KILL_AT", "PYTHONPATH"):
@@ -138,9 +141,11 @@ def child_main(argv: list[str], env: dict[str, str], out_dir: str, uid: int | No
     os.environ.update(env)
     _redirect(out)
     _count_steps(out / "steps")
-    if uid is not None:
-        os.setgid(uid)
-        os.setuid(uid)
+    if options["stop_after"]:
+        _stop_after(options["stop_after"])
+    if options["uid"] is not None:
+        os.setgid(options["uid"])
+        os.setuid(options["uid"])
     code = 1
     try:
         from useg.cli import main
@@ -151,9 +156,18 @@ def child_main(argv: list[str], env: dict[str, str], out_dir: str, uid: int | No
     except BaseException:  # a bug: show it like the interpreter would
         traceback.print_exc()
     finally:
+        _join_non_daemon_threads()  # as the interpreter does on exit (e.g. a checkpoint writer)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _join_non_daemon_threads() -> None:
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
 
 
 def _redirect(out: Path) -> None:
@@ -183,6 +197,29 @@ def _count_steps(path: Path) -> None:
         real_kill_point(name)
 
     useg.train.kill_point = counting_kill_point
+
+
+def _stop_after(target: str) -> None:
+    import importlib
+
+    module_name, function_name = target.split(":")
+    module = importlib.import_module(module_name)
+    real = getattr(module, function_name)
+
+    def stopping(*args, **kwargs):
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return result
+
+    setattr(module, function_name, stopping)
+
+
+def wait_until_stopped(child: Child, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not child.is_stopped():
+        assert child.process.exitcode is None, f"the child ended before stopping: {read(child.out_dir / 'stderr')}"
+        assert time.monotonic() < deadline, "the child never stopped"
+        time.sleep(0.01)
 
 
 def read(path: Path) -> str:
@@ -356,7 +393,7 @@ class Torture:
         hits = attempts = 0
         while hits < count:
             attempts += 1
-            assert attempts < count * 4, "the random faults keep missing the run"
+            assert attempts <= count * 6, f"only {hits} of {attempts} random faults hit a running training"
             hits += self.inject(Kill(delay=delays(), signum=signum))
 
     def complete(self) -> None:

@@ -74,6 +74,15 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def check_writable(directory: Path) -> None:
+    """Create and delete a hidden temp file: a folder that takes no new files (chattr +i, a full
+    inode table) then fails at start-up, before any training, instead of at the first save."""
+    with explain_write_errors(directory):
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=TEMP_SUFFIX)
+    os.close(fd)
+    remove_quietly(Path(probe))
+
+
 def remove_stale_temp_files(directory: Path) -> list[Path]:
     """Delete temp files left by killed writers; only call this while holding the run lock."""
     removed = []
@@ -97,15 +106,24 @@ def explain_write_errors(directory: Path, nbytes: int | None = None) -> Iterator
         yield
     except OSError as error:
         if error.errno in _FULL_DISK:
-            needs = f": writing needs {nbytes} bytes" if nbytes else ""
+            needs = f": writing needs {nbytes} bytes, {_free_bytes(directory)} are free" if nbytes else ""
             raise CheckpointError(
-                f"not enough space in {directory}{needs}; free some space (e.g. `useg clean`) or use another --run-dir"
+                f"not enough space in {directory}{needs}; free some space "
+                "(e.g. `useg checkpoints clean --keep 1`) or use another --run-dir"
             ) from error
         if error.errno in _NOT_WRITABLE:
             raise CheckpointError(
                 f"cannot write in {directory}: {error.strerror}; fix its permissions or use another --run-dir"
             ) from error
         raise
+
+
+def _free_bytes(directory: Path) -> int | str:
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return "?"
+    return stats.f_bavail * stats.f_frsize
 
 
 def _preallocate(fd: int, size: int) -> None:

@@ -23,9 +23,9 @@ from .state import FORMAT_VERSION
 Which = str | int | os.PathLike
 
 _ADVICE = {
-    "missing": "check the path, or run `useg list` to see the run's checkpoints",
+    "missing": "check the path, or run `useg checkpoints list` to see the run's checkpoints",
     "missing-checksum": "it cannot be verified; restore its .json sidecar or pick another checkpoint",
-    "corrupt": "it was damaged on disk; resume from another checkpoint (see `useg list`)",
+    "corrupt": "it was damaged on disk; resume from another checkpoint (see `useg checkpoints list`)",
     "unsafe": "it was not loaded and nothing in it ran; do not use this file",
 }
 

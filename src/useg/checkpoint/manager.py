@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from useg.errors import CheckpointError
 
-from .atomic import explain_write_errors, remove_stale_temp_files
+from .atomic import check_writable, explain_write_errors, remove_stale_temp_files
 from .integrity import VerifyResult, open_verified, sha256_bytes
 from .layout import BEST_NAME, LATEST_NAME, periodic_name
 from .listing import CheckpointInfo, checkpoint_info, list_checkpoints
@@ -23,7 +23,7 @@ from .state import check_weights_only_safe, snapshot_state, stamp, to_bytes
 from .writer import BackgroundWriter
 
 DEFAULT_BEST_EXCLUDE = ("optimizer_state_dict", "scheduler_state_dict", "rng_state", "sampler_state")
-_MAX_SIDECAR_CONFIG_BYTES = 64 * 1024  # the sidecar copy of the config is for `useg list`, not a second store
+_MAX_SIDECAR_CONFIG_BYTES = 64 * 1024  # the sidecar copy of the config is for `useg checkpoints list`, not a second store
 
 
 def warn_to_stderr(message: str) -> None:
@@ -211,11 +211,17 @@ class CheckpointManager:
         return clean_checkpoints(self.directory, keep, dry_run, protect)
 
     def close(self) -> None:
-        """Wait for the last save, then release the run lock (also on a write error)."""
+        """Wait for the last save, then release the run lock (also on a write error).
+
+        Interrupted while a save is still being written (a second Ctrl+C), the lock stays
+        held: another trainer must not start beside, or clean up after, a write in progress.
+        The write still finishes (its thread is not a daemon) and the lock goes when the
+        process exits or this manager is garbage-collected.
+        """
         try:
             self.wait()
         finally:
-            if self._lock is not None:
+            if self._lock is not None and not (self._writer is not None and self._writer.busy):
                 self._lock.release()
 
     def __enter__(self) -> "CheckpointManager":
@@ -225,9 +231,12 @@ class CheckpointManager:
         self.close()
 
     def _recover_from_crash(self) -> None:
-        # Under the lock nobody else writes here, so leftovers are from a killed save.
-        removed = remove_stale_temp_files(self.directory)
-        finalized = finalize_pending_sidecars(self.directory)
+        # Under the lock nobody else writes here, so leftovers are from a killed save. A folder
+        # we cannot write fails here, before the caller spends time training for nothing.
+        with explain_write_errors(self.directory):
+            check_writable(self.directory)
+            removed = remove_stale_temp_files(self.directory)
+            finalized = finalize_pending_sidecars(self.directory)
         if removed or finalized:
             self._warn(f"recovered from an interrupted save in {self.directory}: removed {len(removed)} "
                        f"temp file(s), finished {len(finalized)} sidecar(s)")

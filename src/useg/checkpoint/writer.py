@@ -23,6 +23,11 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=self._run, args=(job,), name="useg-checkpoint-writer")
         self._thread.start()
 
+    @property
+    def busy(self) -> bool:
+        """True while a job is still running (e.g. after `wait()` was interrupted by Ctrl+C)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait(self) -> None:
         """Return when no job is running; re-raise the error of a failed job once."""
         if self._thread is not None:
