@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,16 @@ def test_two_process_checkpoint_resumes_in_one_process(two_process_run, tmp_path
     state = final_state(copy)
     assert state["epoch"] == 4 and state["sampler_state"]["world_size"] == 1
     assert torch.isfinite(torch.tensor(state["history"]["train_loss"])).all()
+
+
+def test_sigterm_on_one_rank_stops_all_with_one_interrupt_checkpoint(two_process_run, tmp_path):
+    straight, _ = two_process_run
+    run = tmp_path / "preempted"
+    stopped = torchrun("train", "--run-dir", str(run), *ARGS, env={"USEG_KILL_AT": "step:5:SIGTERM:1"})
+    assert stopped.returncode != 0 and "--resume latest" in stopped.stderr
+    meta = json.loads((run / "checkpoints" / "latest_checkpoint.pt.json").read_text())
+    assert meta["kind"] == "interrupt"
+    state = final_state(run)
+    assert (state["epoch"], state["sampler_state"]["batch_index"]) == (1, 2)
+    assert torchrun("resume", "--run-dir", str(run), "--quiet").returncode == 0
+    assert_same_training(final_state(straight), final_state(run))

@@ -2,7 +2,8 @@
 
 `USEG_KILL_AT="after-rename:3"` makes the process SIGKILL itself the 3rd time it
 reaches the point named `after-rename`; `step:5:SIGINT` sends SIGINT instead (a
-Ctrl+C at an exact step); several entries separated by commas. Unset (the
+Ctrl+C at an exact step); `step:5:SIGTERM:1` only in the process whose RANK (set
+by torchrun) is 1; several entries separated by commas. Unset (the
 normal case) it costs one dictionary lookup. Real faults can't be scheduled; this lets the
 tests kill at exact instants inside the save path and the training loop.
 """
@@ -25,5 +26,6 @@ def kill_point(name: str) -> None:
         parts = entry.strip().split(":")
         point, count = parts[0], int(parts[1]) if len(parts) > 1 else 1
         signal_name = parts[2] if len(parts) > 2 else "SIGKILL"
-        if point == name and _hits[name] == count:
+        rank = parts[3] if len(parts) > 3 else os.environ.get("RANK", "0")
+        if point == name and _hits[name] == count and rank == os.environ.get("RANK", "0"):
             os.kill(os.getpid(), signal.Signals[signal_name])
