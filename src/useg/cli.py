@@ -15,7 +15,7 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--label", dict(type=int, help="for label-map masks: the label value that is foreground")),
     ("--classes", dict(help="comma-separated class names to train on (default: all)")),
     ("--config", dict(help="YAML or TOML file with the same keys as these flags")),
-    ("--epochs", dict(type=int, help="total epochs (default 10)")),
+    ("--epochs", dict(type=int, help="total epochs (default 12)")),
     ("--batch-size", dict(type=int, help="targets per optimisation step (default 4)")),
     ("--support-size", dict(type=int, help="support images per target (default 4)")),
     ("--image-size", dict(type=int, help="square input size in pixels (default 64)")),

@@ -22,7 +22,7 @@ class TrainConfig:
     label: int | None = None
     classes: list[str] | None = None
     run_dir: str = "."
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 4
     support_size: int = 4
     image_size: int = 64

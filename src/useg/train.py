@@ -108,9 +108,11 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
                 barrier(world)  # no rank tears the process group down while another still uses it
     finally:
         close_world(world)
-    best = run.history["best_val_dice"]
-    progress.line(f"Done: {cfg.epochs} epochs, best val Dice {best:.4f} at epoch {run.history['best_epoch']}; "
-                  f"checkpoints in {run.paths.checkpoints}")
+    history = run.history
+    untrained = history.get("initial_val_dice")
+    progress.line(f"Done: {cfg.epochs} epochs, best val Dice {history['best_val_dice']:.4f} at epoch "
+                  f"{history['best_epoch']}" + (f" (untrained {untrained:.4f})" if untrained is not None else "")
+                  + f"; checkpoints in {run.paths.checkpoints}")
     return run.history
 
 
@@ -327,6 +329,8 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
     """Train from the saved position to cfg.epochs, checkpointing after each epoch."""
     cfg = run.cfg
     pictured = picture_tasks(run.val_tasks, cfg.vis_count)
+    if run.start_epoch == 0 and run.start_batch == 0:
+        record_untrained_dice(run, progress)
     for epoch in range(run.start_epoch, cfg.epochs):
         started = time.perf_counter()
         loss_sum, loss_count = run_one_epoch(run, epoch, stop, progress)
@@ -346,6 +350,13 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         if any_rank(run.world, stop.signum is not None) and epoch + 1 < cfg.epochs:
             # The signal came during validation or the save: the epoch checkpoint is the position.
             raise TrainingInterrupted(stop.exit_code, resume_hint(run))
+
+
+def record_untrained_dice(run: Run, progress: Progress) -> None:
+    """Validation Dice before any step: the baseline that shows what training achieved."""
+    record = validate(run.model, run.dataset, run.val_tasks, 2 * run.cfg.batch_size, run.device, run.world)
+    run.history["initial_val_dice"] = record["val_dice"]
+    progress.line(f"val Dice before training: {record['val_dice']:.4f}")
 
 
 def local_part(batch, world: World):

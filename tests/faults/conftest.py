@@ -137,7 +137,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     terminalreporter.section("fault injection")
     for label, count in sorted(totals.items()):
         terminalreporter.write_line(f"{count:5d}  {label}")
-    terminalreporter.write_line(f"{sum(totals.values()):5d}  total faults injected into training runs")
+    terminalreporter.write_line(f"{sum(totals.values()):5d}  total faults injected")
     for name, entry in _LEDGER.items():
         extra = {k: v for k, v in entry.items() if k != "faults" and v}
         if extra:

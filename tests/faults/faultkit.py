@@ -26,20 +26,19 @@ from typing import Callable
 import torch
 import torch._dynamo  # noqa: F401  (imported lazily by torch.optim: preload it in the forkserver too)
 
-import useg.cli
-import useg.manage_cli
-import useg.menu
+import useg.cli  # noqa: F401  (preloaded in the forkserver, like the three below)
+import useg.manage_cli  # noqa: F401
+import useg.menu  # noqa: F401
 import useg.train
-from test_train import TINY, assert_same_training
-
 from useg.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, verify_checkpoint
 from useg.errors import CheckpointError
+
+from test_train import TINY, assert_same_training  # tests/ is on sys.path (conftest.py)
 
 # The run every torture chain repeats: 4 epochs of 3 steps, latest rewritten every 2 steps
 # (mid-epoch) and after each epoch (with a periodic file each epoch and best on improvement).
 RUN_FLAGS = ["--epochs", "4", *TINY, "--quiet", "--vis-every", "0", "--save-every-steps", "2"]
 SAVE_POINTS = ("after-temp-write", "before-rename", "after-rename", "after-sidecar")
-TRAIN_POINTS = ("step", "epoch-end")
 # With a save every 2 steps and at most one save in flight, a kill loses at most the steps
 # since the last *finished* save: 2 since the one in flight, plus up to 2 before it.
 MAX_LOST_STEPS = 4
@@ -156,18 +155,23 @@ def child_main(argv: list[str], env: dict[str, str], out_dir: str, options: dict
     except BaseException:  # a bug: show it like the interpreter would
         traceback.print_exc()
     finally:
-        _join_non_daemon_threads()  # as the interpreter does on exit (e.g. a checkpoint writer)
+        _exit_like_the_interpreter()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
 
 
-def _join_non_daemon_threads() -> None:
+def _exit_like_the_interpreter() -> None:
+    # What `python -m useg` does after main() returns, which a multiprocessing child skips:
+    # join non-daemon threads, then run the atexit hooks (the checkpoint writer has one).
+    import atexit
     import threading
 
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    try:
+        threading._shutdown()
+        atexit._run_exitfuncs()
+    except KeyboardInterrupt:  # the interpreter reports and ignores it at exit too
+        pass
 
 
 def _redirect(out: Path) -> None:
@@ -398,7 +402,7 @@ class Torture:
 
     def complete(self) -> None:
         """Let the current run finish without faults and compare it with the reference."""
-        if has_checkpoint(self.run_dir) or self.run_dir.exists():
+        if self.run_dir.exists():  # else the last run finished and nothing new was started
             result = self.cli(*self.command())
             assert result.returncode == 0, result.stderr[-3000:]
             self.finish_checks()

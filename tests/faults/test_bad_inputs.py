@@ -3,7 +3,6 @@ byte of any existing checkpoint."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faultkit import NOBODY, RUN_FLAGS, TINY, checkpoints
+from faultkit import NOBODY, TINY, checkpoints
 from useg.checkpoint import CheckpointManager, load_checkpoint
 
 FRESH = ["--epochs", "1", *TINY, "--quiet", "--vis-every", "0"]
@@ -83,19 +82,20 @@ def shared_dir():
 
 @pytest.fixture
 def unprivileged(cli, shared_dir):
-    """Skip where we cannot run a child as `nobody` (not root) or `nobody` cannot run useg."""
+    """The uid to run a child as so that permission bits apply: None when we are not root, else
+    `nobody` (root ignores permission bits); skips where `nobody` cannot run useg."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to run a child as an unprivileged user")
+        return None
     probe = cli("checkpoints", "list", "--run-dir", shared_dir, uid=NOBODY)
     if "Traceback" in probe.stderr or probe.returncode not in (0, 2):
-        pytest.skip(f"useg cannot run as nobody here: {probe.stderr[-300:]}")
+        pytest.skip(f"root ignores permission bits and useg cannot run as nobody here: {probe.stderr[-300:]}")
     return NOBODY
 
 
 @pytest.mark.xfail(strict=True, reason="cli.main reports every PermissionError as 'cannot write ... use a writable "
                                        "--run-dir', also a data folder it cannot read; see RELIABILITY.md")
 def test_unreadable_data_folder_is_one_line_naming_it(cli, shared_dir, unprivileged, ledger):
-    # Root reads any folder whatever its mode, so the training runs as `nobody`.
+    # Root reads any folder whatever its mode: as root, the training runs as `nobody`.
     data = shared_dir / "data"
     write_pairs(data, image_size=(32, 32), mask_size=(32, 32))
     (data / "images").chmod(0o000)
@@ -178,7 +178,7 @@ def test_immutable_checkpoints_folder_fails_before_training_and_changes_nothing(
 
 def test_permission_denied_run_folder_is_one_line_and_changes_nothing(cli, reference_run, shared_dir, unprivileged,
                                                                        ledger):
-    # chmod 0o555 binds everyone but root, so the resume runs as `nobody`.
+    # chmod 0o555 binds everyone but root: as root, the resume runs as `nobody`.
     run = shared_dir / "run"
     shutil.copytree(reference_run, run)
     for folder in (run, run / "checkpoints", run / "logs"):
@@ -188,17 +188,6 @@ def test_permission_denied_run_folder_is_one_line_and_changes_nothing(cli, refer
     ledger.faults["read-only run folder (chmod 555)"] += 1
     assert_one_line_error(result, str(checkpoints(run)))
     assert snapshot(run) == before
-
-
-def test_chmod_alone_does_not_stop_root(finished_run):
-    folder = checkpoints(finished_run)
-    folder.chmod(0o555)
-    try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as root: permission bits do not apply; the chmod case runs as `nobody` "
-                        "(test_permission_denied_run_folder...) and read-only is also covered by an ro mount and chattr")
-    finally:
-        folder.chmod(0o755)
 
 
 def test_run_folder_that_does_not_exist_is_one_line_for_every_command(cli, tmp_path, ledger):

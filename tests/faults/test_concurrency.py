@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,22 @@ def test_second_trainer_and_clean_are_refused_while_a_run_trains(cli, reference_
 
 def test_two_trainers_started_together_one_trains_one_refuses(cli, reference_run, tmp_path, ledger):
     run = tmp_path / "run"
-    children = [cli.start("train", "--run-dir", run, *RUN_FLAGS) for _ in range(2)]
-    results = sorted((child.wait() for child in children), key=lambda result: result.returncode)
+    # Both start at once; whichever gets the lock freezes at its first step, so the race is
+    # decided by the lock alone, not by how fast the winner happens to finish.
+    children = [cli.start("train", "--run-dir", run, *RUN_FLAGS, env={"USEG_KILL_AT": "step:1:SIGSTOP"})
+                for _ in range(2)]
     ledger.faults["two trainers started at once"] += 1
-    assert [r.returncode for r in results] == [0, 2], [r.stderr for r in results]
-    assert len(results[1].error_lines) == 1
+    deadline = time.monotonic() + 120
+    while not any(child.process.exitcode is not None for child in children):
+        assert time.monotonic() < deadline, "neither trainer gave way"
+        time.sleep(0.01)
+    loser, winner = sorted(children, key=lambda child: child.process.exitcode is None)
+    refused = loser.wait()
+    assert refused.returncode == 2 and "being trained by process" in refused.error_lines[0], refused.stderr
+    wait_until_stopped(winner)
+    os.kill(winner.pid, signal.SIGCONT)
+    finished = winner.wait()
+    assert finished.returncode == 0, finished.stderr
     assert_same_run(reference_run, run)
 
 

@@ -101,10 +101,10 @@ def test_resume_skips_a_damaged_latest_names_it_and_still_ends_equal(cli, finish
 
 def test_resume_skips_a_damaged_mid_epoch_latest_and_redoes_the_partial_epoch(cli, reference_run, tmp_path, ledger):
     run = tmp_path / "run"
-    killed = cli("train", "--run-dir", run, *RUN_FLAGS, env={"USEG_KILL_AT": "step:5"})
-    assert killed.returncode == -9
+    stopped = cli("train", "--run-dir", run, *RUN_FLAGS, env={"USEG_KILL_AT": "step:4:SIGINT"})
+    assert stopped.returncode == 130, stopped.stderr
     state = final_state(run)
-    assert (state["epoch"], state["sampler_state"]["batch_index"]) == (1, 1)  # the mid-epoch save at step 4
+    assert (state["epoch"], state["sampler_state"]["batch_index"]) == (1, 1)  # saved inside epoch 2
     flip_bit(checkpoints(run) / "latest_checkpoint.pt", 8 * 700)
     ledger.faults["bit flip in a mid-epoch latest, then resume"] += 1
     resumed = cli("resume", "latest", "--run-dir", run)

@@ -99,10 +99,11 @@ def test_every_command_that_reads_checkpoints_refuses_it_and_never_runs_it(cli, 
     assert evil.exists()  # refused, reported, and left for the user to inspect
 
 
-def test_menu_resume_options_refuse_it_too(cli, planted):
+def test_menu_resume_options_refuse_it_too(cli, planted, ledger):
     run, marker = planted("os.system")
     for keys in ("2\n\nq\n", "3\n1\n\nq\n"):  # resume latest / checkpoint #1, Enter: the run's epochs
         result = cli("menu", "--run-dir", run, stdin=keys)
+        ledger.faults["malicious pickle (os.system) resumed from the menu"] += 1
         assert result.returncode == 0 and not marker.exists()
         assert "unsafe" in result.stderr or "no checkpoint to resume from" in result.stderr, result.stderr
 
