@@ -151,6 +151,7 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
     paths = run_paths(cfg.run_dir)
     if cfg.batch_size % world.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world.world_size} processes")
+    created = [folder for folder in (paths.checkpoints, paths.root) if not folder.exists()]
     manager = on_main(world, lambda: open_manager(cfg, paths, resume, overwrite, progress))
     try:
         path = on_main(world, lambda: manager.resolve(resume), share=True) if resume is not None else None
@@ -159,7 +160,20 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
     except BaseException:
         if manager is not None:
             manager.close()
+            remove_unused_folders(created)
         raise
+
+
+def remove_unused_folders(folders: list[Path]) -> None:
+    """A run that failed before writing anything (bad data, bad weights) leaves no folders behind."""
+    for folder in folders:
+        lock = folder / ".lock"
+        if lock.is_file() and lock.stat().st_size == 0:
+            lock.unlink()
+        try:
+            folder.rmdir()  # only succeeds when empty: nothing written is ever removed
+        except OSError:
+            pass
 
 
 def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, progress: Progress):
