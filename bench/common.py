@@ -40,6 +40,7 @@ class Section:
     rows: list[Row] = field(default_factory=list)
     reading: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    results: dict = field(default_factory=dict)  # raw numbers later sections may use
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Settings:
 
     quick: bool
     workdir: Path  # scratch space on the disk under test; removed at the end
+    done: dict[str, list[Section]] = field(default_factory=dict)  # sections measured so far, by benchmark
 
 
 def median(values: list[float]) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def run(settings: Settings) -> list[Section]:
     list_one = useg_args("checkpoints", "list", "--run-dir", str(one))
     env = child_env()
     runs = 3 if settings.quick else 5
+    import_torch = [sys.executable, "-c", "import torch"]
     times = interleaved({"many": lambda: run_timed(list_many, env=env)[0],
-                         "one": lambda: run_timed(list_one, env=env)[0]}, runs, warmup=1)
+                         "one": lambda: run_timed(list_one, env=env)[0],
+                         "torch": lambda: run_timed(import_torch, env=env)[0]}, runs, warmup=1)
     in_process, bytes_read, total_bytes = _list_in_process(many / "checkpoints")
     ratio = median(times["many"]) / median(times["one"])
     section.rows.append(Row(
@@ -52,7 +55,8 @@ def run(settings: Settings) -> list[Section]:
     section.reading.append(
         f"Listing {COUNT + 1} checkpoints takes {seconds(median(times['many']))} from the shell, "
         f"{seconds(median(times['many']) - median(times['one']))} more than listing one: the rest is "
-        f"starting Python and importing torch. In process the listing itself takes "
+        f"start-up (`python -c 'import torch'` alone takes {seconds(median(times['torch']))} here). "
+        f"In process the listing itself takes "
         f"{seconds(median(in_process))} and reads {bytes_read / 1024:,.0f} KiB (the sidecars) of files "
         f"holding {total_bytes / 2**30:.1f} GiB."
     )

@@ -95,14 +95,15 @@ def test_cross_op_matches_naive_per_pair_conv(impl):
     torch.testing.assert_close(cross(target, support), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_split_equals_concat_outputs_and_gradients():
-    split = seeded_model(0, widths=TINY, cross_impl="split")
+@pytest.mark.parametrize("widths, support, size", [(TINY, 4, 32), ((16, 16, 16, 16), 8, 64)])
+def test_split_equals_concat_outputs_and_gradients(widths, support, size):
+    split = seeded_model(0, widths=widths, cross_impl="split")
     for name, p in split.named_parameters():  # non-zero biases, so every term of the split sum matters
         if name.endswith("bias"):
             torch.nn.init.normal_(p, std=0.1)
-    concat = seeded_model(1, widths=TINY, cross_impl="concat")
+    concat = seeded_model(1, widths=widths, cross_impl="concat")
     concat.load_state_dict(split.state_dict())
-    inputs = make_inputs(batch=2, support=4, size=32)
+    inputs = make_inputs(batch=2, support=support, size=size)
     out_split, out_concat = split(*inputs), concat(*inputs)
     torch.testing.assert_close(out_split, out_concat, atol=1e-4, rtol=1e-4)
     out_split.square().mean().backward()
@@ -113,6 +114,15 @@ def test_split_equals_concat_outputs_and_gradients():
             continue
         torch.testing.assert_close(p_split.grad, p_concat.grad, atol=1e-4, rtol=1e-4, msg=name)
     assert split.enc_blocks[0].cross.cross_conv.weight.grad.abs().max() > 0
+
+
+@pytest.mark.parametrize("impl", ["split", "concat"])
+def test_output_does_not_depend_on_the_inputs_memory_layout(impl):
+    model = seeded_model(0, widths=TINY, cross_impl=impl)
+    target, images, labels = make_inputs(batch=2, support=3)
+    strided = (target.contiguous(memory_format=torch.channels_last), images.transpose(3, 4).contiguous().transpose(3, 4),
+               labels[:, :, :, :, :].flip(1).flip(1))
+    torch.testing.assert_close(model(*strided), model(target, images, labels), atol=1e-5, rtol=1e-5)
 
 
 def test_output_is_invariant_to_support_order():

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except PermissionError as err:
-        print(f"error: cannot write {err.filename}: permission denied; use a writable --run-dir", file=sys.stderr)
+        print(f"error: permission denied: {err.filename}; check that this user may read and write it",
+              file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader (e.g. `| head`) left: stop quietly, as shell tools do.

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 import useg
-from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, read_metadata
+from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, lock_owner
+from useg.checkpoint import read_metadata
 from useg.checkpoint import resolve_checkpoint, restore_rng_state
 from useg.checkpoint.faults import kill_point
 from useg.config import TrainConfig, changed_keys, incompatible_keys
@@ -102,8 +103,8 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
             together = True  # every rank stops at the same step
             raise
         finally:
+            finish(run)  # a Ctrl+C while the last save is written is still handled by `stop`
             stop.restore()
-            finish(run)
             if together:
                 barrier(world)  # no rank tears the process group down while another still uses it
     finally:
@@ -178,8 +179,13 @@ def remove_unused_folders(folders: list[Path]) -> None:
 
 def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, progress: Progress):
     check_run_dir(paths, resume, overwrite, progress)
-    return CheckpointManager(paths.checkpoints, total_epochs=cfg.epochs,
-                             periodic_percentages=tuple(cfg.periodic_percentages), lock=True, warn=progress.warn)
+    manager = CheckpointManager(paths.checkpoints, total_epochs=cfg.epochs,
+                                periodic_percentages=tuple(cfg.periodic_percentages), lock=True, warn=progress.warn)
+    if resume is None and manager.list():
+        # Another trainer finished here between our check and our lock: never write over its run.
+        manager.close()
+        raise CheckpointError(f"{paths.checkpoints} already holds checkpoints; continue with --resume latest")
+    return manager
 
 
 def check_run_dir(paths: RunPaths, resume: str | None, overwrite: bool, progress: Progress) -> None:
@@ -191,7 +197,9 @@ def check_run_dir(paths: RunPaths, resume: str | None, overwrite: bool, progress
         raise CheckpointError(f"{paths.checkpoints} already holds {len(existing)} checkpoint(s); "
                               "continue with --resume latest, or start afresh with --overwrite")
     if is_locked(paths.checkpoints):
-        raise CheckpointError(f"{paths.root} is being trained by another process; it cannot be overwritten now")
+        owner = lock_owner(paths.checkpoints) or {}
+        raise CheckpointError(f"{paths.root} is being trained by process {owner.get('pid', '?')}; "
+                              "it cannot be overwritten now")
     # --overwrite sets the old checkpoints aside instead of deleting them: nothing is lost silently.
     kept = paths.root / f"checkpoints_replaced_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
     shutil.move(str(paths.checkpoints), str(kept))

@@ -92,8 +92,6 @@ def unprivileged(cli, shared_dir):
     return NOBODY
 
 
-@pytest.mark.xfail(strict=True, reason="cli.main reports every PermissionError as 'cannot write ... use a writable "
-                                       "--run-dir', also a data folder it cannot read; see RELIABILITY.md")
 def test_unreadable_data_folder_is_one_line_naming_it(cli, shared_dir, unprivileged, ledger):
     # Root reads any folder whatever its mode: as root, the training runs as `nobody`.
     data = shared_dir / "data"

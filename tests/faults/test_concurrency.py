@@ -76,8 +76,6 @@ def test_two_trainers_started_together_one_trains_one_refuses(cli, reference_run
     assert_same_run(reference_run, run)
 
 
-@pytest.mark.xfail(strict=True, reason="train.py checks for existing checkpoints before taking the run lock; "
-                                       "fix: repeat the check in prepare_run once the CheckpointManager holds it")
 def test_a_trainer_that_waited_past_its_check_does_not_overwrite_a_finished_run(cli, tmp_path, ledger):
     run = tmp_path / "run"
     # B passes "no checkpoints here yet", then pauses before locking; A trains the whole run meanwhile.

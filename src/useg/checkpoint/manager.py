@@ -213,10 +213,10 @@ class CheckpointManager:
     def close(self) -> None:
         """Wait for the last save, then release the run lock (also on a write error).
 
-        Interrupted while a save is still being written (a second Ctrl+C), the lock stays
-        held: another trainer must not start beside, or clean up after, a write in progress.
-        The write still finishes (its thread is not a daemon) and the lock goes when the
-        process exits or this manager is garbage-collected.
+        Interrupted (Ctrl+C) while a save is still being written, the lock stays held:
+        another trainer must not start beside, or clean up after, a write in progress. The
+        write still finishes (the writer's exit hook waits for it) and the lock goes when
+        the process exits or this manager is garbage-collected.
         """
         try:
             self.wait()
