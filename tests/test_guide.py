@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from tiny import TINY
+
 from useg.manage import RECORD_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 GUIDE = REPO / "CHECKPOINT_GUIDE.md"
-TINY = ("--widths 8,8 --image-size 32 --support-size 2 --batch-size 2 --samples-per-epoch 6 --vis-count 1 "
-        "--num-threads 1 --vis-every 0")
+TINY_FLAGS = " ".join([*TINY, "--vis-every", "0"])
 TRAINING = re.compile(r"(useg train|scripts/train_universeg_ovatus\.py)(?=\s)")
 EXPECT_FAIL = "# expect-fail"
 
@@ -27,7 +28,7 @@ def bash_blocks(text: str) -> list[str]:
 
 def with_tiny_sizes(block: str) -> str:
     """The block with tiny model sizes added to each training command (the guide's only rewrite)."""
-    return TRAINING.sub(lambda match: f"{match.group(1)} {TINY}", block)
+    return TRAINING.sub(lambda match: f"{match.group(1)} {TINY_FLAGS}", block)
 
 
 def guide_env() -> dict[str, str]:

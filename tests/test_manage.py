@@ -13,11 +13,10 @@ from pathlib import Path, PurePosixPath
 import pytest
 import torch
 
+from tiny import TINY, train_tiny
 from useg.cli import main
 from useg.manage import RECORD_KEYS
 
-TINY = ["--widths", "8,8", "--image-size", "32", "--support-size", "2", "--batch-size", "2",
-        "--samples-per-epoch", "6", "--vis-count", "1", "--num-threads", "1"]
 NAMES = ["best_model.pt", "epoch_001_checkpoint.pt", "epoch_002_checkpoint.pt", "epoch_003_checkpoint.pt",
          "epoch_004_checkpoint.pt", "epoch_005_checkpoint.pt", "latest_checkpoint.pt"]
 
@@ -25,15 +24,8 @@ NAMES = ["best_model.pt", "epoch_001_checkpoint.pt", "epoch_002_checkpoint.pt", 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """One tiny 5-epoch run shared by the module; tests that change files work on a copy."""
-    run = tmp_path_factory.mktemp("shared") / "run"
-    assert main(["train", "--run-dir", str(run), "--epochs", "5", *TINY, "--quiet", "--vis-every", "0"]) == 0
-    return run
+    return train_tiny(tmp_path_factory.mktemp("shared") / "run", 5)
 
-
-@pytest.fixture
-def run(trained, tmp_path) -> Path:
-    """A private copy of the shared run."""
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def useg_json(capsys, *args: str):

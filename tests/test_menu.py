@@ -8,7 +8,6 @@ import io
 import os
 import re
 import select
-import shutil
 import struct
 import subprocess
 import sys
@@ -19,10 +18,9 @@ from pathlib import Path
 import pytest
 
 from useg.checkpoint import list_checkpoints
+from tiny import TINY, train_tiny
 from useg.cli import main
 
-TINY = ["--widths", "8,8", "--image-size", "32", "--support-size", "2", "--batch-size", "2",
-        "--samples-per-epoch", "6", "--vis-count", "1", "--num-threads", "1"]
 PROMPT = b"Choose an option:"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -30,14 +28,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """One tiny 3-epoch run shared by the module (periodic files for epochs 1, 2, 3)."""
-    run = tmp_path_factory.mktemp("shared") / "run"
-    assert main(["train", "--run-dir", str(run), "--epochs", "3", *TINY, "--quiet", "--vis-every", "0"]) == 0
-    return run
+    return train_tiny(tmp_path_factory.mktemp("shared") / "run", 3)
 
-
-@pytest.fixture
-def run(trained, tmp_path) -> Path:
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 def menu(monkeypatch, capsys, run: Path, answers: str) -> tuple[int, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import TINY as TINY_FLAGS
 import torch
 from PIL import Image
 
@@ -16,8 +17,7 @@ from useg.cli import main
 from useg.data import make_synthetic
 from useg.model import build_universeg, load_pretrained
 
-TINY = ["--widths", "8,8", "--image-size", "32", "--support-size", "2", "--batch-size", "2",
-        "--samples-per-epoch", "6", "--vis-count", "1", "--num-threads", "1", "--quiet", "--vis-every", "0"]
+TINY = [*TINY_FLAGS, "--quiet", "--vis-every", "0"]
 
 
 def train_tiny(run: Path, *extra: str) -> None:

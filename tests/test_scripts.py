@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny import TINY, train_tiny
 from useg.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-TINY = ["--widths", "8,8", "--image-size", "32", "--support-size", "2", "--batch-size", "2",
-        "--samples-per-epoch", "6", "--vis-count", "1", "--num-threads", "1"]
 
 
 def load_script(name: str):
@@ -47,14 +45,8 @@ def resumed_at(run: Path) -> list[int]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """One tiny 2-epoch run shared by the module."""
-    run = tmp_path_factory.mktemp("shared") / "run"
-    assert main(["train", "--run-dir", str(run), "--epochs", "2", *TINY, "--quiet", "--vis-every", "0"]) == 0
-    return run
+    return train_tiny(tmp_path_factory.mktemp("shared") / "run", 2)
 
-
-@pytest.fixture
-def run(trained, tmp_path) -> Path:
-    return Path(shutil.copytree(trained, tmp_path / "run"))
 
 
 # --- checkpoint_manager.py -----------------------------------------------------------------

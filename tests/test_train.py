@@ -12,10 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tiny import TINY
 from useg.cli import main
 
-TINY = ["--widths", "8,8", "--image-size", "32", "--support-size", "2", "--batch-size", "2",
-        "--samples-per-epoch", "6", "--vis-count", "1", "--num-threads", "1"]
 
 
 def useg(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
