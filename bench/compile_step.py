@@ -41,9 +41,11 @@ def run(settings: Settings) -> list[Section]:
             ratio=f"{median(times['eager']) / median(times['compiled']):.2f}x faster",
             goal="", verdict=f"first call {seconds(first_call)}",
         ))
-        break_even = f"{first_call / saved:,.0f} steps" if saved > 0 else "never"
-        section.reading.append(f"{config.name}: compiling costs {seconds(first_call)} once and saves "
-                               f"{seconds(saved)} per step, so it pays off after {break_even}.")
+        if saved > 0:
+            outcome = f"saves {seconds(saved)} per step, so it pays off after {first_call / saved:,.0f} steps"
+        else:
+            outcome = f"makes each step {seconds(-saved)} slower, so it never pays off"
+        section.reading.append(f"{config.name}: compiling costs {seconds(first_call)} once and {outcome}.")
         torch._dynamo.reset()
     section.seconds = time.perf_counter() - started
     return [section]

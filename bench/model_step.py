@@ -55,7 +55,7 @@ def run(settings: Settings) -> list[Section]:
             verdict=_speed_verdict(config, speedup, difference),
         ))
         section.results[config] = times
-        peaks = _peak_memory(config, runs=1 if settings.quick else 2)
+        peaks = _peak_memory(config)
         split_step, concat_step = peaks["split"]["step_mib"], peaks["concat"]["step_mib"]
         section.rows.append(Row(
             case=f"{config.name}: peak memory of the step",
@@ -102,15 +102,13 @@ def _peak_args(impl: str, config: Config) -> list[str]:
     return [sys.executable, "-m", "bench.peak_memory", "--impl", impl, *config.flags()]
 
 
-def _peak_memory(config: Config, runs: int) -> dict[str, dict[str, float]]:
-    env = child_env()
-    samples: dict[str, list[dict]] = {"split": [], "concat": []}
-    for _ in range(runs):
-        for impl in samples:
-            _, done = run_timed(_peak_args(impl, config), env=env)
-            samples[impl].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return {impl: {key: median([s[key] for s in found]) for key in ("step_mib", "peak_mib")}
-            for impl, found in samples.items()}
+def _peak_memory(config: Config) -> dict[str, dict[str, float]]:
+    """One fresh process per implementation: the peak of a step varies by a few MiB at most."""
+    peaks = {}
+    for impl in ("split", "concat"):
+        _, done = run_timed(_peak_args(impl, config), env=child_env())
+        peaks[impl] = json.loads(done.stdout.strip().splitlines()[-1])
+    return peaks
 
 
 def _speed_verdict(config: Config, speedup: float, difference: float) -> str:

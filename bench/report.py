@@ -6,7 +6,7 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .common import Section, machine
+from .common import Section
 
 _COLUMNS = ("Case", "Command", "Ours", "Baseline", "Ratio", "Goal", "Verdict")
 
@@ -56,15 +56,14 @@ def _section(section: Section) -> list[str]:
 
 
 def _disk(workdir: Path) -> dict[str, str]:
-    mount, kind = "?", "?"
+    """The file system the scratch folder is on: the longest mount point above it."""
+    best = ("?", "?")
     try:
         for line in Path("/proc/mounts").read_text().splitlines():
             _, point, fstype, *_ = line.split()
-            if str(workdir).startswith(point.rstrip("/") + "/") and len(point) >= len(mount if mount != "?" else ""):
-                mount, kind = point, fstype
+            inside = point == "/" or str(workdir).startswith(point.rstrip("/") + "/")
+            if inside and (best[0] == "?" or len(point) > len(best[0])):
+                best = (point, fstype)
     except OSError:
         pass
-    return {"Disk under test": f"{workdir.parent} ({kind} mounted at {mount})"}
-
-
-__all__ = ["render", "machine"]
+    return {"Disk under test": f"{workdir.parent} ({best[1]} mounted at {best[0]})"}

@@ -180,4 +180,5 @@ class StagingMemory:
         lent.setdefault(nbytes, []).append(buffer)
         return view
 
+
 _STAGING = StagingMemory()
