@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import torch
 
-from tiny import TINY, train_tiny
+from tiny import train_tiny
 from useg.cli import main
 from useg.manage import RECORD_KEYS
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from useg.checkpoint import list_checkpoints
-from tiny import TINY, train_tiny
+from tiny import train_tiny
 from useg.cli import main
 
 PROMPT = b"Choose an option:"

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from tiny import TINY, train_tiny
-from useg.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import platform
 import shutil
 import signal
 import time
@@ -14,25 +13,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-import useg
 from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, lock_owner
 from useg.checkpoint import read_metadata
 from useg.checkpoint import resolve_checkpoint, restore_rng_state
 from useg.checkpoint.faults import kill_point
-from useg.config import TrainConfig, changed_keys, incompatible_keys
+from useg.config import TrainConfig, incompatible_keys
 from useg.data import Split, TaskSampler, load_dataset, split_by_patient, validation_tasks
 from useg.distributed import World, any_rank, barrier, broadcast_object, close_world, gather_objects, init_world
 from useg.distributed import mean_over_ranks
 from useg.errors import CheckpointError, ConfigError, UsegError
-from useg.history import append_epoch, log_tensorboard, new_history, new_log_name, open_tensorboard, read_log
-from useg.history import utc_now, write_log
+from useg.history import append_epoch, log_tensorboard, new_history, new_log_name, open_tensorboard, write_log
 from useg.metrics import segmentation_loss
 from useg.model import build_universeg, load_pretrained, model_config
 from useg.progress import Progress
 from useg.signals import StopRequest, TrainingInterrupted
+from useg.run_log import describe_data, describe_world, open_log
 from useg.validation import picture_tasks, save_pictures, validate
 
 
@@ -280,19 +277,8 @@ def choose_split(cfg: TrainConfig, dataset, state: dict | None) -> Split:
     return split_by_patient(dataset, seed=cfg.seed, fractions=tuple(cfg.split_fractions))
 
 
-def describe_data(dataset, split: Split, val_tasks: int) -> str:
-    report = dataset.report
-    skipped = {key: value for key, value in report.items() if key.startswith(("skipped", "missing")) and value}
-    text = (f"Data: {dataset.source}, {len(dataset.ids)} images of {report.get('patients', '?')} patients, "
-            f"classes {', '.join(dataset.classes)}; split train/val/test = "
-            f"{len(split.train)}/{len(split.val)}/{len(split.test)} images; {val_tasks} validation tasks")
-    if skipped:
-        text += "; skipped: " + ", ".join(f"{key}={value}" for key, value in skipped.items())
-    return text
 
 
-def describe_world(world: World, device: torch.device) -> str:
-    return f"; {world.world_size} processes on {device.type}" if world.enabled else f"; device {device.type}"
 
 
 def restore_state(run: Run, state: dict[str, Any], progress: Progress) -> None:
@@ -323,28 +309,8 @@ def restore_rng(world: World, state: dict[str, Any], progress: Progress) -> None
     restore_rng_state(per_rank[world.rank] if len(per_rank) == world.world_size else per_rank[0])
 
 
-def open_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
-    """Start the JSON log, or continue the one the run has been writing."""
-    run.log_path.parent.mkdir(parents=True, exist_ok=True)
-    previous = read_log(run.log_path) if state is not None else None
-    session = {"started": utc_now(), "resumed_from": resumed_from, "start_epoch": run.start_epoch,
-               "start_batch": run.start_batch, "world_size": run.world.world_size}
-    if state is not None:
-        session["config_changes"] = changed_keys(state.get("config") or {}, run.cfg)
-    run.log = {
-        "format": "useg-training-log", "format_version": 1,
-        "config": run.cfg.to_dict(), "model": model_config(run.model), "environment": environment(run),
-        "data": {"source": run.dataset.source, "classes": run.dataset.classes, "report": run.dataset.report,
-                 "split_sizes": {name: len(getattr(run.split, name)) for name in ("train", "val", "test")}},
-        "sessions": (previous or {}).get("sessions", []) + [session],
-    }
-    write_log(run.log_path, run.log, run.history)
 
 
-def environment(run: Run) -> dict[str, Any]:
-    return {"useg": useg.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "device": str(run.device), "threads": torch.get_num_threads(), "world_size": run.world.world_size}
 
 
 def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:

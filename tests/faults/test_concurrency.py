@@ -9,7 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 
 from faultkit import RUN_FLAGS, assert_same_run, checkpoints, wait_until_stopped
 
