@@ -15,6 +15,9 @@ from .common import Row, Section, Settings, child_env, run_timed, shell, useg_ar
 
 def run(settings: Settings) -> list[Section]:
     section = Section("Default training run (`make demo`)", "trained", "untrained")
+    if settings.quick:
+        section.reading.append("Skipped with --quick (the whole default run takes about 2 minutes).")
+        return [section]
     started = time.perf_counter()
     run_dir = settings.workdir / "demo"
     command = useg_args("train", "--run-dir", "RUN", "--quiet")
