@@ -152,8 +152,8 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
     created = [folder for folder in (paths.checkpoints, paths.root) if not folder.exists()]
     manager = on_main(world, lambda: open_manager(cfg, paths, resume, overwrite, progress))
     try:
-        path = on_main(world, lambda: manager.resolve(resume), share=True) if resume is not None else None
-        state = check_resume_state(load_checkpoint(path), path, cfg, progress) if path is not None else None
+        path, state = load_resume_state(world, manager, resume)
+        state = check_resume_state(state, path, cfg, progress) if path is not None else None
         return build_run(cfg, paths, world, manager, state, path.name if path else None, progress)
     except BaseException:
         if manager is not None:
@@ -172,6 +172,15 @@ def remove_unused_folders(folders: list[Path]) -> None:
             folder.rmdir()  # only succeeds when empty: nothing written is ever removed
         except OSError:
             pass
+
+
+def load_resume_state(world: World, manager, resume: str | None) -> tuple[Path | None, dict | None]:
+    """The checkpoint to resume from: rank 0 resolves and loads it (one verification), the others load that file."""
+    if resume is None:
+        return None, None
+    state = on_main(world, lambda: manager.load(resume))
+    path = on_main(world, lambda: manager.resumed_from, share=True)
+    return path, state if world.is_main else load_checkpoint(path)
 
 
 def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, progress: Progress):

@@ -178,6 +178,11 @@ class CheckpointManager:
         self._resumed_from = path
         return state
 
+    @property
+    def resumed_from(self) -> Path | None:
+        """The file the last `load()` read (kept by `clean`)."""
+        return self._resumed_from
+
     def verify(self, which: Which) -> VerifyResult:
         """Hash-check one file (no fallback): status ok, corrupt, missing-checksum, missing or unsafe."""
         self.wait()
