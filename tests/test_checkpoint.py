@@ -189,6 +189,19 @@ def test_best_model_is_rewritten_only_on_strict_improvement(tmp_path):
     assert best_epochs == [1, 1, 1, 4, 4]
 
 
+def test_planned_files_name_exactly_what_each_save_writes(tmp_path):
+    dice = {1: 0.5, 2: 0.5, 3: 0.4, 4: 0.6, 5: 0.6}
+    trainer = Trainer()
+    with manager(tmp_path, 5, async_save=False) as mgr:
+        for epoch, val_dice in dice.items():
+            planned = mgr.planned_files(epoch, val_dice)
+            before = {p.name: p.stat().st_ino for p in tmp_path.glob("*.pt")}  # each publish is a new inode
+            mgr.save(trainer.state(epoch), epoch=epoch, val_dice=val_dice)
+            after = {p.name: p.stat().st_ino for p in tmp_path.glob("*.pt")}
+            assert sorted(planned) == sorted(n for n, t in after.items() if before.get(n) != t), epoch
+    assert mgr.planned_files(6, 0.1, kind="interrupt") == [LATEST]
+
+
 def test_a_new_manager_reads_the_best_val_dice_back_from_disk(tmp_path):
     train(tmp_path, 2, total=5, dice=lambda e: 0.7)
     trainer = Trainer()

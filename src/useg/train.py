@@ -447,14 +447,8 @@ def check_replicas_agree(run: Run) -> None:
 def save_epoch_checkpoint(run: Run, epoch: int, record: dict[str, Any]) -> None:
     """Checkpoint after a finished epoch (written in the background), then rewrite the log."""
     check_replicas_agree(run)
-    manager = run.manager
-    if manager is not None:
-        written = ["latest_checkpoint.pt"]
-        if epoch in manager.scheduled_epochs:
-            written.append(f"epoch_{epoch:03d}_checkpoint.pt")
-        if manager.best_val_dice is None or record["val_dice"] > manager.best_val_dice:
-            written.append("best_model.pt")
-        run.history["checkpoints_written"][-1] = written
+    if run.manager is not None:
+        run.history["checkpoints_written"][-1] = run.manager.planned_files(epoch, record["val_dice"])
     started = time.perf_counter()
     save_checkpoint(run, epoch, (epoch, 0, 0.0, 0), val_dice=record["val_dice"], train_loss=record["train_loss"])
     run.history["checkpoint_time_s"][-1] = round(time.perf_counter() - started, 4)

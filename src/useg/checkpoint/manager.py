@@ -106,6 +106,13 @@ class CheckpointManager:
         else:
             self._writer.submit(lambda: self._write(snapshot, plan, fields))
 
+    def planned_files(self, epoch: int, val_dice: float | None = None, kind: str = "epoch") -> list[str]:
+        """The names of the files `save()` with these arguments would write now, by the same policy."""
+        val_dice = None if val_dice is None else float(val_dice)
+        plan = plan_save(kind, epoch, val_dice, self.best_val_dice, self.scheduled_epochs)
+        return [name for name, due in ((BEST_NAME, plan.best), (periodic_name(epoch), plan.periodic),
+                                       (LATEST_NAME, True)) if due]
+
     def wait(self) -> None:
         """Return when every save is durable on disk; re-raise a background write's error."""
         if self._writer is not None:
