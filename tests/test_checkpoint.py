@@ -285,7 +285,7 @@ def _kill_after(step: str) -> None:
         return wrapper
 
     if step == "temp-written":
-        publish.write_temp_file = killing(publish.write_temp_file)
+        publish.write_state_temp = killing(publish.write_state_temp)
     elif step == "pending-written":
         publish.atomic_write_json = killing(publish.atomic_write_json)
     elif step == "checkpoint-renamed":
@@ -628,7 +628,7 @@ def test_async_writer_error_surfaces_on_wait_once(tmp_path, monkeypatch):
     def broken_publish(*args, **kwargs):
         raise OSError("disk on fire")
 
-    monkeypatch.setattr("useg.checkpoint.manager.publish_bytes", broken_publish)
+    monkeypatch.setattr("useg.checkpoint.manager.publish_state", broken_publish)
     mgr = manager(tmp_path, async_save=True)
     mgr.save(Trainer().state(1), epoch=1)
     with pytest.raises(OSError, match="disk on fire"):
@@ -639,7 +639,7 @@ def test_async_writer_error_surfaces_on_wait_once(tmp_path, monkeypatch):
 
 
 def test_close_releases_the_lock_even_when_the_last_write_failed(tmp_path, monkeypatch):
-    monkeypatch.setattr("useg.checkpoint.manager.publish_bytes", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
+    monkeypatch.setattr("useg.checkpoint.manager.publish_state", lambda *a, **k: (_ for _ in ()).throw(OSError("x")))
     mgr = manager(tmp_path, async_save=True)
     mgr.save(Trainer().state(1), epoch=1)
     with pytest.raises(OSError):
@@ -653,8 +653,8 @@ _CTRL_C_WHILE_CLOSING = textwrap.dedent("""
     from useg.checkpoint import CheckpointManager
     from useg.checkpoint import manager as manager_module
 
-    real_publish = manager_module.publish_bytes
-    manager_module.publish_bytes = lambda *a, **k: (time.sleep(1.0), real_publish(*a, **k))
+    real_publish = manager_module.publish_state
+    manager_module.publish_state = lambda *a, **k: (time.sleep(1.0), real_publish(*a, **k))
     mgr = CheckpointManager(sys.argv[1], total_epochs=10, warn=lambda message: None)
     mgr.save({"weights": torch.ones(1000)}, epoch=1)  # written in the background, slowly
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()

@@ -38,7 +38,7 @@ from test_train import TINY, assert_same_training  # tests/ is on sys.path (conf
 # The run every torture chain repeats: 4 epochs of 3 steps, latest rewritten every 2 steps
 # (mid-epoch) and after each epoch (with a periodic file each epoch and best on improvement).
 RUN_FLAGS = ["--epochs", "4", *TINY, "--quiet", "--vis-every", "0", "--save-every-steps", "2"]
-SAVE_POINTS = ("after-temp-write", "before-rename", "after-rename", "after-sidecar")
+SAVE_POINTS = ("mid-write", "after-temp-write", "before-rename", "after-rename", "after-sidecar")
 # With a save every 2 steps and at most one save in flight, a kill loses at most the steps
 # since the last *finished* save: 2 since the one in flight, plus up to 2 before it.
 MAX_LOST_STEPS = 4

@@ -18,11 +18,12 @@ import pytest
 from faultkit import RUN_FLAGS, SAVE_POINTS, Kill, Torture, assert_every_checkpoint_verifies, assert_same_run
 
 # A full run reaches each save point 16 times (4 mid-epoch saves + 4 epochs x latest, periodic, best),
-# "after-temp-write" 12 times (the periodic file is a hard link: no temp write), "step" 12, "epoch-end" 4.
+# "mid-write" (part of the temp file written) and "after-temp-write" 12 times (the periodic file is a
+# hard link: no temp write), "step" 12, "epoch-end" 4.
 CI_KILLS = [f"{point}:{hit}" for hit in (1, 2, 3, 5) for point in SAVE_POINTS] + [
     "step:1", "step:4", "epoch-end:1", "epoch-end:2"]
 LONG_KILLS = [f"{point}:{hit}" for point in SAVE_POINTS for hit in range(1, 17)
-              if not (point == "after-temp-write" and hit > 12)] + [
+              if not (point in ("mid-write", "after-temp-write") and hit > 12)] + [
     f"step:{hit}" for hit in range(1, 13)] + [f"epoch-end:{hit}" for hit in range(1, 5)]
 
 
@@ -30,7 +31,7 @@ def test_kill_at_every_save_point_then_resume_matches_uninterrupted_run(cli, ref
     torture = Torture(cli, tmp_path, reference_run, ledger)
     torture.kill_each([Kill(spec) for spec in CI_KILLS])
     torture.complete()
-    assert ledger.total == len(CI_KILLS) == 20 and ledger.runs_finished >= 1
+    assert ledger.total == len(CI_KILLS) == 24 and ledger.runs_finished >= 1
 
 
 def test_kill_at_random_moments_then_resume_matches_uninterrupted_run(cli, reference_run, run_seconds, tmp_path,

@@ -8,12 +8,14 @@ fsync makes the bytes durable; only the folder fsync makes the rename durable.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from useg.errors import CheckpointError
 
@@ -22,6 +24,22 @@ from .layout import TEMP_SUFFIX, is_temp_name
 FILE_MODE = 0o644  # mkstemp creates 0600; checkpoints are meant to be shared and copied
 _FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
@@ -38,11 +56,25 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def write_temp_file(directory: Path, name: str, data: bytes | memoryview) -> Path:
     """Write `data` to a new hidden `.NAME.*.tmp` in `directory`, fsynced, mode 0644; return its path."""
-    with explain_write_errors(directory, len(data)):
+    return write_temp(directory, name, len(data), lambda fd: write_all(fd, data))
+
+
+def write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int], None],
+               needed: Callable[[], int] | None = None) -> Path:
+    """Create a hidden `.NAME.*.tmp` in `directory`, let `fill(fd)` write it, then fsync; return its path.
+
+    `size_hint` bytes are reserved first, so a full disk usually fails before any byte is
+    written; a file that ends up shorter is cut to what `fill` wrote. On a full disk the
+    error names `needed()` bytes (default: the hint). On any error the temp file is removed.
+    """
+    with explain_write_errors(directory, needed or (lambda: size_hint)):
         fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=TEMP_SUFFIX)
         try:
-            _preallocate(fd, len(data))
-            _write_all(fd, data)
+            _preallocate(fd, size_hint)
+            fill(fd)
+            end = os.lseek(fd, 0, os.SEEK_CUR)
+            if os.fstat(fd).st_size > end:
+                os.ftruncate(fd, end)  # drop the reserved space fill did not use
             os.fchmod(fd, FILE_MODE)
             # A failed fsync is not retried: the kernel may already have dropped the dirty
             # pages, so a second fsync can "succeed" over lost data (PostgreSQL's fsyncgate).
@@ -100,12 +132,16 @@ def remove_quietly(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def explain_write_errors(directory: Path, nbytes: int | None = None) -> Iterator[None]:
-    """Turn a full disk or an unwritable folder into a one-line CheckpointError."""
+def explain_write_errors(directory: Path, nbytes: int | Callable[[], int] | None = None) -> Iterator[None]:
+    """Turn a full disk or an unwritable folder into a one-line CheckpointError.
+
+    `nbytes`: what the write needed, or a function giving it once the write has failed.
+    """
     try:
         yield
     except OSError as error:
         if error.errno in _FULL_DISK:
+            nbytes = nbytes() if callable(nbytes) else nbytes
             needs = f": writing needs {nbytes} bytes, {_free_bytes(directory)} are free" if nbytes else ""
             raise CheckpointError(
                 f"not enough space in {directory}{needs}; free some space "
@@ -138,8 +174,20 @@ def _preallocate(fd: int, size: int) -> None:
         # EOPNOTSUPP/EINVAL: the file system cannot preallocate; the write below still reports ENOSPC.
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """os.write until every byte of `data` is written (a single write may be short)."""
     view = memoryview(data).cast("B")
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing this range of `fd` to disk now, without waiting.
+
+    The final fsync then waits only for the tail instead of the whole file, so disk time
+    overlaps with the rest of the save (PostgreSQL does the same with sync_file_range).
+    A no-op where Linux's sync_file_range is unavailable.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # advisory: its errors surface at fsync

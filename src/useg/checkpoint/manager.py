@@ -11,15 +11,15 @@ from typing import Any, Callable, Iterable, Mapping
 from useg.errors import CheckpointError
 
 from .atomic import check_writable, explain_write_errors, remove_stale_temp_files
-from .integrity import VerifyResult, open_verified, sha256_bytes
+from .integrity import VerifyResult, open_verified
 from .layout import BEST_NAME, LATEST_NAME, periodic_name
 from .listing import CheckpointInfo, checkpoint_info, list_checkpoints
 from .loading import Which, checkpoint_path, load_verified, open_resolved
 from .lock import RunLock, acquire_run_lock, lock_owner
 from .policy import DEFAULT_PERCENTAGES, SavePlan, periodic_epochs, plan_save
-from .publish import finalize_pending_sidecars, publish_bytes, publish_link
+from .publish import finalize_pending_sidecars, publish_link, publish_state
 from .retention import clean_checkpoints
-from .state import check_weights_only_safe, snapshot_state, stamp, to_bytes
+from .state import check_weights_only_safe, snapshot_state, stamp
 from .writer import BackgroundWriter
 
 DEFAULT_BEST_EXCLUDE = ("optimizer_state_dict", "scheduler_state_dict", "rng_state", "sampler_state")
@@ -126,22 +126,21 @@ class CheckpointManager:
         return snapshot
 
     def _write(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any]) -> None:
-        data = to_bytes(snapshot)
         # latest goes last: a save counts once latest is durable. Killed before that, the run
         # resumes from the previous latest and redoes this epoch, writing its periodic and best
         # files again; written first, latest would move on and those two would never be written.
-        with explain_write_errors(self.directory, len(data)):
+        with explain_write_errors(self.directory):
             if plan.best:
-                best_data = to_bytes(self._best_state(snapshot, fields["val_dice"]))
-                publish_bytes(self.directory / BEST_NAME, best_data, self._sidecar(fields, "best", best_data))
+                best = self._best_state(snapshot, fields["val_dice"])
+                publish_state(self.directory / BEST_NAME, best, {**fields, "kind": "best"})
             latest = self.directory / LATEST_NAME
-            latest_sidecar = self._sidecar(fields, plan.latest_kind, data)
+            latest_fields = {**fields, "kind": plan.latest_kind}
             if plan.periodic:
                 periodic = self.directory / periodic_name(fields["epoch"])
-                publish_bytes(periodic, data, self._sidecar(fields, "periodic", data))
-                publish_link(periodic, latest, data, latest_sidecar)
+                checksum = publish_state(periodic, snapshot, {**fields, "kind": "periodic"})
+                publish_link(periodic, latest, checksum, snapshot, latest_fields)
             else:
-                publish_bytes(latest, data, latest_sidecar)
+                publish_state(latest, snapshot, latest_fields)
 
     def _best_state(self, snapshot: dict[str, Any], val_dice: float) -> dict[str, Any]:
         best = {key: value for key, value in snapshot.items() if key not in self.best_exclude}
@@ -163,10 +162,6 @@ class CheckpointManager:
             "total_epochs": self._total_epochs,
             "config": _small_config(snapshot.get("config")),
         }
-
-    @staticmethod
-    def _sidecar(fields: dict[str, Any], kind: str, data: bytes) -> dict[str, Any]:
-        return {**fields, "kind": kind, "sha256": sha256_bytes(data), "size_bytes": len(data)}
 
     # --- reading --------------------------------------------------------------------------
 

@@ -26,28 +26,35 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from .faults import kill_point
-from .atomic import atomic_write_json, fsync_directory, remove_quietly, replace_durably, write_temp_file
+from .atomic import atomic_write_json, fsync_directory, remove_quietly, replace_durably
 from .integrity import read_sidecar, sha256_stream
 from .layout import PENDING_SUFFIX, TEMP_SUFFIX, pending_path, sidecar_path
+from .serialize import write_state_temp
 
 
-def publish_bytes(final: Path, data: bytes | memoryview, sidecar: dict[str, Any]) -> None:
-    """Durably replace `final` with `data` and its sidecar with `sidecar` (which holds the sha256)."""
-    temp = write_temp_file(final.parent, final.name, data)
+def publish_state(final: Path, state: Mapping[str, Any], sidecar: dict[str, Any]) -> dict[str, Any]:
+    """Durably replace `final` with torch.save(`state`) and its sidecar with `sidecar` plus the
+    checksum of the new bytes; returns that checksum (sha256 and size_bytes)."""
+    written = write_state_temp(final.parent, final.name, state)
     kill_point("after-temp-write")
-    publish_temp(temp, final, sidecar)
+    publish_temp(written.path, final, {**sidecar, **written.checksum()})
+    return written.checksum()
 
 
-def publish_link(source: Path, final: Path, data: bytes | memoryview, sidecar: dict[str, Any]) -> None:
-    """Publish `final` with the same bytes as the published `source`, stored once as a hard link.
+def publish_link(source: Path, final: Path, checksum: dict[str, Any], state: Mapping[str, Any],
+                 sidecar: dict[str, Any]) -> None:
+    """Publish `final` with the bytes of the just published `source` (`checksum`), stored once as a hard link.
 
-    Falls back to writing `data` (the same bytes) where the file system refuses links.
+    Where the file system refuses links, `state` is serialised again instead.
     """
-    temp = _link_to_temp(source, final) or write_temp_file(final.parent, final.name, data)
-    publish_temp(temp, final, sidecar)
+    temp = _link_to_temp(source, final)
+    if temp is None:
+        written = write_state_temp(final.parent, final.name, state)
+        temp, checksum = written.path, written.checksum()
+    publish_temp(temp, final, {**sidecar, **checksum})
 
 
 def publish_temp(temp: Path, final: Path, sidecar: dict[str, Any]) -> None:

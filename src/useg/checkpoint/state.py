@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import mmap
 import platform
 import threading
@@ -84,13 +83,6 @@ def library_versions() -> dict[str, str]:
         "numpy": np.__version__,
         "useg": useg.__version__,
     }
-
-
-def to_bytes(state: Mapping[str, Any]) -> bytes:
-    """torch.save into memory: a full disk then fails in our own write with a real OSError."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()  # CPython hands over its internal bytes without a copy here
 
 
 def _plain(value: Any) -> Any:

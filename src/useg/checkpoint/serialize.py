@@ -1,0 +1,154 @@
+"""torch.save straight into a durable temp file, with the file's sha256 computed on the way.
+
+One pass over the bytes instead of three (serialise into memory, hash, write). torch.save
+hands `write` one record at a time, a CPU tensor's storage in one piece and without a
+copy; this thread writes it while a helper thread hashes it (both release the GIL, so
+on two cores a save costs about the larger of the two). Written ranges are handed to the
+kernel for writeback at once, so the closing fsync waits for the tail only. No copy of
+the file is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from .atomic import start_writeback, write_all, write_temp
+from .faults import kill_point
+
+_WRITEBACK_EVERY = 16 * 1024 * 1024
+# Records at least this large that are a storage of the state are hashed in place; the rest
+# (torch's own headers and pickle bytes, which it may free once `write` returns) are copied.
+_IN_PLACE_MIN_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A durable temp file and the checksum of its bytes."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+
+    def checksum(self) -> dict[str, Any]:
+        """The sidecar fields that describe these bytes."""
+        return {"sha256": self.sha256, "size_bytes": self.size_bytes}
+
+
+def write_state_temp(directory: Path, name: str, state: Mapping[str, Any]) -> WrittenFile:
+    """torch.save `state` into a new fsynced temp file for `name` in `directory`; see the module docstring."""
+    storages = _storages(state)
+    sink: _HashingSink | None = None
+
+    def fill(fd: int) -> None:
+        nonlocal sink
+        sink = _HashingSink(fd, {ptr: size for (ptr, device), size in storages.items() if device == "cpu"})
+        try:
+            torch.save(state, sink)
+        finally:
+            sink.close()
+        if sink.error is not None:
+            raise sink.error
+
+    estimate = sum(storages.values())  # the file is a little larger: headers and the pickle
+    temp = write_temp(directory, name, estimate, fill, needed=lambda: max(estimate, sink.attempted if sink else 0))
+    return WrittenFile(temp, sink.hexdigest(), sink.size)
+
+
+class _HashingSink:
+    """The file object torch.save writes to: each record is written here and hashed on a helper thread.
+
+    A record hashed in place is read by the helper after `write` has returned. That is safe
+    because it is the memory of a CPU storage held by the state being saved, which outlives
+    `close()`; `in_place` holds those storages' addresses and sizes.
+    """
+
+    def __init__(self, fd: int, in_place: dict[int, int]) -> None:
+        self._fd = fd
+        self._in_place = in_place
+        self._digest = hashlib.sha256()
+        self._queue: queue.SimpleQueue[memoryview | bytes | None] = queue.SimpleQueue()
+        self._hashed_all = threading.Event()
+        threading.Thread(target=self._hash, name="useg-checkpoint-hash").start()
+        self._written_back = 0
+        self.error: OSError | None = None  # the first failed write; later records are dropped
+        self.size = 0  # bytes written
+        self.attempted = 0  # bytes written once the current write succeeds (what a full disk refused)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is not None:
+            return len(view)
+        self.attempted = self.size + len(view)
+        self._queue.put(view if self._hash_in_place(view) else bytes(view))
+        try:
+            write_all(self._fd, view)
+        except OSError as error:
+            # Raised into torch.save's C++ writer, it would leave the zip writer in a state
+            # whose clean-up fails with "unexpected pos" in place of this error (e.g. disk full).
+            # So the rest is discarded and the caller raises this once torch.save returns.
+            self.error = error
+            return len(view)
+        first = self.size == 0
+        self.size += len(view)
+        if self.size - self._written_back >= _WRITEBACK_EVERY:
+            start_writeback(self._fd, self._written_back, self.size - self._written_back)
+            self._written_back = self.size
+        if first:
+            kill_point("mid-write")  # a temp file holding part of a checkpoint
+        return len(view)
+
+    def flush(self) -> None:
+        """Nothing is buffered here; fsync comes after torch.save returns."""
+
+    def close(self) -> None:
+        """Wait until every record written so far is hashed."""
+        self._queue.put(None)
+        try:
+            self._hashed_all.wait()
+        except BaseException:
+            # Queued records point into the state's memory, which the caller may free once we
+            # return: a Ctrl+C here still waits for the hasher (a few ms) before it propagates.
+            self._hashed_all.wait()
+            raise
+
+    def hexdigest(self) -> str:
+        """The sha256 of every byte written (call after `close`)."""
+        return self._digest.hexdigest()
+
+    def _hash_in_place(self, view: memoryview) -> bool:
+        if len(view) < _IN_PLACE_MIN_BYTES:
+            return False
+        address = np.frombuffer(view, dtype=np.uint8).ctypes.data
+        return self._in_place.get(address) == len(view)
+
+    def _hash(self) -> None:
+        try:
+            while (chunk := self._queue.get()) is not None:
+                self._digest.update(chunk)
+        finally:
+            self._hashed_all.set()
+
+
+def _storages(state: Any) -> dict[tuple[int, str], int]:
+    """(address, device type) -> size in bytes of every tensor storage in `state`, each counted once."""
+    return {(storage.data_ptr(), storage.device.type): storage.nbytes()
+            for storage in (tensor.untyped_storage() for tensor in _tensors(state))}
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple, set)):
+        for item in value:
+            yield from _tensors(item)
