@@ -55,7 +55,9 @@ def run(settings: Settings) -> list[Section]:
     section.reading.append(
         f"Listing {COUNT + 1} checkpoints takes {seconds(median(times['many']))} from the shell, "
         f"{seconds(median(times['many']) - median(times['one']))} more than listing one: the rest is "
-        f"start-up (`python -c 'import torch'` alone takes {seconds(median(times['torch']))} here). "
+        "Python's start-up and the CLI's imports. The listing path does not import torch (the "
+        "`useg.checkpoint` package loads its modules on first use and only the commands that read "
+        f"checkpoint bytes import torch): `python -c 'import torch'` alone takes {seconds(median(times['torch']))} here. "
         f"In process the listing itself takes "
         f"{seconds(median(in_process))} and reads {bytes_read / 1024:,.0f} KiB (the sidecars) of files "
         f"holding {total_bytes / 2**30:.1f} GiB."

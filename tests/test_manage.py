@@ -107,6 +107,16 @@ def test_list_reads_no_checkpoint_bytes_100_files_of_1_gb_under_a_second(tmp_pat
     assert code == 0 and len(records) == 100 and all(r["size_bytes"] == size for r in records)
 
 
+def test_list_from_the_shell_does_not_import_torch(trained):
+    # Importing torch is most of a second; `useg checkpoints list` reads only sidecars and must not pay it.
+    probe = ("import sys; from useg.cli import main; code = main(['checkpoints', 'list', '--run-dir', sys.argv[1]]); "
+             "print('torch imported' if 'torch' in sys.modules else 'no torch', code)")
+    listed = subprocess.run([sys.executable, "-c", probe, str(trained)], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert "latest_checkpoint.pt" in listed.stdout
+    assert listed.stdout.strip().endswith("no torch 0")
+
+
 # --- latest / info -------------------------------------------------------------------------
 
 

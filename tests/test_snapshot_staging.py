@@ -1,11 +1,11 @@
-"""Snapshots of large tensors go into reused staging memory: still independent, exact copies."""
+"""Snapshots are copied into reused staging memory: still independent, exact copies."""
 
 import torch
 
 from useg.checkpoint import CheckpointManager
-from useg.checkpoint.state import snapshot_state
+from useg.checkpoint.state import StagingPool, snapshot_state
 
-LARGE = (1024, 512)  # 2 MiB of float32: above the staging threshold
+LARGE = (1024, 512)  # 2 MiB of float32
 
 
 def test_snapshot_of_large_tensors_is_an_exact_copy_that_training_cannot_change():
@@ -25,20 +25,32 @@ def test_snapshot_of_large_tensors_is_an_exact_copy_that_training_cannot_change(
         assert torch.equal(copied, original), name
 
 
-def test_staging_memory_is_reused_only_when_no_tensor_of_the_previous_snapshot_remains():
+def test_pooled_copies_are_reused_only_after_they_are_given_back():
+    pool = StagingPool()
     weight = torch.randn(LARGE)
-    first = snapshot_state({"w": weight})["w"]
-    first_memory = first.data_ptr()
-    row = first[0]  # a view keeps the first snapshot's memory in use
-    del first
-    second = snapshot_state({"w": weight + 1})["w"]
-    assert second.data_ptr() != first_memory
-    assert torch.equal(row, weight[0])
-    second_memory = second.data_ptr()
-    del second
-    third = snapshot_state({"w": weight + 2})["w"]
-    assert third.data_ptr() == second_memory  # nobody sees the second snapshot any more
-    assert torch.equal(third, weight + 2) and torch.equal(row, weight[0])
+    first = snapshot_state({"w": weight}, pool)
+    second = snapshot_state({"w": weight + 1}, pool)  # the first is still being written: fresh memory
+    assert first["w"].data_ptr() != second["w"].data_ptr()
+    assert torch.equal(first["w"], weight) and torch.equal(second["w"], weight + 1)
+    memory = first["w"].data_ptr()
+    pool.give_back(first)
+    third = snapshot_state({"w": weight + 2, "other": torch.zeros(3)}, pool)
+    assert third["w"].data_ptr() == memory and torch.equal(third["w"], weight + 2)
+    assert torch.equal(second["w"], weight + 1)  # not given back: untouched
+
+
+def test_manager_reuses_the_previous_snapshot_memory_once_its_write_is_done(tmp_path):
+    model = torch.nn.Linear(*LARGE)
+    with CheckpointManager(tmp_path, total_epochs=3) as manager:
+        manager.save({"model_state_dict": model}, epoch=1)
+        manager.wait()
+        [pooled] = manager._staging._free[(model.weight.shape, model.weight.stride(), torch.float32, False)]
+        with torch.no_grad():
+            model.weight.mul_(2.0)
+        manager.save({"model_state_dict": model}, epoch=2)
+        assert pooled.data_ptr() in {t.data_ptr() for _, t in manager._staging._lent.values()}
+        manager.wait()
+        torch.testing.assert_close(manager.load("latest")["model_state_dict"], model.state_dict(), rtol=0, atol=0)
 
 
 def test_large_non_contiguous_tensor_keeps_its_strides():

@@ -10,7 +10,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from useg.checkpoint import CheckpointInfo, CheckpointManager, atomic_write_bytes, atomic_write_json, bytes_freed
+from useg.checkpoint import CheckpointInfo, atomic_write_bytes, atomic_write_json, bytes_freed
 from useg.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, verify_checkpoint
 from useg.checkpoint.listing import checkpoint_info
 from useg.errors import CheckpointError, UsegError
@@ -172,6 +172,8 @@ def clean_run(run_dir: str | Path, keep: int, dry_run: bool) -> tuple[list[Check
     check_keep(keep)
     folder = checkpoints_dir(run_dir)
     run_checkpoints(run_dir)  # a clear error when there is nothing to clean
+    from useg.checkpoint import CheckpointManager  # imports torch: only the commands that write pay for it
+
     with CheckpointManager(folder, total_epochs=1, lock=not dry_run, warn=lambda message: None) as manager:
         removed = manager.clean(keep=keep, dry_run=dry_run)
     return removed, bytes_freed(removed)

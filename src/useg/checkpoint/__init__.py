@@ -2,37 +2,47 @@
 
 Knows nothing about the model or the trainer: it saves and restores any dict of
 `state_dict()`-able parts and plain values.
+
+The names below are imported on first use (PEP 562), so that reading sidecars, e.g.
+`useg checkpoints list`, does not pay the second it takes to import torch.
 """
 
-from .atomic import atomic_write_bytes, atomic_write_json
-from .integrity import VerifyResult, verify_checkpoint
-from .listing import CheckpointInfo, list_checkpoints, read_metadata
-from .loading import load_checkpoint, resolve_checkpoint
-from .lock import is_locked, lock_owner
-from .manager import DEFAULT_BEST_EXCLUDE, CheckpointManager
-from .policy import DEFAULT_PERCENTAGES, periodic_epochs
-from .retention import bytes_freed
-from .rng import capture_rng_state, restore_rng_state
-from .state import FORMAT_VERSION
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointInfo",
-    "CheckpointManager",
-    "DEFAULT_BEST_EXCLUDE",
-    "DEFAULT_PERCENTAGES",
-    "FORMAT_VERSION",
-    "VerifyResult",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "bytes_freed",
-    "capture_rng_state",
-    "is_locked",
-    "list_checkpoints",
-    "load_checkpoint",
-    "lock_owner",
-    "periodic_epochs",
-    "read_metadata",
-    "resolve_checkpoint",
-    "restore_rng_state",
-    "verify_checkpoint",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "CheckpointInfo": "listing",
+    "CheckpointManager": "manager",
+    "DEFAULT_BEST_EXCLUDE": "manager",
+    "DEFAULT_PERCENTAGES": "policy",
+    "FORMAT_VERSION": "layout",
+    "VerifyResult": "integrity",
+    "atomic_write_bytes": "atomic",
+    "atomic_write_json": "atomic",
+    "bytes_freed": "retention",
+    "capture_rng_state": "rng",
+    "is_locked": "lock",
+    "list_checkpoints": "listing",
+    "load_checkpoint": "loading",
+    "lock_owner": "lock",
+    "periodic_epochs": "policy",
+    "read_metadata": "listing",
+    "resolve_checkpoint": "loading",
+    "restore_rng_state": "rng",
+    "verify_checkpoint": "integrity",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
-
 from .layout import pending_path, sidecar_path
 
 STATUSES = ("ok", "corrupt", "missing-checksum", "missing", "unsafe")
@@ -103,6 +101,8 @@ def unsafe_globals(handle: BinaryIO) -> list[str]:
 
     Raises ValueError/RuntimeError when the file is not a complete torch.save zip archive.
     """
+    import torch  # here, not at the top: listing checkpoints should not pay torch's start-up
+
     handle.seek(0)
     return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(handle))
 

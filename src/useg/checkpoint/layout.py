@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+FORMAT_VERSION = 1  # bump when a reader needs to know; load() refuses files newer than this
+
 LATEST_NAME = "latest_checkpoint.pt"
 BEST_NAME = "best_model.pt"
 LOCK_NAME = ".lock"

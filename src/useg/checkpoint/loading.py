@@ -11,14 +11,11 @@ import pickle
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-import torch
-
 from useg.errors import CheckpointError
 
 from .integrity import VerifyResult, open_verified
-from .layout import BEST_NAME, LATEST_NAME, periodic_name
+from .layout import BEST_NAME, FORMAT_VERSION, LATEST_NAME, periodic_name
 from .listing import list_checkpoints
-from .state import FORMAT_VERSION
 
 Which = str | int | os.PathLike
 
@@ -41,6 +38,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_verified(path: Path, handle: BinaryIO) -> dict[str, Any]:
     """Load an already verified open checkpoint and check that this useg can read its format."""
+    import torch  # here, not at the top: finding and listing checkpoints should not pay torch's start-up
+
     try:
         state = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

@@ -19,7 +19,7 @@ from .lock import RunLock, acquire_run_lock, lock_owner
 from .policy import DEFAULT_PERCENTAGES, SavePlan, periodic_epochs, plan_save
 from .publish import finalize_pending_sidecars, publish_link, publish_state
 from .retention import clean_checkpoints
-from .state import check_weights_only_safe, snapshot_state, stamp
+from .state import StagingPool, check_weights_only_safe, snapshot_state, stamp
 from .writer import BackgroundWriter
 
 DEFAULT_BEST_EXCLUDE = ("optimizer_state_dict", "scheduler_state_dict", "rng_state", "sampler_state")
@@ -50,6 +50,7 @@ class CheckpointManager:
         self.best_exclude = frozenset(best_exclude)
         self._warn = warn or warn_to_stderr
         self._writer = BackgroundWriter() if async_save else None
+        self._staging = StagingPool()
         self._resumed_from: Path | None = None
         with explain_write_errors(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -102,9 +103,9 @@ class CheckpointManager:
             self.best_val_dice, self.best_epoch = val_dice, epoch
         fields = self._sidecar_fields(snapshot, epoch, step, val_dice, train_loss)
         if self._writer is None:
-            self._write(snapshot, plan, fields)
+            self._write_and_release(snapshot, plan, fields)
         else:
-            self._writer.submit(lambda: self._write(snapshot, plan, fields))
+            self._writer.submit(lambda: self._write_and_release(snapshot, plan, fields))
 
     def planned_files(self, epoch: int, val_dice: float | None = None, kind: str = "epoch") -> list[str]:
         """The names of the files `save()` with these arguments would write now, by the same policy."""
@@ -121,9 +122,19 @@ class CheckpointManager:
     def _snapshot(self, state: Mapping[str, Any], epoch: int) -> dict[str, Any]:
         if "epoch" in state and state["epoch"] != epoch:
             raise ValueError(f"save(epoch={epoch}) but state['epoch'] is {state['epoch']}")
-        snapshot = stamp(snapshot_state({**state, "epoch": epoch}))
-        check_weights_only_safe(snapshot)  # on the caller's thread: a bug surfaces at the line that caused it
+        snapshot = stamp(snapshot_state({**state, "epoch": epoch}, self._staging))
+        try:
+            check_weights_only_safe(snapshot)  # on the caller's thread: a bug surfaces at the line that caused it
+        except BaseException:
+            self._staging.give_back(snapshot)
+            raise
         return snapshot
+
+    def _write_and_release(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any]) -> None:
+        try:
+            self._write(snapshot, plan, fields)
+        finally:
+            self._staging.give_back(snapshot)  # written or failed, nothing reads these copies again
 
     def _write(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any]) -> None:
         # latest goes last: a save counts once latest is durable. Killed before that, the run

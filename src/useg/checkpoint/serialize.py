@@ -15,13 +15,14 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from .atomic import start_writeback, write_all, write_temp
 from .faults import kill_point
+from .state import tensors_in
 
 _WRITEBACK_EVERY = 16 * 1024 * 1024
 # Records at least this large that are a storage of the state are hashed in place; the rest
@@ -140,15 +141,5 @@ class _HashingSink:
 def _storages(state: Any) -> dict[tuple[int, str], int]:
     """(address, device type) -> size in bytes of every tensor storage in `state`, each counted once."""
     return {(storage.data_ptr(), storage.device.type): storage.nbytes()
-            for storage in (tensor.untyped_storage() for tensor in _tensors(state))}
+            for storage in (tensor.untyped_storage() for tensor in tensors_in(state))}
 
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (list, tuple, set)):
-        for item in value:
-            yield from _tensors(item)
