@@ -51,15 +51,16 @@ def write_state_temp(directory: Path, name: str, state: Mapping[str, Any]) -> Wr
     def fill(fd: int) -> None:
         nonlocal sink
         sink = _HashingSink(fd, {ptr: size for (ptr, device), size in storages.items() if device == "cpu"})
-        try:
-            torch.save(state, sink)
-        finally:
-            sink.close()
+        torch.save(state, sink)
         if sink.error is not None:
             raise sink.error
 
     estimate = sum(storages.values())  # the file is a little larger: headers and the pickle
-    temp = write_temp(directory, name, estimate, fill, needed=lambda: max(estimate, sink.attempted if sink else 0))
+    try:
+        temp = write_temp(directory, name, estimate, fill, needed=lambda: max(estimate, sink.attempted if sink else 0))
+    finally:
+        if sink is not None:
+            sink.close()  # waited for only now, so that hashing the last records overlaps the fsync
     return WrittenFile(temp, sink.hexdigest(), sink.size)
 
 

@@ -121,13 +121,14 @@ class _Copies:
 
     def add(self, source: torch.Tensor) -> torch.Tensor:
         """The host tensor that will hold `source`'s values once `run()` has returned."""
-        if id(source) in self._done:
-            return self._done[id(source)]
+        done = self._done.get(id(source))
+        if done is not None:
+            return done
         if source.layout != torch.strided or source.is_quantized:
             target = source.to("cpu", copy=True)  # rare kinds: a plain copy, not pooled
         else:
             target = self._pool.take(source)
-            if source.device.type == "cpu":
+            if source.is_cpu:
                 self._batched[0].append(target)
                 self._batched[1].append(source)
             else:
@@ -166,14 +167,16 @@ class StagingPool:
 
     def take(self, like: torch.Tensor) -> torch.Tensor:
         """A CPU tensor with the shape, strides and dtype of `like` (contents undefined)."""
-        key = (like.shape, like.stride(), like.dtype, like.device.type == "cuda")
+        key = (like.shape, like.stride(), like.dtype, like.is_cuda)
         with self._lock:
             free = self._free.get(key)
-            tensor = free.pop() if free else None
-        if tensor is None:
-            tensor = torch.empty_like(like, device="cpu")  # preserve_format: strides kept where they can be
-            if key[3]:
-                tensor = tensor.pin_memory()
+            if free:
+                tensor = free.pop()
+                self._lent[id(tensor)] = (key, tensor)
+                return tensor
+        tensor = torch.empty_like(like, device="cpu")  # preserve_format: strides kept where they can be
+        if like.is_cuda:
+            tensor = tensor.pin_memory()
         with self._lock:
             self._lent[id(tensor)] = (key, tensor)
         return tensor
