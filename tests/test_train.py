@@ -59,6 +59,26 @@ def test_tiny_run_writes_the_run_layout(tmp_path, capsys):
     assert "val Dice" in capsys.readouterr().out
 
 
+def test_a_failed_background_save_stops_training_at_the_next_step_not_the_next_save(tmp_path, monkeypatch, capsys):
+    import useg.train
+    from useg.checkpoint import manager as manager_module
+    from useg.errors import CheckpointError
+
+    def full_disk(*args, **kwargs):
+        raise CheckpointError("not enough space in the test's folder")
+
+    monkeypatch.setattr(manager_module, "publish_state", full_disk)
+    steps = []
+    real_kill_point = useg.train.kill_point
+    monkeypatch.setattr(useg.train, "kill_point", lambda name: (steps.append(name), real_kill_point(name)))
+    flags = [*TINY, "--samples-per-epoch", "40", "--quiet", "--vis-every", "0"]  # 20 steps an epoch
+    code = main(["train", "--run-dir", str(tmp_path / "run"), "--epochs", "3", *flags])
+    assert code == 2
+    assert "not enough space in the test's folder" in capsys.readouterr().err
+    done = steps.count("step")
+    assert 20 <= done < 40, f"{done} steps: the epoch-1 save failed, so epoch 2 should have stopped at once"
+
+
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     args = ["--epochs", "5", *TINY, "--quiet", "--vis-every", "0"]

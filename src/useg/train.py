@@ -380,6 +380,8 @@ def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -
             loss.backward()
             run.optimizer.step()
             run.step += 1
+            if run.manager is not None:
+                run.manager.check()  # a failed background save stops the run now, not an epoch later
             kill_point("step")
             loss_sum, loss_count = loss_sum + mean_over_ranks(run.world, loss.item()), loss_count + 1
             bar.advance(loss_sum / loss_count)

@@ -119,6 +119,13 @@ class CheckpointManager:
         if self._writer is not None:
             self._writer.wait()
 
+    def check(self) -> None:
+        """Re-raise a background write's error as soon as it has happened, without waiting
+        for a write still in flight: call it every step, so that a full disk stops training
+        at once instead of at the next save."""
+        if self._writer is not None:
+            self._writer.check()
+
     def _snapshot(self, state: Mapping[str, Any], epoch: int) -> dict[str, Any]:
         if "epoch" in state and state["epoch"] != epoch:
             raise ValueError(f"save(epoch={epoch}) but state['epoch'] is {state['epoch']}")
@@ -239,8 +246,10 @@ class CheckpointManager:
         try:
             self.wait()
         finally:
-            if self._lock is not None and not (self._writer is not None and self._writer.busy):
-                self._lock.release()
+            if not (self._writer is not None and self._writer.busy):
+                self._staging = StagingPool()  # frees the host copies kept for the next save
+                if self._lock is not None:
+                    self._lock.release()
 
     def __enter__(self) -> "CheckpointManager":
         return self

@@ -57,11 +57,33 @@ def write_state_temp(directory: Path, name: str, state: Mapping[str, Any]) -> Wr
 
     estimate = sum(storages.values())  # the file is a little larger: headers and the pickle
     try:
-        temp = write_temp(directory, name, estimate, fill, needed=lambda: max(estimate, sink.attempted if sink else 0))
+        temp = write_temp(directory, name, estimate, fill, needed=lambda: serialized_size(state))
     finally:
         if sink is not None:
             sink.close()  # waited for only now, so that hashing the last records overlaps the fsync
     return WrittenFile(temp, sink.hexdigest(), sink.size)
+
+
+def serialized_size(state: Mapping[str, Any]) -> int:
+    """The size of torch.save(`state`) in bytes, found by serialising into a counter (for a full disk's message)."""
+    counter = _ByteCounter()
+    torch.save(state, counter)
+    return counter.size
+
+
+class _ByteCounter:
+    """A file object that counts what is written to it and keeps nothing."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        nbytes = memoryview(data).nbytes
+        self.size += nbytes
+        return nbytes
+
+    def flush(self) -> None:
+        """Nothing to flush."""
 
 
 class _HashingSink:
@@ -82,13 +104,11 @@ class _HashingSink:
         self._written_back = 0
         self.error: OSError | None = None  # the first failed write; later records are dropped
         self.size = 0  # bytes written
-        self.attempted = 0  # bytes written once the current write succeeds (what a full disk refused)
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         if self.error is not None:
             return len(view)
-        self.attempted = self.size + len(view)
         self._queue.put(view if self._hash_in_place(view) else bytes(view))
         try:
             write_all(self._fd, view)

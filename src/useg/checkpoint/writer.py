@@ -37,6 +37,11 @@ class BackgroundWriter:
         """True while a job is still running (e.g. after `wait()` was interrupted by Ctrl+C)."""
         return self._done is not None and not self._done.is_set()
 
+    def check(self) -> None:
+        """Re-raise the error of a job that has already failed, without waiting for one still running."""
+        if self._done is not None and self._done.is_set():
+            self.wait()
+
     def wait(self) -> None:
         """Return when no job is running; re-raise the error of a failed job once."""
         if self._done is not None:
