@@ -338,6 +338,18 @@ def test_split_round_trips_through_anonymous_ids(synthetic: SegDataset) -> None:
         Split.from_dict(saved, synthetic)
 
 
+def test_a_saved_split_refuses_other_data_with_the_same_image_ids(synthetic: SegDataset) -> None:
+    saved = json.loads(json.dumps(split_by_patient(synthetic, seed=5).to_dict()))
+    assert set(saved["fingerprints"]) == {image for name in ("train", "val", "test") for image in saved[name]}
+    Split.from_dict(saved, make_synthetic(24, seed=0, n_patients=12, images_per_patient=4))  # same data: accepted
+    other = make_synthetic(24, seed=1, n_patients=12, images_per_patient=4)  # same ids, other pixels
+    assert other.ids == synthetic.ids
+    with pytest.raises(DataError, match=r"is not the image the run was saved with.*use the same data"):
+        Split.from_dict(saved, other)
+    del saved["fingerprints"]  # e.g. a hand-written --split-file: the ids alone decide
+    Split.from_dict(saved, other)
+
+
 def test_split_with_too_few_patients_is_an_error() -> None:
     ds = tiny_dataset(np.ones((4, 1), dtype=bool), np.array([0, 0, 1, 1]), ["a"])
     with pytest.raises(DataError, match="empty split"):

@@ -109,6 +109,20 @@ def test_unreadable_data_folder_is_one_line_naming_it(cli, shared_dir, unprivile
 # --- checkpoints of another architecture or a newer format --------------------------------
 
 
+def test_resume_and_evaluate_on_changed_data_are_refused_naming_the_image(cli, tmp_path, ledger):
+    data, run = tmp_path / "data", tmp_path / "run"
+    write_pairs(data, (40, 40), (40, 40), count=6)
+    assert cli("train", "--run-dir", run, "--data", data, *FRESH).returncode == 0
+    before = snapshot(run)
+    replaced = np.random.default_rng(99).integers(0, 255, (40, 40), dtype=np.uint8)
+    Image.fromarray(replaced).save(data / "images" / "case3.png")  # same file name, other pixels
+    for command in (["resume", "latest", "--run-dir", run, "--epochs", "2"], ["evaluate", "--run-dir", run]):
+        result = cli(*command)
+        ledger.faults["data changed under a saved split"] += 1
+        assert_one_line_error(result, "is not the image the run was saved with", "use the same data")
+    assert snapshot(run) == before
+
+
 def test_resume_with_other_widths_is_refused_and_changes_nothing(cli, finished_run, ledger):
     before = snapshot(finished_run)
     result = cli("resume", "latest", "--run-dir", finished_run, "--widths", "16,16", "--epochs", "6")

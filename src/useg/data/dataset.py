@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,12 @@ class SegDataset:
     @property
     def num_patients(self) -> int:
         return len(np.unique(self.patients))
+
+    def fingerprints(self) -> list[str]:
+        """A short sha256 of each image's pixels and masks as loaded: saved with a run's split, so
+        that resuming or evaluating on other data with the same image ids is refused, not trusted."""
+        return [hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:16]
+                for image, mask in zip(self.images, self.masks)]
 
     def class_presence(self) -> np.ndarray:
         """(N, C) bool: image n has a non-empty mask of class c."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,10 +21,15 @@ class Split:
     val: np.ndarray
     test: np.ndarray
     image_ids: list[str] = field(default_factory=list, repr=False)  # the dataset's ids, for `to_dict`
+    fingerprints: list[str] = field(default_factory=list, repr=False)  # SegDataset.fingerprints(), same order
 
-    def to_dict(self) -> dict[str, list[str]]:
-        """Anonymous image ids per split, for saving next to a run."""
-        return {name: [self.image_ids[i] for i in getattr(self, name)] for name in SPLIT_NAMES}
+    def to_dict(self) -> dict[str, Any]:
+        """Anonymous image ids per split, and each image's content fingerprint, for saving with a run."""
+        saved: dict[str, Any] = {name: [self.image_ids[i] for i in getattr(self, name)] for name in SPLIT_NAMES}
+        if self.fingerprints:
+            used = sorted(int(i) for name in SPLIT_NAMES for i in getattr(self, name))
+            saved["fingerprints"] = {self.image_ids[i]: self.fingerprints[i] for i in used}
+        return saved
 
     @classmethod
     def from_dict(cls, saved: dict[str, list[str]], ds: SegDataset, origin: str = "the saved split") -> Split:
@@ -41,8 +47,9 @@ class Split:
                     f"have; the data changed since it was saved: use the same data or start a new run"
                 )
             parts[name] = np.asarray(sorted(position[image] for image in ids), dtype=np.int64)
-        split = cls(**parts, image_ids=list(ds.ids))
+        split = cls(**parts, image_ids=list(ds.ids), fingerprints=ds.fingerprints())
         _check_disjoint(split, ds, origin)
+        _check_same_images(split, saved.get("fingerprints"), origin)
         return split
 
 
@@ -54,6 +61,7 @@ def split_by_patient(ds: SegDataset, seed: int, fractions: tuple[float, float, f
             val=np.asarray(ds.predefined_split.get("val", []), dtype=np.int64),
             test=np.asarray(ds.predefined_split.get("test", []), dtype=np.int64),
             image_ids=list(ds.ids),
+            fingerprints=ds.fingerprints(),
         )
     counts = _patients_per_split(ds.num_patients, fractions)
     # `seed` is used as given: 0 is as real a seed as any other.
@@ -63,7 +71,7 @@ def split_by_patient(ds: SegDataset, seed: int, fractions: tuple[float, float, f
     parts = {
         name: np.flatnonzero(np.isin(ds.patients, group)).astype(np.int64) for name, group in zip(SPLIT_NAMES, groups)
     }
-    return Split(**parts, image_ids=list(ds.ids))
+    return Split(**parts, image_ids=list(ds.ids), fingerprints=ds.fingerprints())
 
 
 def _patients_per_split(num_patients: int, fractions: tuple[float, float, float]) -> list[int]:
@@ -82,6 +90,21 @@ def _patients_per_split(num_patients: int, fractions: tuple[float, float, float]
         else:
             test -= 1
     return [num_patients - val - test, val, test]
+
+
+def _check_same_images(split: Split, saved: Any, origin: str) -> None:
+    # Image ids are positions (p003_i002), so other data of the same shape would match them all;
+    # the fingerprints tell. Splits saved without them (a --split-file) are taken on their ids alone.
+    if not isinstance(saved, dict):
+        return
+    now = dict(zip(split.image_ids, split.fingerprints))
+    changed = [image for image, fingerprint in saved.items() if image in now and now[image] != fingerprint]
+    if changed:
+        raise DataError(
+            f"{origin}: image {changed[0]} ({len(changed)} of {len(saved)} in all) is not the image the run was "
+            "saved with; the data changed since (other files, annotations or --image-size): use the same data "
+            "or start a new run"
+        )
 
 
 def _check_disjoint(split: Split, ds: SegDataset, origin: str) -> None:
