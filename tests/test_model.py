@@ -166,6 +166,7 @@ def test_wrong_widths_file_is_refused_naming_mismatch_and_needed_widths(tmp_path
     message = str(info.value)
     assert "enc_blocks.0.cross.cross_conv.weight: file 16x3x3x3, model 8x3x3x3" in message
     assert "--widths 16,16,16,16" in message
+    assert message.index("--widths 16,16,16,16") < message.index("enc_blocks")  # the remedy before the detail
     assert "\n" not in message
 
 

@@ -234,13 +234,12 @@ def load_pretrained(model: UniverSeg, path: str | Path) -> None:
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         widths = infer_widths(state_dict)
-        flag = ",".join(map(str, widths or ()))
-        hint = (
-            f"the file's widths are {flag}: build the model with --widths {flag}"
-            if widths and widths != model.widths
-            else "the file does not match this UniverSeg architecture"
-        )
-        raise CheckpointError(f"weights in {path} do not fit the model ({shown}); {hint}")
+        if widths and widths != model.widths:
+            # The remedy first: the shapes behind it are detail for whoever wants it.
+            flag = ",".join(map(str, widths))
+            raise CheckpointError(f"weights in {path} have widths {flag}, this model {','.join(map(str, model.widths))}: "
+                                  f"build it with --widths {flag} (mismatches: {shown})")
+        raise CheckpointError(f"weights in {path} do not match this UniverSeg architecture ({shown})")
     model.load_state_dict(state_dict, strict=True)
 
 
