@@ -70,3 +70,11 @@ def test_checkpoint_of_staged_tensors_loads_back_equal(tmp_path):
         assert manager.verify("latest").ok
         torch.testing.assert_close(manager.load(1)["model_state_dict"], expected, rtol=0, atol=0)
         torch.testing.assert_close(manager.load("latest")["model_state_dict"], model.state_dict(), rtol=0, atol=0)
+
+
+def test_snapshot_is_exact_without_torch_foreach_copy_too(monkeypatch):
+    monkeypatch.setattr("useg.checkpoint.state._foreach_copy", None)
+    sources = {"w": torch.randn(LARGE).t(), "b": torch.arange(7), "step": torch.tensor(3.0)}
+    snapshot = snapshot_state({"s": sources})
+    for name, tensor in sources.items():
+        assert torch.equal(snapshot["s"][name], tensor) and snapshot["s"][name].data_ptr() != tensor.data_ptr()

@@ -25,6 +25,8 @@ _SAFE_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray, to
 _SAFE_SEQUENCES = (list, tuple, set, torch.Size)
 _SAFE_MAPPINGS = (dict, OrderedDict)
 _SAFE_KEY_LEAVES = (type(None), bool, int, float, str)
+# Private but used by torch's own optimisers since 2.1; looked up so that a torch without it still works.
+_foreach_copy = getattr(torch, "_foreach_copy_", None)
 _IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)  # need no copy
 
 
@@ -141,8 +143,11 @@ class _Copies:
     def run(self) -> None:
         """Do the CPU copies in one batched call; wait for device copies still in flight."""
         targets, sources = self._batched
-        if targets:
-            torch._foreach_copy_(targets, sources)  # one dispatch instead of one per tensor
+        if targets and _foreach_copy is not None:
+            _foreach_copy(targets, sources)  # one dispatch instead of one per tensor
+        else:
+            for target, source in zip(targets, sources):
+                target.copy_(source)
         for device in self._devices:
             if device.type == "cuda":
                 torch.cuda.current_stream(device).synchronize()
