@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from useg.checkpoint import CheckpointManager
-from useg.checkpoint.atomic import remove_quietly, write_temp_file
+from useg.checkpoint.atomic import fsync_directory, remove_quietly, write_temp_file
 from useg.checkpoint.integrity import sha256_bytes
 from useg.checkpoint.serialize import write_state_temp
 from useg.checkpoint.state import snapshot_state
@@ -166,7 +166,11 @@ def _writer_parts(state: TrainingState, directory: Path) -> dict[str, float]:
     begin = time.perf_counter()
     written = write_state_temp(directory, "parts.pt", snapshot)
     parts["all three in one pass (write_state_temp)"] = time.perf_counter() - begin
-    remove_quietly(written.path)
+    os.sync()
+    begin = time.perf_counter()
+    os.unlink(written.path)
+    fsync_directory(directory)
+    parts["freeing a file of this size (unlink + folder fsync)"] = time.perf_counter() - begin
     parts["bytes"] = len(data)
     del data
     return parts
@@ -187,11 +191,11 @@ def _stall_reading(measured) -> list[str]:
         "writer thread. The copies go into host tensors the manager keeps from its previous save (handed "
         "back once that save's write is done), in one batched `torch._foreach_copy_`, so after the first "
         "save there is no allocation and no page fault: the stall of a large state is a memory copy at "
-        "memory bandwidth, and the baseline (serialising into the page cache) runs about ten times slower, "
-        "which puts the ratio near 10 % from 100 MiB up. Small states are bound by fixed costs instead: "
-        "state_dict() of model and optimiser, walking a few hundred tensors and containers, the weights_only "
-        "check, queueing the job for the writer (one long-lived thread: starting a thread per save cost "
-        "~2 ms). The baseline does not fsync, so its file may still be in the page cache only. On a 2-core "
+        "memory bandwidth, so the ratio is the two rates above, copy against serialising into the page cache. "
+        "Small states are bound by fixed costs instead: state_dict() of model and optimiser, walking a few "
+        "hundred tensors and containers, the weights_only check, queueing the job for the writer (one "
+        "long-lived thread, because starting a thread per save cost more than the whole stall does now). "
+        "The baseline does not fsync, so its file may still be in the page cache only. On a 2-core "
         "machine the writer thread also competes with training for a core (and for the GIL while torch.save "
         "pickles) while it runs; that cost is not in this number."
     )
@@ -220,7 +224,12 @@ def _throughput_reading(measured, parts: dict[str, float]) -> list[str]:
             "streams each tensor's storage straight into the temp file, a helper thread hashes it meanwhile "
             "(hashlib and os.write both release the GIL), and written ranges are handed to the kernel for "
             "writeback at once (sync_file_range), so the closing fsync waits only for the tail. Its time is "
-            "therefore about the larger of sha256 and write, not their sum; sha256 (one core, about 2 GB/s "
-            f"here) is the floor. dd wrote at {dd_rate} in the same loop. A periodic save that shares its bytes "
-            "with latest is written and hashed once (latest is a hard link).")
+            "therefore about the larger of sha256 and write, not their sum; sha256 (one core, "
+            f"{rate(nbytes, parts['sha256'])} here) is the floor. dd wrote at {dd_rate} in the same loop. Both sides also pay for freeing the "
+            "file they replace (the writer the previous latest, on the rename; dd its old file, when it "
+            f"truncates it), {seconds(parts['freeing a file of this size (unlink + folder fsync)'])} above (the "
+            "`discard` mount option, see Machine, trims freed blocks). So the writer's time is about sha256 + "
+            "freeing, against dd's write + freeing, which bounds the ratio on this machine; the spread across "
+            "runs comes from the virtual disk. A periodic save that "
+            "shares its bytes with latest is written and hashed once (latest is a hard link).")
     return lines

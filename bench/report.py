@@ -56,14 +56,16 @@ def _section(section: Section) -> list[str]:
 
 
 def _disk(workdir: Path) -> dict[str, str]:
-    """The file system the scratch folder is on: the longest mount point above it."""
-    best = ("?", "?")
+    """The file system the scratch folder is on (the longest mount point above it) and its mount options."""
+    best = ("?", "?", "?")
     try:
         for line in Path("/proc/mounts").read_text().splitlines():
-            _, point, fstype, *_ = line.split()
+            _, point, fstype, options, *_ = line.split()
             inside = point == "/" or str(workdir).startswith(point.rstrip("/") + "/")
             if inside and (best[0] == "?" or len(point) > len(best[0])):
-                best = (point, fstype)
+                best = (point, fstype, options)
     except OSError:
         pass
-    return {"Disk under test": f"{workdir.parent} ({best[1]} mounted at {best[0]})"}
+    # `discard` matters here: freeing a file then trims its blocks, which both the writer (replacing
+    # latest) and dd (truncating its file) pay for.
+    return {"Disk under test": f"{workdir.parent} ({best[1]} mounted at {best[0]}, options {best[2]})"}
