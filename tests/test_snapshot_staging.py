@@ -78,3 +78,10 @@ def test_snapshot_is_exact_without_torch_foreach_copy_too(monkeypatch):
     snapshot = snapshot_state({"s": sources})
     for name, tensor in sources.items():
         assert torch.equal(snapshot["s"][name], tensor) and snapshot["s"][name].data_ptr() != tensor.data_ptr()
+
+
+def test_a_tensor_met_twice_is_copied_once_and_stays_shared():
+    weight = torch.randn(3, 4, requires_grad=True)
+    snapshot = snapshot_state({"model": {"w": weight}, "tied": {"w": weight}, "list": [weight]})
+    assert snapshot["model"]["w"] is snapshot["tied"]["w"] is snapshot["list"][0]
+    assert torch.equal(snapshot["model"]["w"], weight.detach()) and not snapshot["model"]["w"].requires_grad

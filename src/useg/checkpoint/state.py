@@ -90,7 +90,7 @@ def _plain(value: Any) -> Any:
 
 def _copy(value: Any, copies: _Copies) -> Any:
     if isinstance(value, torch.Tensor):
-        return copies.add(value.detach())
+        return copies.add(value)
     kind = type(value)
     if kind in _IMMUTABLE:
         return value
@@ -121,11 +121,14 @@ class _Copies:
         self._batched: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self._devices: set[torch.device] = set()
 
-    def add(self, source: torch.Tensor) -> torch.Tensor:
-        """The host tensor that will hold `source`'s values once `run()` has returned."""
-        done = self._done.get(id(source))
+    def add(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The host tensor that will hold `tensor`'s values once `run()` has returned."""
+        # Keyed by the state's own tensor, which lives through the walk (a detached view would
+        # not, and its id could come back for another tensor).
+        done = self._done.get(id(tensor))
         if done is not None:
             return done
+        source = tensor.detach()
         if source.layout != torch.strided or source.is_quantized:
             target = source.to("cpu", copy=True)  # rare kinds: a plain copy, not pooled
         else:
@@ -137,7 +140,7 @@ class _Copies:
                 # Pinned memory (see StagingPool) lets the device copy run without a bounce buffer.
                 target.copy_(source, non_blocking=target.is_pinned())
                 self._devices.add(source.device)
-        self._done[id(source)] = target
+        self._done[id(tensor)] = target
         return target
 
     def run(self) -> None:
