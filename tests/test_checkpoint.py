@@ -677,6 +677,29 @@ def test_ctrl_c_while_closing_keeps_the_lock_and_the_write_still_finishes_before
     assert not list(tmp_path.glob(".*.tmp")) and not is_locked(tmp_path)
 
 
+_FAILED_SAVE_THEN_EXIT = textwrap.dedent("""
+    import sys, torch
+    from useg.checkpoint import CheckpointManager
+    from useg.checkpoint import manager as manager_module
+    from useg.errors import CheckpointError
+
+    def full_disk(*args, **kwargs):
+        raise CheckpointError("not enough space in the test's folder")
+
+    manager_module.publish_state = full_disk
+    mgr = CheckpointManager(sys.argv[1], total_epochs=10, warn=lambda message: None)
+    mgr.save({"weights": torch.ones(10)}, epoch=1)
+    # and the program ends here without wait() or close()
+""")
+
+
+def test_a_failed_background_save_nobody_waited_for_is_reported_at_exit(tmp_path):
+    done = subprocess.run([sys.executable, "-c", _FAILED_SAVE_THEN_EXIT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert "error: a checkpoint save failed and was never reported: not enough space in the test's folder" \
+        in done.stderr
+
+
 # --- RNG ----------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import queue
+import sys
 import threading
 import weakref
 from typing import Callable
@@ -114,3 +115,7 @@ def _finish_writes() -> None:
     for writer in list(_WRITERS):
         if writer.busy:
             writer._done.wait()
+        if writer._error is not None:
+            # Nobody waited for this save (the program ended without close()): say so, never silently.
+            error, writer._error = writer._error, None
+            print(f"error: a checkpoint save failed and was never reported: {error}", file=sys.stderr)
