@@ -195,7 +195,9 @@ def _stall_reading(measured) -> list[str]:
         "Small states are bound by fixed costs instead: state_dict() of model and optimiser, walking a few "
         "hundred tensors and containers, the weights_only check, queueing the job for the writer (one "
         "long-lived thread, because starting a thread per save cost more than the whole stall does now). "
-        "The baseline does not fsync, so its file may still be in the page cache only. On a 2-core "
+        "The spread of the 100 MiB row comes from rounds that run while the kernel is still freeing or "
+        "writing back the previous operation's file: torch splits the copy across both cores and waits for "
+        "the busier one. The baseline does not fsync, so its file may still be in the page cache only. On a 2-core "
         "machine the writer thread also competes with training for a core (and for the GIL while torch.save "
         "pickles) while it runs; that cost is not in this number."
     )
