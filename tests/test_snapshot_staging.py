@@ -85,3 +85,19 @@ def test_a_tensor_met_twice_is_copied_once_and_stays_shared():
     snapshot = snapshot_state({"model": {"w": weight}, "tied": {"w": weight}, "list": [weight]})
     assert snapshot["model"]["w"] is snapshot["tied"]["w"] is snapshot["list"][0]
     assert torch.equal(snapshot["model"]["w"], weight.detach()) and not snapshot["model"]["w"].requires_grad
+
+
+def test_an_interrupted_snapshot_gives_what_it_took_back_to_the_pool():
+    class Interrupting:
+        def state_dict(self):
+            raise KeyboardInterrupt
+
+    pool = StagingPool()
+    weight = torch.randn(LARGE)
+    try:
+        snapshot_state({"w": weight, "later": Interrupting()}, pool)
+    except KeyboardInterrupt:
+        pass
+    assert not pool._lent  # nothing is left lent out for ever
+    again = snapshot_state({"w": weight}, pool)
+    assert torch.equal(again["w"], weight)

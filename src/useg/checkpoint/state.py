@@ -38,9 +38,14 @@ def snapshot_state(state: Mapping[str, Any], pool: StagingPool | None = None) ->
     rebuilt and other plain values deep-copied. With a `pool`, tensors are copied into
     host tensors it keeps from earlier snapshots (see StagingPool).
     """
-    copies = _Copies(pool or StagingPool())
-    snapshot = {key: _copy(_plain(value), copies) for key, value in state.items()}
-    copies.run()
+    pool = pool or StagingPool()
+    copies = _Copies(pool)
+    try:
+        snapshot = {key: _copy(_plain(value), copies) for key, value in state.items()}
+        copies.run()
+    except BaseException:  # e.g. Ctrl+C mid-copy: what was taken goes back to the pool
+        pool.give_back(copies.targets())
+        raise
     return snapshot
 
 
@@ -142,6 +147,10 @@ class _Copies:
                 self._devices.add(source.device)
         self._done[id(tensor)] = target
         return target
+
+    def targets(self) -> list[torch.Tensor]:
+        """Every copy made or planned so far."""
+        return list(self._done.values())
 
     def run(self) -> None:
         """Do the CPU copies in one batched call; wait for device copies still in flight."""
