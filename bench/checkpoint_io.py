@@ -66,7 +66,7 @@ def run(settings: Settings) -> list[Section]:
 
 def _sizes(settings: Settings) -> list[tuple[int, int]]:
     """(MiB, runs): 1 GiB only in the full run, where it takes most of this benchmark's time."""
-    return [(5, 7), (100, 5)] if settings.quick else [(5, 9), (100, 9), (1024, 5)]
+    return [(5, 7), (100, 5)] if settings.quick else [(5, 9), (100, 9), (1024, 9)]
 
 
 def _fits(workdir: Path, nbytes: int) -> bool:
