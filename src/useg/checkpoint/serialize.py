@@ -28,6 +28,7 @@ _WRITEBACK_EVERY = 16 * 1024 * 1024
 # Records at least this large that are a storage of the state are hashed in place; the rest
 # (torch's own headers and pickle bytes, which it may free once `write` returns) are copied.
 _IN_PLACE_MIN_BYTES = 64 * 1024
+_GATHER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ def write_state_temp(directory: Path, name: str, state: Mapping[str, Any]) -> Wr
         nonlocal sink
         sink = _HashingSink(fd, {ptr: size for (ptr, device), size in storages.items() if device == "cpu"})
         torch.save(state, sink)
+        sink.flush()
         if sink.error is not None:
             raise sink.error
 
@@ -102,6 +104,7 @@ class _HashingSink:
         self._hashed_all = threading.Event()
         threading.Thread(target=self._hash, name="useg-checkpoint-hash").start()
         self._written_back = 0
+        self._small = bytearray()
         self.error: OSError | None = None  # the first failed write; later records are dropped
         self.size = 0  # bytes written
 
@@ -109,7 +112,28 @@ class _HashingSink:
         view = memoryview(data).cast("B")
         if self.error is not None:
             return len(view)
-        self._queue.put(view if self._hash_in_place(view) else bytes(view))
+        if self._hash_in_place(view):
+            self._flush_small()
+            self._put(view, view)
+        else:
+            # Headers, pickle bytes and small tensors: gathered into one buffer, so that a state
+            # of many small records costs one write and one hand-off per MiB, not per record.
+            self._small += view
+            if len(self._small) >= _GATHER_BYTES:
+                self._flush_small()
+        return len(view)
+
+    def flush(self) -> None:
+        """Write out what is gathered (called once torch.save is done)."""
+        self._flush_small()
+
+    def _flush_small(self) -> None:
+        if self._small and self.error is None:
+            gathered, self._small = self._small, bytearray()
+            self._put(gathered, memoryview(gathered))
+
+    def _put(self, hashed: memoryview | bytearray, view: memoryview) -> None:
+        self._queue.put(hashed)
         try:
             write_all(self._fd, view)
         except OSError as error:
@@ -117,18 +141,14 @@ class _HashingSink:
             # whose clean-up fails with "unexpected pos" in place of this error (e.g. disk full).
             # So the rest is discarded and the caller raises this once torch.save returns.
             self.error = error
-            return len(view)
+            return
         first = self.size == 0
         self.size += len(view)
         if self.size - self._written_back >= _WRITEBACK_EVERY:
             start_writeback(self._fd, self._written_back, self.size - self._written_back)
             self._written_back = self.size
         if first:
-            kill_point("mid-write")  # a temp file holding part of a checkpoint
-        return len(view)
-
-    def flush(self) -> None:
-        """Nothing is buffered here; fsync comes after torch.save returns."""
+            kill_point("mid-write")  # a temp file holding part of a checkpoint, not yet fsynced
 
     def close(self) -> None:
         """Wait until every record written so far is hashed."""
