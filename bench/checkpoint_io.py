@@ -4,8 +4,9 @@ Per state size, in one loop with alternating order: a plain synchronous `torch.s
 the checkpoints folder, our `CheckpointManager.save()` (timed until it returns: that is
 the stall), its background write (timed from save()'s return to `wait()`'s, so it
 includes serialisation, sha256, fsyncs, renames and the sidecar), and `dd` with fsync
-writing as many bytes into the same folder. The page cache is flushed (`os.sync()`,
-untimed) before each timed operation so that no run pays for the previous one's writeback.
+writing as many bytes into the same folder. Before each timed operation (untimed) the page
+cache is flushed (`os.sync()`) and the files written here are evicted from it, so that no run
+pays for the previous one's writeback or cached pages.
 """
 
 from __future__ import annotations
@@ -83,14 +84,22 @@ def _measure(state: TrainingState, directory: Path, runs: int, warmup: int) -> t
     writer_times: list[float] = []
     stalls: list[float] = []  # all of them: the first save of a run (a warm-up round) is reported too
 
-    def sync_save() -> float:
+    def settle() -> None:
+        # Every timed operation starts from the same state: nothing dirty, and none of the files
+        # written here still cached. A 1 GiB file that torch.save left in this process's page
+        # cache made the next writes into the page cache 2-4x slower on our VM, whoever made them.
         os.sync()
+        for path in (sync_path, dd_path, *latest.parent.glob("*.pt")):
+            _evict_from_page_cache(path)
+
+    def sync_save() -> float:
+        settle()
         begin = time.perf_counter()
         torch.save(state.plain(next(epoch)), sync_path)
         return time.perf_counter() - begin
 
     def async_save() -> float:
-        os.sync()
+        settle()
         begin = time.perf_counter()
         manager.save(state.parts(), epoch=next(epoch))
         returned = time.perf_counter()
@@ -100,7 +109,7 @@ def _measure(state: TrainingState, directory: Path, runs: int, warmup: int) -> t
         return returned - begin
 
     def dd() -> float:
-        os.sync()
+        settle()
         count = -(-latest.stat().st_size // MIB) if latest.exists() else 1
         begin = time.perf_counter()
         subprocess.run(["dd", "if=/dev/zero", f"of={dd_path}", "bs=1M", f"count={count}", "conv=fsync", "status=none"],
@@ -117,6 +126,17 @@ def _measure(state: TrainingState, directory: Path, runs: int, warmup: int) -> t
     for path in (sync_path, dd_path):
         remove_quietly(path)
     return times, file_bytes
+
+
+def _evict_from_page_cache(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def _stall_row(size_mb: int, state: TrainingState, times: dict[str, list[float]]) -> Row:
