@@ -3,9 +3,9 @@
 One pass over the bytes instead of three (serialise into memory, hash, write). torch.save
 hands `write` one record at a time, a CPU tensor's storage in one piece and without a
 copy; this thread writes it while a helper thread hashes it (both release the GIL, so
-on two cores a save costs about the larger of the two). Written ranges are handed to the
-kernel for writeback at once, so the closing fsync waits for the tail only. No copy of
-the file is ever held in memory.
+on two cores a save costs about the larger of the two). Small records are gathered into
+1 MiB writes. Written ranges are handed to the kernel for writeback at once, so the
+closing fsync waits for the tail only. No copy of the file is ever held in memory.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from .faults import kill_point
 from .state import tensors_in
 
 _WRITEBACK_EVERY = 16 * 1024 * 1024
-# Records at least this large that are a storage of the state are hashed in place; the rest
-# (torch's own headers and pickle bytes, which it may free once `write` returns) are copied.
+# Records at least this large that are a storage of the state are written and hashed in place;
+# the rest (torch's own headers and pickle bytes, which it may free once `write` returns, and
+# small tensors) are copied into a buffer written out every _GATHER_BYTES.
 _IN_PLACE_MIN_BYTES = 64 * 1024
 _GATHER_BYTES = 1024 * 1024
 
