@@ -85,12 +85,7 @@ def _measure(state: TrainingState, directory: Path, runs: int, warmup: int) -> t
     stalls: list[float] = []  # all of them: the first save of a run (a warm-up round) is reported too
 
     def settle() -> None:
-        # Every timed operation starts from the same state: nothing dirty, and none of the files
-        # written here still cached. A 1 GiB file that torch.save left in this process's page
-        # cache made the next writes into the page cache 2-4x slower on our VM, whoever made them.
-        os.sync()
-        for path in (sync_path, dd_path, *latest.parent.glob("*.pt")):
-            _evict_from_page_cache(path)
+        _settle([sync_path, dd_path, *latest.parent.glob("*.pt")])
 
     def sync_save() -> float:
         settle()
@@ -128,6 +123,17 @@ def _measure(state: TrainingState, directory: Path, runs: int, warmup: int) -> t
     return times, file_bytes
 
 
+def _settle(paths) -> None:
+    """Start a timed operation from the same state every time: nothing dirty, none of `paths` cached.
+
+    A 1 GiB file that torch.save left in this process's page cache made the next writes into
+    the page cache 2-4x slower on our VM, whoever made them.
+    """
+    os.sync()
+    for path in paths:
+        _evict_from_page_cache(path)
+
+
 def _evict_from_page_cache(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -162,38 +168,32 @@ def _throughput_row(size_mb: int, times: dict[str, list[float]], file_bytes: int
     )
 
 
-def _writer_parts(state: TrainingState, directory: Path) -> dict[str, float]:
-    """One timing of each kind of work a save does, done separately, for the reading: where the time goes."""
+def _writer_parts(state: TrainingState, directory: Path, rounds: int = 3) -> dict[str, float]:
+    """Each kind of work a save does, timed on its own (median of `rounds`), for the reading: where the time goes."""
     directory.mkdir(parents=True)
-    parts = {}
-    begin = time.perf_counter()
-    snapshot = snapshot_state(state.parts())
-    parts["snapshot"] = time.perf_counter() - begin
-    buffer = io.BytesIO()
-    begin = time.perf_counter()
-    torch.save(snapshot, buffer)
-    parts["serialise (torch.save into memory)"] = time.perf_counter() - begin
-    data = buffer.getbuffer()
-    begin = time.perf_counter()
-    sha256_bytes(data)
-    parts["sha256"] = time.perf_counter() - begin
-    os.sync()
-    begin = time.perf_counter()
-    temp = write_temp_file(directory, "parts.pt", data)
-    parts["write + fsync (temp file)"] = time.perf_counter() - begin
-    remove_quietly(temp)
-    os.sync()
-    begin = time.perf_counter()
-    written = write_state_temp(directory, "parts.pt", snapshot)
-    parts["all three in one pass (write_state_temp)"] = time.perf_counter() - begin
-    os.sync()
-    begin = time.perf_counter()
-    os.unlink(written.path)
-    fsync_directory(directory)
-    parts["freeing a file of this size (unlink + folder fsync)"] = time.perf_counter() - begin
-    parts["bytes"] = len(data)
-    del data
-    return parts
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, action):
+        _settle(directory.glob("*"))
+        begin = time.perf_counter()
+        result = action()
+        times.setdefault(name, []).append(time.perf_counter() - begin)
+        return result
+
+    for _ in range(rounds):
+        snapshot = timed("snapshot into fresh memory", lambda: snapshot_state(state.parts()))
+        buffer = io.BytesIO()
+        timed("serialise (torch.save into memory)", lambda: torch.save(snapshot, buffer))
+        data = buffer.getbuffer()
+        timed("sha256", lambda: sha256_bytes(data))
+        remove_quietly(timed("write + fsync (temp file)", lambda: write_temp_file(directory, "parts.pt", data)))
+        data.release()
+        del buffer
+        written = timed("all three in one pass (write_state_temp)",
+                        lambda: write_state_temp(directory, "parts.pt", snapshot))
+        timed("freeing a file of this size (unlink + folder fsync)",
+              lambda: (os.unlink(written.path), fsync_directory(directory)))
+    return {**{name: median(values) for name, values in times.items()}, "bytes": written.size_bytes}
 
 
 def _stall_reading(measured) -> list[str]:
@@ -241,7 +241,7 @@ def _throughput_reading(measured, parts: dict[str, float]) -> list[str]:
         dd_rate = rate(largest[2], median(largest[1]["dd"]))
         shown = ", ".join(f"{name} {seconds(value)}" for name, value in parts.items())
         lines.append(
-            f"Where a save of {mib(nbytes)} spends its time, each kind of work timed once on its own: {shown}. "
+            f"Where a save of {mib(nbytes)} spends its time, each kind of work timed on its own (median of 3): {shown}. "
             "dd only does the write. The writer does the other two in the same pass (serialise.py): torch.save "
             "streams each tensor's storage straight into the temp file, a helper thread hashes it meanwhile "
             "(hashlib and os.write both release the GIL), and written ranges are handed to the kernel for "
