@@ -73,7 +73,8 @@ class _Worker:
     """
 
     def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[tuple[Callable[[], None], BackgroundWriter, threading.Event]] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], None], BackgroundWriter, threading.Event] | None] = \
+            queue.SimpleQueue()
         self.pid = os.getpid()
         self.thread = threading.Thread(target=self._serve, name="useg-checkpoint-writer", daemon=True)
         self.thread.start()
@@ -82,10 +83,15 @@ class _Worker:
         self.jobs.put(item)
 
     def _serve(self) -> None:
-        while True:
-            job, writer, done = self.jobs.get()
+        while (item := self.jobs.get()) is not None:
+            job, writer, done = item
             writer._run(job, done)
-            del job, writer, done  # drop the snapshot the job holds before waiting for the next one
+            del item, job, writer, done  # drop the snapshot the job holds before waiting for the next one
+
+    def stop(self) -> None:
+        """Let the thread end once the jobs queued before this have run (at exit, after they are waited for)."""
+        self.jobs.put(None)
+        self.thread.join(timeout=5)
 
 
 _WORKER: _Worker | None = None
@@ -119,3 +125,7 @@ def _finish_writes() -> None:
             # Nobody waited for this save (the program ended without close()): say so, never silently.
             error, writer._error = writer._error, None
             print(f"error: a checkpoint save failed and was never reported: {error}", file=sys.stderr)
+    # End the idle thread too, so that no thread of ours is left running while the interpreter
+    # and the libraries it loaded (gloo, OpenMP) shut down.
+    if _WORKER is not None and _WORKER.pid == os.getpid() and _WORKER.thread.is_alive():
+        _WORKER.stop()
