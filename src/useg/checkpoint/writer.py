@@ -69,7 +69,7 @@ class _Worker:
     A thread per save costs its start-up handshake on the training thread, about 2 ms on a
     busy 2-core machine, which is most of the stall of a small save. The thread is a daemon
     so that an idle one never keeps the program alive; the exit hook waits for a job in
-    flight, and hooks run before daemon threads are stopped.
+    flight (hooks run before daemon threads are stopped) and then ends the thread.
     """
 
     def __init__(self) -> None:
