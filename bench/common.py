@@ -139,13 +139,7 @@ def free_bytes(path: Path) -> int:
 
 def available_memory() -> int:
     """MemAvailable from /proc/meminfo (bytes); 0 when unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _meminfo("MemAvailable")
 
 
 def machine() -> dict[str, str]:
@@ -162,17 +156,18 @@ def machine() -> dict[str, str]:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "CPU": f"{cpu}, {usable} usable cores, torch uses {torch.get_num_threads()} threads",
-        "Memory": f"{_mem_total() / 2**30:.0f} GiB",
+        "Memory": f"{_meminfo('MemTotal') / 2**30:.0f} GiB",
         "GPU": "none used (CPU benchmarks)",
         "Software": f"Python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}",
         "Load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 
-def _mem_total() -> int:
+def _meminfo(key: str) -> int:
+    """One field of /proc/meminfo in bytes; 0 when unknown."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass

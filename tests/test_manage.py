@@ -26,7 +26,6 @@ def trained(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("shared") / "run", 5)
 
 
-
 def useg_json(capsys, *args: str):
     """Run `useg ... --json` in-process; (exit code, parsed stdout)."""
     code = main([*args, "--json"])

@@ -31,7 +31,6 @@ def trained(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("shared") / "run", 3)
 
 
-
 def menu(monkeypatch, capsys, run: Path, answers: str) -> tuple[int, str]:
     """Drive the menu in-process with `answers` as stdin (a pipe, as far as it can tell)."""
     monkeypatch.setattr(sys, "stdin", io.StringIO(answers))

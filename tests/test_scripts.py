@@ -47,7 +47,6 @@ def trained(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("shared") / "run", 2)
 
 
-
 # --- checkpoint_manager.py -----------------------------------------------------------------
 
 

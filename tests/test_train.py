@@ -16,7 +16,6 @@ from tiny import TINY
 from useg.cli import main
 
 
-
 def useg(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the CLI in a fresh process, as a user (or a scheduler) would."""
     return subprocess.run([sys.executable, "-m", "useg", *args], capture_output=True, text=True, timeout=300,

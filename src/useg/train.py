@@ -16,8 +16,7 @@ from typing import Any
 import torch
 
 from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, lock_owner
-from useg.checkpoint import read_metadata
-from useg.checkpoint import resolve_checkpoint, restore_rng_state
+from useg.checkpoint import read_metadata, resolve_checkpoint, restore_rng_state
 from useg.checkpoint.faults import kill_point
 from useg.config import TrainConfig, incompatible_keys
 from useg.data import Split, TaskSampler, load_dataset, split_by_patient, validation_tasks
@@ -28,8 +27,8 @@ from useg.history import append_epoch, log_tensorboard, new_history, new_log_nam
 from useg.metrics import segmentation_loss
 from useg.model import build_universeg, load_pretrained, model_config
 from useg.progress import Progress
-from useg.signals import StopRequest, TrainingInterrupted
 from useg.run_log import describe_data, describe_world, open_log
+from useg.signals import StopRequest, TrainingInterrupted
 from useg.validation import picture_tasks, save_pictures, validate
 
 
@@ -286,10 +285,6 @@ def choose_split(cfg: TrainConfig, dataset, state: dict | None) -> Split:
     return split_by_patient(dataset, seed=cfg.seed, fractions=tuple(cfg.split_fractions))
 
 
-
-
-
-
 def restore_state(run: Run, state: dict[str, Any], progress: Progress) -> None:
     """Put model, optimiser, scheduler, history, RNG and data position back as saved."""
     run.model.load_state_dict(state["model_state_dict"])
@@ -316,10 +311,6 @@ def restore_rng(world: World, state: dict[str, Any], progress: Progress) -> None
         progress.warn(f"resuming a {len(per_rank)}-process checkpoint with {world.world_size} process(es): "
                       "training continues correctly but is not bit-identical to an uninterrupted run")
     restore_rng_state(per_rank[world.rank] if len(per_rank) == world.world_size else per_rank[0])
-
-
-
-
 
 
 def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:

@@ -27,7 +27,7 @@ _SAFE_MAPPINGS = (dict, OrderedDict)
 _SAFE_KEY_LEAVES = (type(None), bool, int, float, str)
 # Private but used by torch's own optimisers since 2.1; looked up so that a torch without it still works.
 _foreach_copy = getattr(torch, "_foreach_copy_", None)
-_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device)  # need no copy
+_IMMUTABLE = tuple(kind for kind in _SAFE_LEAVES if kind is not bytearray)  # leaves that need no copy
 
 
 def snapshot_state(state: Mapping[str, Any], pool: StagingPool | None = None) -> dict[str, Any]:

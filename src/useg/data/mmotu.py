@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from useg.data.dataset import SegDataset, no_usable_images, single_class_name
 from useg.data.folders import images_by_stem, pair_dataset, read_pair
 from useg.data.images import resize_mask
