@@ -329,10 +329,11 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
                       epoch_time_s=round(train_time, 3),
                       samples_per_s=round(cfg.samples_per_epoch / max(train_time, 1e-9), 2))
         improved = append_epoch(run.history, record)
-        if run.world.is_main and cfg.vis_every and (epoch + 1) % cfg.vis_every == 0:
-            save_pictures(run.model, run.dataset, pictured, run.paths.visualizations, epoch + 1, run.device)
         save_epoch_checkpoint(run, epoch + 1, record)
         kill_point("epoch-end")
+        # Pictures after the checkpoint: a picture that cannot be written must not cost the epoch.
+        if run.world.is_main and cfg.vis_every and (epoch + 1) % cfg.vis_every == 0:
+            save_pictures(run.model, run.dataset, pictured, run.paths.visualizations, epoch + 1, run.device)
         progress.epoch_summary(epoch + 1, cfg.epochs, record, improved, run.history)
         run.start_batch, run.partial_loss = 0, (0.0, 0)
         if any_rank(run.world, stop.signum is not None) and epoch + 1 < cfg.epochs:
