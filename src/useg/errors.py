@@ -17,3 +17,9 @@ class ConfigError(UsegError):
 
 class CheckpointError(UsegError):
     """A checkpoint is missing, corrupt, unsafe, or belongs to another run."""
+
+
+class DivergedError(UsegError):
+    """Training produced a non-finite loss or state; nothing non-finite was saved."""
+
+    exit_code = 3

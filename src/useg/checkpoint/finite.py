@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 
-def first_nonfinite(value: Any, where: str = "") -> str | None:
-    """The key path of the first floating tensor (or float) holding NaN/inf inside `value`, else None.
-
-    Walks nested dicts, lists and tuples; integer and bool tensors are skipped.
+def first_nonfinite(value: Any, where: str = "", *, floats: bool = True) -> str | None:
+    """The key path of the first floating tensor (or, with `floats`, Python float) holding NaN/inf
+    inside `value`, else None. Walks nested dicts, lists and tuples; integer tensors are skipped.
     """
     import torch  # here, not at the top: listing checkpoints should not pay torch's start-up
 
@@ -16,7 +15,7 @@ def first_nonfinite(value: Any, where: str = "") -> str | None:
         if value.is_floating_point() or value.is_complex():
             return None if bool(torch.isfinite(value).all()) else (where or "<root>")
         return None
-    if isinstance(value, float):
+    if isinstance(value, float) and floats:
         return None if value == value and value not in (float("inf"), float("-inf")) else (where or "<root>")
     if isinstance(value, Mapping):
         items = value.items()
@@ -25,7 +24,7 @@ def first_nonfinite(value: Any, where: str = "") -> str | None:
     else:
         return None
     for key, item in items:
-        found = first_nonfinite(item, f"{where}.{key}" if where else str(key))
+        found = first_nonfinite(item, f"{where}.{key}" if where else str(key), floats=floats)
         if found is not None:
             return found
     return None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .layout import pending_path, sidecar_path
+from .layout import VERIFIED_CACHE_NAME, pending_path, sidecar_path
 
 STATUSES = ("ok", "corrupt", "missing-checksum", "missing", "unsafe")
 _CHUNK = 4 * 1024 * 1024
@@ -70,6 +70,8 @@ def verify_checkpoint(path: str | os.PathLike) -> VerifyResult:
     result, handle = open_verified(path)
     if handle is not None:
         handle.close()
+        if result.metadata is not None:
+            remember_verified(Path(path), result.metadata["sha256"])
     return result
 
 
@@ -94,6 +96,56 @@ def open_verified(path: str | os.PathLike) -> tuple[VerifyResult, BinaryIO | Non
         if not replaced:  # a mismatch caused by a concurrent save is retried; a real one is reported
             break
     return result, None
+
+
+def verify_cached(path: str | os.PathLike) -> VerifyResult:
+    """`verify_checkpoint`, skipping the hash when these very bytes (same inode, size and mtime,
+    same sha256 in the sidecar) were verified before; anything else is hashed again.
+
+    For listings: a byte changed by any write changes the mtime and is caught here. Decay
+    of the medium under an unchanged mtime is caught only by `verify_checkpoint`, which
+    `useg checkpoints verify`, resume and clean always use.
+    """
+    path = Path(path)
+    candidates, _ = _sidecar_candidates(path)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return verify_checkpoint(path)
+    known = _read_cache(path.parent).get(str(stat.st_ino))
+    for sidecar in candidates:
+        if known == _cache_entry(stat, sidecar["sha256"]) and sidecar["size_bytes"] == stat.st_size:
+            return VerifyResult(path, "ok", "", sidecar)
+    result = verify_checkpoint(path)
+    if result.ok:
+        remember_verified(path, result.metadata["sha256"])
+    return result
+
+
+def remember_verified(path: Path, sha256: str) -> None:
+    """Record that the bytes now at `path` hash to `sha256` and are safe (a cache: failures are ignored)."""
+    try:
+        stat = os.stat(path)
+        live = {str(entry.inode()) for entry in os.scandir(path.parent)}  # drop entries of deleted files
+        cache = {ino: entry for ino, entry in _read_cache(path.parent).items() if ino in live}
+        cache[str(stat.st_ino)] = _cache_entry(stat, sha256)
+        temp = path.parent / f".{VERIFIED_CACHE_NAME}.{os.getpid()}.tmp"
+        temp.write_text(json.dumps(cache), encoding="utf-8")
+        os.replace(temp, path.parent / VERIFIED_CACHE_NAME)  # no fsync: losing the cache costs a re-hash
+    except OSError:
+        pass
+
+
+def _cache_entry(stat: os.stat_result, sha256: str) -> dict[str, Any]:
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+
+
+def _read_cache(directory: Path) -> dict[str, Any]:
+    try:
+        cache = json.loads((directory / VERIFIED_CACHE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def unsafe_globals(handle: BinaryIO) -> list[str]:

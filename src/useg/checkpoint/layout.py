@@ -10,6 +10,7 @@ FORMAT_VERSION = 1  # bump when a reader needs to know; load() refuses files new
 LATEST_NAME = "latest_checkpoint.pt"
 BEST_NAME = "best_model.pt"
 LOCK_NAME = ".lock"
+VERIFIED_CACHE_NAME = ".verified.json"  # hashes already checked, by inode (see integrity.verify_cached)
 SIDECAR_SUFFIX = ".json"
 PENDING_SUFFIX = ".json.pending"
 TEMP_SUFFIX = ".tmp"
@@ -26,6 +27,11 @@ def periodic_epoch(name: str) -> int | None:
     """The epoch in a periodic file's name, or None for any other name."""
     match = _PERIODIC_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def is_resume_name(name: str) -> bool:
+    """Latest and the periodic files can resume a run; best_model.pt (no optimiser state) cannot."""
+    return name == LATEST_NAME or periodic_epoch(name) is not None
 
 
 def kind_from_name(name: str) -> str:

@@ -7,11 +7,11 @@ Here "ok" therefore means "has a sidecar whose recorded size matches the file".
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .integrity import read_sidecar
+from .integrity import read_sidecar, verify_cached
 from .layout import SIDECAR_SUFFIX, checkpoint_files, kind_from_name, pending_path, periodic_epoch, sidecar_path
 
 
@@ -36,18 +36,36 @@ class CheckpointInfo:
     total_epochs: int | None = None
     config: dict[str, Any] | None = None
     links: int = 1  # hard links to the file's bytes: deleting a file with links > 1 frees nothing
+    inode: int | None = None
+    session: str | None = None  # the training session that wrote it
+    lineage: list | None = None  # [[session, seq], ...]: the sessions it descends from, and where each left off
+    seq: int | None = None  # saves along its lineage so far: grows with every save, across resumes
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (path as a string)."""
         return {**asdict(self), "path": str(self.path)}
 
 
-def list_checkpoints(directory: str | os.PathLike) -> list[CheckpointInfo]:
-    """Every checkpoint in `directory`, oldest first; never raises for a bad file, never reads tensors."""
+def list_checkpoints(directory: str | os.PathLike, verify: bool = False) -> list[CheckpointInfo]:
+    """Every checkpoint in `directory`, oldest first; never raises for a bad file, never reads tensors.
+
+    With `verify`, a file is valid only once its bytes hash to its sidecar (`verify_cached`:
+    bytes unchanged since they were last hashed are not hashed again).
+    """
     directory = Path(directory)
     infos = [checkpoint_info(path) for path in checkpoint_files(directory)]
     infos += [checkpoint_info(path) for path in _orphan_sidecar_targets(directory)]
+    if verify:
+        infos = [with_verification(info) for info in infos]
     return sorted(infos, key=_age_key)
+
+
+def with_verification(info: CheckpointInfo) -> CheckpointInfo:
+    """`info` with valid/status/reason from hashing the file (skipped when already invalid)."""
+    if not info.valid:
+        return info
+    result = verify_cached(info.path)
+    return replace(info, valid=result.ok, status=result.status, reason=result.reason)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -84,25 +102,48 @@ def _status(path: Path, stat: os.stat_result | None, metadata: dict | None) -> t
 
 
 def _info(path: Path, stat: os.stat_result | None, meta: dict, status: str, reason: str) -> CheckpointInfo:
+    # Sidecars are read back from disk: a field of the wrong type is shown as unknown, never trusted.
     return CheckpointInfo(
         path=path,
         name=path.name,
-        kind=meta.get("kind") or kind_from_name(path.name),
-        epoch=meta.get("epoch", periodic_epoch(path.name)),
-        step=meta.get("step"),
-        val_dice=meta.get("val_dice"),
-        train_loss=meta.get("train_loss"),
-        size_bytes=stat.st_size if stat else meta.get("size_bytes"),
-        created=meta.get("created"),
+        kind=_typed(meta.get("kind"), str) or kind_from_name(path.name),
+        epoch=_typed(meta.get("epoch"), int, periodic_epoch(path.name)),
+        step=_typed(meta.get("step"), int),
+        val_dice=_number(meta.get("val_dice")),
+        train_loss=_number(meta.get("train_loss")),
+        size_bytes=stat.st_size if stat else _typed(meta.get("size_bytes"), int),
+        created=_typed(meta.get("created"), str),
         valid=status == "ok",
         status=status,
         reason=reason,
-        best_val_dice=meta.get("best_val_dice"),
-        best_epoch=meta.get("best_epoch"),
-        total_epochs=meta.get("total_epochs"),
-        config=meta.get("config"),
+        best_val_dice=_number(meta.get("best_val_dice")),
+        best_epoch=_typed(meta.get("best_epoch"), int),
+        total_epochs=_typed(meta.get("total_epochs"), int),
+        config=_typed(meta.get("config"), dict),
         links=stat.st_nlink if stat else 0,
+        inode=stat.st_ino if stat else None,
+        session=_typed(meta.get("session"), str),
+        lineage=_lineage(meta.get("lineage")),
+        seq=_typed(meta.get("seq"), int),
     )
+
+
+def _typed(value: Any, kind: type, default: Any = None) -> Any:
+    return value if type(value) is kind else default
+
+
+def _number(value: Any) -> float | None:
+    if type(value) not in (int, float) or value != value or value in (float("inf"), float("-inf")):
+        return None
+    return float(value)
+
+
+def _lineage(value: Any) -> list | None:
+    if not isinstance(value, list):
+        return None
+    pairs = [entry for entry in value if isinstance(entry, list) and len(entry) == 2
+             and type(entry[0]) is str and type(entry[1]) is int]
+    return pairs if len(pairs) == len(value) else None
 
 
 def _orphan_sidecar_targets(directory: Path) -> list[Path]:

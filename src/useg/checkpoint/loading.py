@@ -15,7 +15,7 @@ from useg.errors import CheckpointError
 
 from .integrity import VerifyResult, open_verified
 from .layout import BEST_NAME, FORMAT_VERSION, LATEST_NAME, periodic_name
-from .listing import list_checkpoints
+from .resume_points import resume_points
 
 Which = str | int | os.PathLike
 
@@ -90,22 +90,21 @@ def resolve_checkpoint(directory: str | os.PathLike, which: Which = "latest",
 
 def _open_latest_or_fallback(directory: Path, warn: Callable[[str], None]) -> tuple[Path, BinaryIO]:
     skipped: list[tuple[str, str]] = []
-    for path in _resume_candidates(directory):
-        result, handle = open_verified(path)
+    points = resume_points(directory)
+    if not any(point.path.name == LATEST_NAME for point in points):
+        skipped.append((LATEST_NAME, f"missing, {LATEST_NAME} does not exist"))
+    for point in points:
+        result, handle = open_verified(point.path)
         if handle is not None:
             for name, reason in skipped:
-                warn(f"skipped {name}: {reason}; resuming from {path.name}")
-            return path, handle
-        skipped.append((path.name, f"{result.status}, {result.reason}"))
+                warn(f"skipped {name}: {reason}; resuming from {point.path.name}")
+            if point.abandoned:
+                warn(f"{point.path.name} belongs to a branch this run left when it resumed from an earlier "
+                     "checkpoint; no file of the current branch is valid, so the run continues from it")
+            return point.path, handle
+        skipped.append((point.path.name, f"{result.status}, {result.reason}"))
     details = "; ".join(f"skipped {name}: {reason}" for name, reason in skipped if not reason.startswith("missing,"))
     raise CheckpointError(f"no checkpoint to resume from in {directory}" + (f" ({details})" if details else ""))
-
-
-def _resume_candidates(directory: Path) -> list[Path]:
-    # best_model.pt lacks the optimizer state, so it cannot continue a run: never a fallback.
-    periodic = [info for info in list_checkpoints(directory) if info.kind == "periodic" and info.path.exists()]
-    periodic.sort(key=lambda i: (_number(i.epoch), _number(i.step), i.path.stat().st_mtime), reverse=True)
-    return [directory / LATEST_NAME] + [info.path for info in periodic]
 
 
 def _check_format(path: Path, state: Any) -> None:
@@ -119,10 +118,6 @@ def _check_format(path: Path, state: Any) -> None:
             f"{path}: written by a newer useg (format_version {version}, this one reads up to {FORMAT_VERSION}); "
             "upgrade useg to load it"
         )
-
-
-def _number(value: Any) -> int:
-    return value if type(value) is int else -1
 
 
 def _first_line(error: BaseException) -> str:

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from useg.errors import CheckpointError
+from useg.errors import CheckpointError, DivergedError
 
 from .atomic import check_writable, explain_write_errors, remove_stale_temp_files
-from .integrity import VerifyResult, open_verified
+from .finite import first_nonfinite
+from .integrity import VerifyResult, open_verified, remember_verified
 from .layout import BEST_NAME, LATEST_NAME, periodic_name
 from .listing import CheckpointInfo, checkpoint_info, list_checkpoints
 from .loading import Which, checkpoint_path, load_verified, open_resolved
 from .lock import RunLock, acquire_run_lock, lock_owner
 from .policy import DEFAULT_PERCENTAGES, SavePlan, periodic_epochs, plan_save
-from .publish import finalize_pending_sidecars, publish_link, publish_state
-from .retention import clean_checkpoints
+from .publish import finalize_pending_sidecars, publish_link, publish_state, remove_orphan_sidecars
+from .retention import CleanPlan, clean_checkpoints, plan_clean
 from .state import StagingPool, check_weights_only_safe, snapshot_state, stamp
 from .writer import BackgroundWriter
 
@@ -52,6 +54,9 @@ class CheckpointManager:
         self._writer = BackgroundWriter() if async_save else None
         self._staging = StagingPool()
         self._resumed_from: Path | None = None
+        self.session = secrets.token_hex(6)  # names this process's saves in the run's lineage
+        self._lineage: list[list] = []  # [[session, seq], ...] this session descends from
+        self._seq = 0  # saves along the lineage; continues from the file a resume loaded
         with explain_write_errors(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock: RunLock | None = acquire_run_lock(self.directory, self._warn) if lock else None
@@ -101,6 +106,7 @@ class CheckpointManager:
         snapshot = self._snapshot(state, epoch)
         if plan.best:
             self.best_val_dice, self.best_epoch = val_dice, epoch
+        self._seq += 1
         fields = self._sidecar_fields(snapshot, epoch, step, val_dice, train_loss)
         if self._writer is None:
             self._write_and_release(snapshot, plan, fields)
@@ -144,21 +150,33 @@ class CheckpointManager:
             self._staging.give_back(snapshot)  # written or failed, nothing reads these copies again
 
     def _write(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any]) -> None:
+        # Here, on the writer thread, so that the check costs the training loop nothing: a
+        # NaN or inf state never becomes latest, periodic or best.
+        nonfinite = first_nonfinite(snapshot, floats=False)
+        if nonfinite is not None:
+            raise DivergedError(f"not saved: {nonfinite} holds NaN or inf (training diverged); the checkpoints "
+                                f"already in {self.directory} are untouched and still hold the last finite state")
         # latest goes last: a save counts once latest is durable. Killed before that, the run
         # resumes from the previous latest and redoes this epoch, writing its periodic and best
         # files again; written first, latest would move on and those two would never be written.
         with explain_write_errors(self.directory):
             if plan.best:
                 best = self._best_state(snapshot, fields["val_dice"])
-                publish_state(self.directory / BEST_NAME, best, {**fields, "kind": "best"})
+                self._publish(BEST_NAME, best, {**fields, "kind": "best"})
             latest = self.directory / LATEST_NAME
             latest_fields = {**fields, "kind": plan.latest_kind}
             if plan.periodic:
-                periodic = self.directory / periodic_name(fields["epoch"])
-                checksum = publish_state(periodic, snapshot, {**fields, "kind": "periodic"})
-                publish_link(periodic, latest, checksum, snapshot, latest_fields)
+                periodic = periodic_name(fields["epoch"])
+                checksum = self._publish(periodic, snapshot, {**fields, "kind": "periodic"})
+                checksum = publish_link(self.directory / periodic, latest, checksum, snapshot, latest_fields)
+                remember_verified(latest, checksum["sha256"])
             else:
-                publish_state(latest, snapshot, latest_fields)
+                self._publish(LATEST_NAME, snapshot, latest_fields)
+
+    def _publish(self, name: str, state: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        checksum = publish_state(self.directory / name, state, fields)
+        remember_verified(self.directory / name, checksum["sha256"])  # listings need not hash it again
+        return checksum
 
     def _best_state(self, snapshot: dict[str, Any], val_dice: float) -> dict[str, Any]:
         best = {key: value for key, value in snapshot.items() if key not in self.best_exclude}
@@ -179,6 +197,9 @@ class CheckpointManager:
             "best_epoch": _json_number(_first_set(history.get("best_epoch"), self.best_epoch)),
             "total_epochs": self._total_epochs,
             "config": _small_config(snapshot.get("config")),
+            "session": self.session,
+            "lineage": [list(entry) for entry in self._lineage],
+            "seq": self._seq,
         }
 
     # --- reading --------------------------------------------------------------------------
@@ -196,7 +217,18 @@ class CheckpointManager:
         with handle:
             state = load_verified(path, handle)
         self._resumed_from = path
+        self._continue_lineage(path)
         return state
+
+    def _continue_lineage(self, path: Path) -> None:
+        # Saves after a resume extend the loaded file's line: resuming an older epoch starts a
+        # branch, and the files written after that point on the old line become abandoned.
+        info = checkpoint_info(path)
+        if info.session is None:  # written before lineage was recorded
+            self._lineage, self._seq = [], 0
+            return
+        self._lineage = [*(info.lineage or []), [info.session, info.seq or 0]]
+        self._seq = info.seq or 0
 
     @property
     def resumed_from(self) -> Path | None:
@@ -222,9 +254,17 @@ class CheckpointManager:
 
     # --- housekeeping ---------------------------------------------------------------------
 
-    def clean(self, keep: int, dry_run: bool = False) -> list[CheckpointInfo]:
-        """Delete all but the `keep` newest periodic checkpoints; latest, best and the file
-        this run resumed from always stay. Returns what was (or, with dry_run, would be) removed."""
+    def clean(self, keep: int, dry_run: bool = False, plan: CleanPlan | None = None) -> list[CheckpointInfo]:
+        """Delete periodic checkpoints beyond the `keep` newest valid states of the run's current
+        branch; latest, best, the file this run resumed from, the newest valid resume point and
+        the one resume would fall back to always stay, and files that do not verify are left
+        in place. Returns what was (or, with dry_run, would be) removed; `plan` (from
+        `plan_clean`) carries out a plan already shown to the user."""
+        plan = plan if plan is not None else self.plan_clean(keep)
+        return clean_checkpoints(self.directory, keep, dry_run, plan=plan)
+
+    def plan_clean(self, keep: int) -> CleanPlan:
+        """What `clean(keep)` would remove and keep, and why; hashes every resume point, removes nothing."""
         if type(keep) is not int or keep < 0:
             raise CheckpointError(f"keep must be 0 or more, got {keep!r}; pass e.g. --keep 2")
         owner = None if self._lock is not None else lock_owner(self.directory)
@@ -233,7 +273,7 @@ class CheckpointManager:
                                   "clean it after that run ends")
         self.wait()
         protect = [self._resumed_from] if self._resumed_from else []
-        return clean_checkpoints(self.directory, keep, dry_run, protect)
+        return plan_clean(self.directory, keep, protect)
 
     def close(self) -> None:
         """Wait for the last save, then release the run lock (also on a write error).
@@ -264,9 +304,11 @@ class CheckpointManager:
             check_writable(self.directory)
             removed = remove_stale_temp_files(self.directory)
             finalized = finalize_pending_sidecars(self.directory)
-        if removed or finalized:
-            self._warn(f"recovered from an interrupted save in {self.directory}: removed {len(removed)} "
-                       f"temp file(s), finished {len(finalized)} sidecar(s)")
+            orphans = remove_orphan_sidecars(self.directory)
+        if removed or finalized or orphans:
+            self._warn(f"recovered from an interrupted save or clean in {self.directory}: removed {len(removed)} "
+                       f"temp file(s) and {len(orphans)} sidecar(s) without a checkpoint, "
+                       f"finished {len(finalized)} sidecar(s)")
 
     def _read_best(self) -> tuple[float | None, int | None]:
         # From disk, never only remembered: a restarted run must not overwrite a better best.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence, TypeVar
+from typing import Iterable
 
 DEFAULT_PERCENTAGES = (20, 40, 60, 80, 100)
 SAVE_KINDS = ("epoch", "interrupt")
@@ -44,17 +44,6 @@ def plan_save(kind: str, epoch: int, val_dice: float | None, best_val_dice: floa
     if kind == "interrupt":
         return SavePlan("interrupt", periodic=False, best=False)
     return SavePlan("latest", periodic=epoch in scheduled, best=is_improvement(val_dice, best_val_dice))
-
-
-T = TypeVar("T")
-
-
-def periodic_to_remove(by_epoch: Sequence[tuple[int, T]], keep: int) -> list[T]:
-    """Given (epoch, item) pairs of periodic checkpoints, the items beyond the `keep` newest epochs."""
-    if keep < 0:
-        raise ValueError(f"keep must be >= 0, got {keep}")
-    newest_first = sorted(by_epoch, key=lambda pair: pair[0], reverse=True)
-    return [item for _, item in newest_first[keep:]]
 
 
 def _checked_percentages(percentages: Iterable[int]) -> tuple[int, ...]:

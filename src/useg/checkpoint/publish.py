@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from .faults import kill_point
 from .atomic import atomic_write_json, fsync_directory, remove_quietly, replace_durably
 from .integrity import read_sidecar, sha256_stream
-from .layout import PENDING_SUFFIX, TEMP_SUFFIX, pending_path, sidecar_path
+from .layout import PENDING_SUFFIX, SIDECAR_SUFFIX, TEMP_SUFFIX, pending_path, sidecar_path
 from .serialize import write_state_temp
 
 
@@ -45,16 +45,17 @@ def publish_state(final: Path, state: Mapping[str, Any], sidecar: dict[str, Any]
 
 
 def publish_link(source: Path, final: Path, checksum: dict[str, Any], state: Mapping[str, Any],
-                 sidecar: dict[str, Any]) -> None:
+                 sidecar: dict[str, Any]) -> dict[str, Any]:
     """Publish `final` with the bytes of the just published `source` (`checksum`), stored once as a hard link.
 
-    Where the file system refuses links, `state` is serialised again instead.
+    Where the file system refuses links, `state` is serialised again instead. Returns the checksum of `final`.
     """
     temp = _link_to_temp(source, final)
     if temp is None:
         written = write_state_temp(final.parent, final.name, state)
         temp, checksum = written.path, written.checksum()
     publish_temp(temp, final, {**sidecar, **checksum})
+    return checksum
 
 
 def publish_temp(temp: Path, final: Path, sidecar: dict[str, Any]) -> None:
@@ -90,6 +91,20 @@ def finalize_pending_sidecars(directory: Path) -> list[Path]:
             remove_quietly(pending)
     fsync_directory(directory)
     return finalized
+
+
+def remove_orphan_sidecars(directory: Path) -> list[Path]:
+    """Delete sidecars whose checkpoint is gone (e.g. a clean killed between the two unlinks);
+    call only under the run lock. Returns the sidecars removed."""
+    removed = []
+    for sidecar in sorted(directory.glob("*.pt" + SIDECAR_SUFFIX)):
+        checkpoint = sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)])
+        if not checkpoint.name.startswith(".") and not checkpoint.exists():
+            remove_quietly(sidecar)
+            removed.append(sidecar)
+    if removed:
+        fsync_directory(directory)
+    return removed
 
 
 def _pending_matches(pending: Path, final: Path) -> bool:
