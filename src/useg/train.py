@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
+import math
+import os
+import shlex
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,12 +20,14 @@ import torch
 
 from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, lock_owner
 from useg.checkpoint import read_metadata, resolve_checkpoint, restore_rng_state
+from useg.checkpoint.atomic import fsync_directory
 from useg.checkpoint.faults import kill_point
-from useg.config import TrainConfig, incompatible_keys
+from useg.checkpoint.layout import LOCK_NAME
+from useg.config import RETUNABLE_KEYS, TrainConfig, incompatible_keys
 from useg.data import Split, TaskSampler, load_dataset, split_by_patient, validation_tasks
 from useg.distributed import World, any_rank, barrier, broadcast_object, close_world, gather_objects, init_world
 from useg.distributed import mean_over_ranks
-from useg.errors import CheckpointError, ConfigError, UsegError
+from useg.errors import CheckpointError, ConfigError, DivergedError, UsegError
 from useg.history import append_epoch, log_tensorboard, new_history, new_log_name, open_tensorboard, write_log
 from useg.metrics import segmentation_loss
 from useg.model import build_universeg, load_pretrained, model_config
@@ -146,6 +151,8 @@ def on_main(world: World, action, share: bool = False):
 def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: bool, progress: Progress) -> Run:
     """Lock the run folder (rank 0), load data, build the model and restore state when resuming."""
     paths = run_paths(cfg.run_dir)
+    if cfg.data:  # saved absolute, so the run resumes from any working directory
+        cfg.data = os.path.abspath(cfg.data)
     if cfg.batch_size % world.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world.world_size} processes")
     created = [folder for folder in (paths.checkpoints, paths.root) if not folder.exists()]
@@ -183,18 +190,26 @@ def load_resume_state(world: World, manager, resume: str | None) -> tuple[Path |
 
 
 def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, progress: Progress):
-    check_run_dir(paths, resume, overwrite, progress)
+    check_run_dir(paths, resume, overwrite)
     manager = CheckpointManager(paths.checkpoints, total_epochs=cfg.epochs,
                                 periodic_percentages=tuple(cfg.periodic_percentages), lock=True, warn=progress.warn)
-    if resume is None and manager.list():
-        # Another trainer finished here between our check and our lock: never write over its run.
+    try:
+        if resume is None and manager.list():
+            if not overwrite:
+                # Another trainer finished here between our check and our lock: never write over its run.
+                raise CheckpointError(f"{paths.checkpoints} already holds checkpoints; continue with --resume latest")
+            set_aside_checkpoints(paths, manager, progress)
+    except BaseException:
         manager.close()
-        raise CheckpointError(f"{paths.checkpoints} already holds checkpoints; continue with --resume latest")
+        raise
     return manager
 
 
-def check_run_dir(paths: RunPaths, resume: str | None, overwrite: bool, progress: Progress) -> None:
-    """Refuse to train over existing checkpoints unless told to resume or overwrite."""
+def check_run_dir(paths: RunPaths, resume: str | None, overwrite: bool) -> None:
+    """Refuse a run folder whose parts are files, or existing checkpoints unless told to resume or overwrite."""
+    for folder in (paths.root, paths.checkpoints, paths.logs, paths.visualizations):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{folder} is a file, not a folder; move it away or use another --run-dir")
     existing = sorted(paths.checkpoints.glob("*.pt")) if paths.checkpoints.is_dir() else []
     if resume is not None or not existing:
         return
@@ -205,9 +220,27 @@ def check_run_dir(paths: RunPaths, resume: str | None, overwrite: bool, progress
         owner = lock_owner(paths.checkpoints) or {}
         raise CheckpointError(f"{paths.root} is being trained by process {owner.get('pid', '?')}; "
                               "it cannot be overwritten now")
-    # --overwrite sets the old checkpoints aside instead of deleting them: nothing is lost silently.
-    kept = paths.root / f"checkpoints_replaced_{datetime.now().strftime('%Y%m%d_%H%M%S')}"
-    shutil.move(str(paths.checkpoints), str(kept))
+
+
+def set_aside_checkpoints(paths: RunPaths, manager: CheckpointManager, progress: Progress) -> None:
+    """--overwrite: move the previous run's files into checkpoints_replaced_<time>/ instead of deleting them.
+
+    Called while `manager` holds the run lock, so no other trainer can start in the folder
+    between the move and our first save; `.lock` itself stays (we hold it).
+    """
+    kill_point("overwrite-set-aside")
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    kept, number = paths.root / f"checkpoints_replaced_{stamp}", 1
+    while kept.exists():  # a second --overwrite within the same second
+        number += 1
+        kept = paths.root / f"checkpoints_replaced_{stamp}_{number}"
+    kept.mkdir()
+    for entry in sorted(paths.checkpoints.iterdir()):
+        if entry.name != LOCK_NAME:
+            entry.rename(kept / entry.name)
+    for folder in (kept, paths.checkpoints, paths.root):
+        fsync_directory(folder)  # the moves are durable before this run writes anything
+    manager.best_val_dice, manager.best_epoch = None, None  # the best it read from disk was the old run's
     progress.warn(f"--overwrite: moved the previous checkpoints to {kept}")
 
 
@@ -217,16 +250,32 @@ def check_resume_state(state: dict, path: Path, cfg: TrainConfig, progress: Prog
         raise CheckpointError(f"{path.name} holds model weights only (no optimizer or data position) and cannot "
                               "be resumed; resume from latest or an epoch_NNN checkpoint, or fine-tune with --pretrained")
     saved = state.get("config") or {}
-    bad = incompatible_keys(saved, cfg)
+    bad = [key for key in incompatible_keys(saved, cfg) if not (key == "data" and same_data(saved, cfg, state))]
     if bad:
         details = ", ".join(f"{key} {saved[key]!r} -> {getattr(cfg, key)!r}" for key in bad)
         raise ConfigError(f"cannot resume {path.name}: the config differs in {details}; "
                           "use the checkpoint's values or start a new --run-dir")
+    retuned = {key: (saved[key], getattr(cfg, key)) for key in sorted(RETUNABLE_KEYS)
+               if key in saved and saved[key] != getattr(cfg, key)}
+    if retuned:
+        details = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in retuned.items())
+        progress.warn(f"resuming with {details}: the run continues, but no longer as originally planned "
+                      "(the change is recorded in the log's sessions)")
     batch = state["sampler_state"]["batch_index"]
     progress.line(f"Resuming from {path} (epoch {state['epoch']}" + (f", batch {batch})" if batch else ")"))
     if state["epoch"] >= cfg.epochs:
         progress.line(f"The run already has {state['epoch']} of {cfg.epochs} epochs; pass --epochs N to extend it")
     return state
+
+
+def same_data(saved: dict, cfg: TrainConfig, state: dict) -> bool:
+    """A moved or re-spelled data path is the same data when it is the same folder, or when the
+    saved split's image fingerprints (checked when the split is loaded) will prove it."""
+    if saved.get("data") is None or cfg.data is None:
+        return False
+    if os.path.realpath(saved["data"]) == os.path.realpath(cfg.data):
+        return True
+    return bool((state.get("split") or {}).get("fingerprints"))
 
 
 def choose_device(world: World) -> torch.device:
@@ -247,7 +296,7 @@ def build_run(cfg, paths, world, manager, state, resumed_from, progress) -> Run:
         load_pretrained(model, cfg.pretrained)
         progress.line(f"Initialised from {cfg.pretrained}")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * cfg.min_lr_ratio)
+    scheduler = build_scheduler(optimizer, cfg)
     run = Run(cfg, paths, world, device, manager, dataset, split, sampler, val_tasks, model, model, optimizer,
               scheduler, new_history(), log_path=paths.logs / new_log_name(), log={})
     if state is not None:
@@ -260,6 +309,31 @@ def build_run(cfg, paths, world, manager, state, resumed_from, progress) -> Run:
             run.tensorboard = open_tensorboard(paths.logs / "tensorboard", progress.warn)
     progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device))
     return run
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay from cfg.lr to cfg.lr * min_lr_ratio over cfg.epochs, stepped once per epoch."""
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.lr * cfg.min_lr_ratio)
+
+
+def align_schedule(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig) -> None:
+    """After loading, make the lr follow a fresh run of the current settings (an extended run, a lower --lr).
+
+    CosineAnnealingLR steps from the previous lr, so changing T_max after loading does nothing:
+    replay a fresh schedule to the saved epoch instead, which gives a fresh run's lr bit for bit.
+    Unchanged settings leave the loaded state alone (an exact resume).
+    """
+    if (scheduler.T_max, scheduler.base_lrs[0], scheduler.eta_min) == (cfg.epochs, cfg.lr, cfg.lr * cfg.min_lr_ratio):
+        return
+    replay_optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+    replay = build_scheduler(replay_optimizer, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()": nothing is trained here
+        for _ in range(scheduler.last_epoch):
+            replay.step()
+    for group in optimizer.param_groups:
+        group["lr"], group["initial_lr"] = replay_optimizer.param_groups[0]["lr"], cfg.lr
+    scheduler.load_state_dict(replay.state_dict())
 
 
 def wrap_distributed(model: torch.nn.Module, world: World) -> torch.nn.Module:
@@ -290,8 +364,7 @@ def restore_state(run: Run, state: dict[str, Any], progress: Progress) -> None:
     run.model.load_state_dict(state["model_state_dict"])
     run.optimizer.load_state_dict(state["optimizer_state_dict"])
     run.scheduler.load_state_dict(state["scheduler_state_dict"])
-    # Extending a run (--epochs larger than saved) stretches the cosine schedule to the new total.
-    run.scheduler.T_max = run.cfg.epochs
+    align_schedule(run.optimizer, run.scheduler, run.cfg)
     run.history = state["history"]
     run.history.setdefault("resumed_at", []).append(state["epoch"])
     restore_rng(run.world, state, progress)
@@ -368,6 +441,8 @@ def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -
             batch = local_part(run.sampler.batch(epoch, batch_index, cfg.batch_size), run.world).to(run.device)
             logits = run.train_model(batch.target_image, batch.support_images, batch.support_labels)
             loss = segmentation_loss(logits, batch.target_label, cfg.loss)
+            if any_rank(run.world, not math.isfinite(loss.item())):
+                raise divergence(run, epoch, batch_index, loss.item())  # before the step: the weights stay finite
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             run.optimizer.step()
@@ -384,6 +459,23 @@ def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -
                 save_checkpoint(run, position[0], position, kind="interrupt")
                 last_save = time.monotonic()
     return loss_sum, loss_count
+
+
+def divergence(run: Run, epoch: int, batch_index: int, loss: float) -> DivergedError:
+    """The one line for a non-finite loss: where, which file holds the last finite state, how to go on."""
+    lower = f"{run.cfg.lr / 3:.1g}"
+    where = f"training diverged in epoch {epoch + 1}, batch {batch_index + 1} (loss {loss}); nothing was saved from it"
+    run_dir = shlex.quote(str(run.paths.root))
+    try:
+        if run.manager is None:
+            raise CheckpointError("not rank 0")
+        run.manager.wait()
+        latest = run.manager.resolve("latest")
+    except CheckpointError:
+        return DivergedError(f"{where} and no checkpoint was written before; start again with a lower learning "
+                             f"rate: useg train --run-dir {run_dir} --lr {lower}")
+    return DivergedError(f"{where}: {latest} still holds the last finite state; continue with a lower learning "
+                         f"rate: useg resume latest --run-dir {run_dir} --lr {lower}")
 
 
 def mid_epoch_save_due(cfg: TrainConfig, step: int, last_save: float) -> bool:
@@ -465,5 +557,7 @@ def save_interrupt(run: Run, position, stop: StopRequest, progress: Progress) ->
 
 
 def resume_hint(run: Run) -> str:
+    # The command is meant to be pasted into a shell: a folder with spaces must stay one word.
+
     return (f"Saved {run.paths.checkpoints / 'latest_checkpoint.pt'}; continue with: "
-            f"useg train --run-dir {run.paths.root} --resume latest")
+            f"useg train --run-dir {shlex.quote(str(run.paths.root))} --resume latest")
