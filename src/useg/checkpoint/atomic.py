@@ -133,7 +133,7 @@ def remove_quietly(path: Path) -> None:
 
 @contextlib.contextmanager
 def explain_write_errors(directory: Path, nbytes: int | Callable[[], int] | None = None) -> Iterator[None]:
-    """Turn a full disk or an unwritable folder into a one-line CheckpointError.
+    """Turn a full disk, an unwritable folder or a disk's I/O error into a one-line CheckpointError.
 
     `nbytes`: what the write needed, or a function giving it once the write has failed.
     """
@@ -150,6 +150,13 @@ def explain_write_errors(directory: Path, nbytes: int | Callable[[], int] | None
         if error.errno in _NOT_WRITABLE:
             raise CheckpointError(
                 f"cannot write in {directory}: {error.strerror}; fix its permissions or use another --run-dir"
+            ) from error
+        if error.errno == errno.EIO:
+            # Never retried: after a failed fsync the kernel may have dropped the pages, so a retry
+            # could "succeed" over lost data. The earlier checkpoints are left as they were.
+            raise CheckpointError(
+                f"the disk reported an I/O error while writing in {directory}, so this save failed (earlier "
+                "checkpoints are kept); check the disk (e.g. `dmesg`) or use another --run-dir"
             ) from error
         raise
 
