@@ -56,12 +56,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = load_trained(args.run_dir, args.checkpoint)
     result = evaluate(trained, data=args.data, annotations=args.annotations, split=args.split,
                       support_size=args.support_size, ensembles=args.ensembles, seed=args.seed)
-    csv_path = write_csv(args.csv or Path(args.run_dir) / f"evaluation_{args.split}.csv", result.rows)
-    if args.json:
+    csv_path = args.csv or Path(args.run_dir) / f"evaluation_{args.split}.csv"
+    if args.json:  # the JSON names the CSV, so it is printed only once the CSV exists
+        csv_path = write_csv(csv_path, result.rows)
         print(json.dumps({**result.to_dict(), "csv": str(csv_path)}, indent=2))
-    else:
+    else:  # the table first: a CSV the disk cannot take does not cost the user the scores
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
         console.print(evaluation_table(result))
+        csv_path = write_csv(csv_path, result.rows)
         console.print(f"{len(result.rows)} rows written to {csv_path}", markup=False)
     return 0
 
@@ -92,6 +94,7 @@ def spread(stats: dict) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from useg.checkpoint.atomic import explain_file_errors
     from useg.predict import check_outputs, input_files, load_supports, load_trained
 
     trained = load_trained(args.run_dir, args.checkpoint)
@@ -101,7 +104,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the masks")
-    out.mkdir(parents=True, exist_ok=True)
+    with explain_file_errors(out, then="run useg predict again"):
+        out.mkdir(parents=True, exist_ok=True)
     check_outputs(files, sets, out, multi_class)
     written = predict_all(trained, files, sets, out, multi_class, args.overlay)
     used = ", ".join(f"{s.cls} (S={len(s.images)})" for s in sets)

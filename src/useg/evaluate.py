@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from useg.checkpoint.atomic import write_file_atomically
 from useg.data import SegDataset, Split, Task, load_dataset, make_batch, validation_tasks
 from useg.data.tasks import candidates, choose_supports, class_members
 from useg.errors import ConfigError, DataError
@@ -202,9 +203,9 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write the rows atomically: a full disk leaves the previous CSV (or none), never a torn one."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--csv {path} is a folder; give a file name such as {path / 'evaluation.csv'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(csv_text(rows), encoding="utf-8")
-    return path
+    return write_file_atomically(path, csv_text(rows).encode("utf-8"), create_folder=True,
+                                 then="run useg evaluate again (or pass --csv elsewhere)")

@@ -95,12 +95,17 @@ def history_table(history: dict[str, Any], title: str = "Training history") -> T
     return table
 
 
-def plot_curves(history: dict[str, Any], path: Path) -> Path:
-    """Save loss and val Dice against epoch, best epoch and resume points marked, as a PNG."""
+def plot_curves(history: dict[str, Any], path: Path, then: str = "try again") -> Path:
+    """Save loss and val Dice against epoch, best epoch and resume points marked, as a PNG.
+
+    Written atomically; a full disk or unwritable folder is one UsegError ending with `then`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from useg.viz import save_figure
 
     epochs = list(range(1, len(history["train_loss"]) + 1))
     fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(10, 4))
@@ -115,11 +120,7 @@ def plot_curves(history: dict[str, Any], path: Path) -> Path:
             ax.axvline(resumed + 0.5, color="grey", linestyle=":", label="resumed" if i == 0 and ax is dice_ax else None)
     dice_ax.legend(loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100, then=then)
 
 
 def open_tensorboard(log_dir: Path, warn) -> Any:

@@ -118,14 +118,15 @@ def cmd_history(args) -> int:
     from useg.history import epoch_rows, history_table, plot_curves
 
     history = manage.run_history(args.run_dir)
-    curves = plot_curves(history, Path(args.run_dir) / "training_curves.png")
-    if args.json:
+    curves_path = Path(args.run_dir) / "training_curves.png"
+    if args.json:  # the JSON names the curves file, so it is printed only once that file exists
+        curves = plot_curves(history, curves_path)
         manage.print_json({"best_val_dice": history["best_val_dice"], "best_epoch": history["best_epoch"],
                            "resumed_at": history.get("resumed_at", []), "epochs": epoch_rows(history),
                            "curves": str(curves)})
-    else:
+    else:  # the table first: a disk too full for the picture still shows the numbers
         console().print(history_table(history))
-        print(f"curves saved to {curves}")
+        print(f"curves saved to {plot_curves(history, curves_path)}")
     return 0
 
 

@@ -73,7 +73,7 @@ def run_menu(run_dir: str) -> int:
         try:
             actions[choice](run_dir, console)
         except UsegError as err:
-            console.print(f"error: {err}", markup=False)
+            console.print(f"error: {err}", markup=False, soft_wrap=True)  # one line, however long
         except KeyboardInterrupt:
             console.print("\ncancelled")  # Ctrl+C inside an option goes back to the menu, not out of it
         except EndOfInput:
@@ -171,5 +171,6 @@ def show_history(run_dir: str, console: Console) -> None:
 
     history = manage.run_history(run_dir)
     console.print(history_table(history))
-    curves = plot_curves(history, Path(run_dir) / "training_curves.png")
+    # A curves file that cannot be written is a UsegError: run_menu prints it and shows the menu again.
+    curves = plot_curves(history, Path(run_dir) / "training_curves.png", then="choose 6 again")
     console.print(f"curves saved to {curves}", markup=False)

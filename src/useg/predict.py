@@ -7,6 +7,7 @@ probability map is resized back to the input's original size before thresholding
 
 from __future__ import annotations
 
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from useg.checkpoint import load_checkpoint, resolve_checkpoint, verify_checkpoint
+from useg.checkpoint.atomic import write_file_atomically
 from useg.checkpoint.loading import checkpoint_path
 from useg.data import SegDataset, load_dataset
 from useg.data.dataset import select_classes
@@ -198,15 +200,18 @@ def predict_file(trained: TrainedModel, path: Path, sets: list[SupportSet], out:
                  multi_class: bool, overlay: bool) -> list[Path]:
     """Segment one input and write its mask PNG(s) (0/255), plus `<stem>_overlay.png` when asked."""
     masks = predict_masks(trained, path, sets)
-    written = []
-    for cls, name in output_names(path.stem, sets, multi_class).items():
-        Image.fromarray(masks[cls].astype(np.uint8) * 255).save(out / name)
-        written.append(out / name)
+    pictures = {out / name: masks[cls].astype(np.uint8) * 255
+                for cls, name in output_names(path.stem, sets, multi_class).items()}
     if overlay:
-        picture = overlay_picture(original_rgb(path), list(masks.values()))
-        Image.fromarray(picture).save(out / f"{path.stem}_overlay.png")
-        written.append(out / f"{path.stem}_overlay.png")
-    return written
+        pictures[out / f"{path.stem}_overlay.png"] = overlay_picture(original_rgb(path), list(masks.values()))
+    return [write_png(target, picture) for target, picture in pictures.items()]
+
+
+def write_png(path: Path, picture: np.ndarray) -> Path:
+    """Encode in memory, then write atomically: a full disk leaves no empty or torn mask."""
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return write_file_atomically(path, buffer.getvalue(), then="run useg predict again (or choose another --out)")
 
 
 def check_outputs(files: list[Path], sets: list[SupportSet], out: Path, multi_class: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,14 @@ def picture_tasks(tasks: list, count: int) -> list:
 
 @torch.no_grad()
 def save_pictures(model, dataset, tasks: list, folder: Path, epoch: int, device) -> None:
-    """One PNG per task: image, truth, prediction and support strip, Dice and anonymous id in the title."""
+    """One PNG per task: image, truth, prediction and support strip, Dice and anonymous id in the title.
+
+    Called once the epoch's checkpoint is saved: a picture that cannot be written (full disk,
+    read-only folder) stops training with one line that says how to continue from that checkpoint.
+    """
     model.eval()
+    then = (f"continue with `useg resume latest --run-dir {shlex.quote(str(folder.parent))}` "
+            f"(epoch {epoch} is saved; --vis-every 0 trains without pictures)")
     for number, task in enumerate(tasks):
         batch = make_batch(dataset, [task]).to(device)
         logits = model(batch.target_image, batch.support_images, batch.support_labels)
@@ -54,4 +61,4 @@ def save_pictures(model, dataset, tasks: list, folder: Path, epoch: int, device)
         save_prediction_figure(folder / f"epoch_{epoch:03d}_batch_{number:03d}.png",
                                batch.target_image[0, 0].numpy(), batch.target_label[0, 0].numpy(),
                                (logits[0, 0] > 0).float().numpy(), batch.support_images[0, :, 0].numpy(),
-                               batch.support_labels[0, :, 0].numpy(), title)
+                               batch.support_labels[0, :, 0].numpy(), title, then=then)

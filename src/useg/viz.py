@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
+from useg.checkpoint.atomic import write_file_atomically
+
 
 def save_prediction_figure(path: Path, image: np.ndarray, truth: np.ndarray, pred: np.ndarray,
-                           support_images: np.ndarray, support_labels: np.ndarray, title: str) -> Path:
+                           support_images: np.ndarray, support_labels: np.ndarray, title: str,
+                           then: str = "try again") -> Path:
     """Write one PNG: image | truth | prediction with contours, then a strip of (support, label) pairs.
 
     Arrays are (H, W) for the target and (S, H, W) for the support set, values in [0, 1].
+    `then`: what to do once a write that failed can be retried (see `save_figure`).
     """
     import matplotlib
 
@@ -40,8 +45,20 @@ def save_prediction_figure(path: Path, image: np.ndarray, truth: np.ndarray, pre
             ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80, then=then)
+
+
+def save_figure(fig, path: Path, dpi: int, then: str = "try again") -> Path:
+    """Render `fig` as PNG in memory and write it atomically (creating its folder); close the figure.
+
+    A full disk or an unwritable folder is one UsegError naming the file, ending with `then`;
+    no partial PNG is left behind.
+    """
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return write_file_atomically(path, buffer.getvalue(), create_folder=True, then=then)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from useg.errors import CheckpointError
+from useg.errors import CheckpointError, UsegError
 
 from .layout import TEMP_SUFFIX, is_temp_name
 
@@ -68,22 +68,27 @@ def write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int],
     error names `needed()` bytes (default: the hint). On any error the temp file is removed.
     """
     with explain_write_errors(directory, needed or (lambda: size_hint)):
-        fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=TEMP_SUFFIX)
-        try:
-            _preallocate(fd, size_hint)
-            fill(fd)
-            end = os.lseek(fd, 0, os.SEEK_CUR)
-            if os.fstat(fd).st_size > end:
-                os.ftruncate(fd, end)  # drop the reserved space fill did not use
-            os.fchmod(fd, FILE_MODE)
-            # A failed fsync is not retried: the kernel may already have dropped the dirty
-            # pages, so a second fsync can "succeed" over lost data (PostgreSQL's fsyncgate).
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            remove_quietly(Path(temp))
-            raise
+        return _write_temp(directory, name, size_hint, fill)
+
+
+def _write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int], None]) -> Path:
+    """`write_temp` with its OSErrors as they are, for callers that explain them their own way."""
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=TEMP_SUFFIX)
+    try:
+        _preallocate(fd, size_hint)
+        fill(fd)
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        if os.fstat(fd).st_size > end:
+            os.ftruncate(fd, end)  # drop the reserved space fill did not use
+        os.fchmod(fd, FILE_MODE)
+        # A failed fsync is not retried: the kernel may already have dropped the dirty
+        # pages, so a second fsync can "succeed" over lost data (PostgreSQL's fsyncgate).
+        os.fsync(fd)
+    except BaseException:
         os.close(fd)
+        remove_quietly(Path(temp))
+        raise
+    os.close(fd)
     return Path(temp)
 
 
@@ -159,6 +164,51 @@ def explain_write_errors(directory: Path, nbytes: int | Callable[[], int] | None
                 "checkpoints are kept); check the disk (e.g. `dmesg`) or use another --run-dir"
             ) from error
         raise
+
+
+def write_file_atomically(path: str | os.PathLike, data: bytes, *, create_folder: bool = False,
+                          then: str = "try again") -> Path:
+    """Replace `path` with `data` as `atomic_write_bytes` does, for the files that are not checkpoints
+    (pictures, curves, CSVs, masks): a full disk, an unwritable, missing or vanished folder or a
+    failing disk is one UsegError naming the file, the fix and `then` (what to do after it).
+    No partial file and no temp file is left. `create_folder`: make the missing folders first."""
+    path = Path(path)
+    with explain_file_errors(path, then, len(data)):
+        if create_folder:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        temp = _write_temp(path.parent, path.name, len(data), lambda fd: write_all(fd, data))
+        replace_durably(temp, path)
+    return path
+
+
+@contextlib.contextmanager
+def explain_file_errors(path: Path, then: str = "try again", nbytes: int = 0) -> Iterator[None]:
+    """Turn the OSErrors a user can fix, while writing `path` (or making a folder), into one-line
+    UsegErrors naming it and ending with `then`; `nbytes`: what the write needed."""
+    try:
+        yield
+    except OSError as error:
+        reason = _file_error_reason(path, nbytes, error)
+        if reason is None:
+            raise
+        raise UsegError(f"cannot write {path}: {reason}, then {then}") from error
+
+
+def _file_error_reason(path: Path, nbytes: int, error: OSError) -> str | None:
+    folder = path.parent
+    if error.errno in _FULL_DISK:
+        needs = f"the file needs {nbytes} bytes, " if nbytes else ""
+        return f"the disk is full ({needs}{_free_bytes(folder)} bytes are free); free some space"
+    if error.errno in _NOT_WRITABLE:
+        return f"{error.strerror} in {folder}; make the folder writable or choose another one"
+    if error.errno == errno.ENOENT:
+        return f"the folder {folder} does not exist (it may have been removed); create it or choose another one"
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        return f"{blocker} is a file, not a folder; move it away or choose another folder"
+    if error.errno == errno.EIO:
+        return "the disk reported an I/O error (it may be failing or disconnected); check it"
+    return None
 
 
 def _free_bytes(directory: Path) -> int | str:
