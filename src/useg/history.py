@@ -11,6 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from useg.checkpoint import atomic_write_json
+from useg.checkpoint.policy import is_improvement
 
 # Per-epoch lists; index i holds epoch i + 1. The first four are the seed's names.
 EPOCH_KEYS = (
@@ -32,7 +33,7 @@ def append_epoch(history: dict[str, Any], record: dict[str, Any]) -> bool:
         history[key].append(record.get(key))
     epoch = len(history["train_loss"])
     val_dice = record["val_dice"]
-    improved = history["best_val_dice"] is None or val_dice > history["best_val_dice"]
+    improved = is_improvement(val_dice, history["best_val_dice"])  # the checkpoint manager's rule: NaN never wins
     if improved:
         history["best_val_dice"], history["best_epoch"] = val_dice, epoch
     return improved

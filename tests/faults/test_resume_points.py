@@ -76,12 +76,28 @@ def test_clean_counts_a_hard_linked_twin_of_latest_as_one_state(cli, finished_ru
 
 
 def test_list_hashes_files_so_a_same_size_flip_is_never_shown_valid(cli, finished_run):
-    assert cli("checkpoints", "list", "--run-dir", finished_run).returncode == 0  # fills the hash cache
+    listed = strict_json(cli("checkpoints", "list", "--run-dir", finished_run, "--json").stdout)
+    assert all(r["valid"] for r in listed)  # copied with its file times: the trainer's hashes still hold
+    (checkpoints(finished_run) / ".verified.json").unlink()
+    listed = strict_json(cli("checkpoints", "list", "--run-dir", finished_run, "--json").stdout)
+    assert {r["status"] for r in listed} == {"unchecked"}  # never hashed as far as this folder knows
+    assert cli("checkpoints", "verify", "--run-dir", finished_run).returncode == 0  # hashes and remembers
+    listed = strict_json(cli("checkpoints", "list", "--run-dir", finished_run, "--json").stdout)
+    assert all(r["valid"] for r in listed)
     flip_byte_in_tensor_data(checkpoints(finished_run) / "epoch_002_checkpoint.pt")
     listed = strict_json(cli("checkpoints", "list", "--run-dir", finished_run, "--json").stdout)
     row = next(r for r in listed if r["name"] == "epoch_002_checkpoint.pt")
-    assert row["valid"] is False and row["status"] == "corrupt"
+    assert row["valid"] is False and row["status"] == "unchecked"
     assert all(verify_checkpoint(r["path"]).ok for r in listed if r["valid"])
+    verified = strict_json(cli("checkpoints", "verify", "--run-dir", finished_run, "--json").stdout)
+    assert [r["name"] for r in verified if not r["valid"]] == ["epoch_002_checkpoint.pt"]
+
+
+def test_a_run_just_trained_lists_valid_without_hashing_again(cli, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", "--run-dir", run, *RUN_FLAGS, "--epochs", "2").returncode == 0
+    listed = strict_json(cli("checkpoints", "list", "--run-dir", run, "--json").stdout)
+    assert listed and all(r["valid"] for r in listed), [(r["name"], r["reason"]) for r in listed]
 
 
 def test_a_clean_killed_between_file_and_sidecar_is_tidied_by_the_next_command(cli, finished_run):

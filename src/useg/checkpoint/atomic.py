@@ -50,8 +50,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Non
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """`atomic_write_bytes` of `obj` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+    """`atomic_write_bytes` of `obj` as indented JSON (NaN and inf written as null)."""
+    atomic_write_bytes(path, (json_text(obj) + "\n").encode("utf-8"))
+
+
+def json_text(obj: Any, **options: Any) -> str:
+    """Strict JSON of `obj`: NaN and inf, which JSON lacks (bare `NaN` breaks strict readers), become null."""
+    return json.dumps(_finite_or_none(obj), indent=2, allow_nan=False, **options)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 def write_temp_file(directory: Path, name: str, data: bytes | memoryview) -> Path:

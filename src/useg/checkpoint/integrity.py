@@ -98,37 +98,36 @@ def open_verified(path: str | os.PathLike) -> tuple[VerifyResult, BinaryIO | Non
     return result, None
 
 
-def verify_cached(path: str | os.PathLike) -> VerifyResult:
-    """`verify_checkpoint`, skipping the hash when these very bytes (same inode, size and mtime,
-    same sha256 in the sidecar) were verified before; anything else is hashed again.
+def known_verified(path: str | os.PathLike) -> VerifyResult | None:
+    """An ok result when these very bytes (same name, size and mtime, same sha256 in the sidecar)
+    were hashed and verified before, else None. Reads no checkpoint bytes.
 
-    For listings: a byte changed by any write changes the mtime and is caught here. Decay
-    of the medium under an unchanged mtime is caught only by `verify_checkpoint`, which
-    `useg checkpoints verify`, resume and clean always use.
+    Keyed by name, not inode, so that a run copied with its times (cp -p, rsync -a) keeps it.
+
+    Any write to the file changes its mtime and so drops it from here; decay of the disk
+    under an unchanged mtime is caught only by `verify_checkpoint`, which `useg checkpoints
+    verify`, resume and clean always use.
     """
     path = Path(path)
     candidates, _ = _sidecar_candidates(path)
     try:
         stat = os.stat(path)
     except FileNotFoundError:
-        return verify_checkpoint(path)
-    known = _read_cache(path.parent).get(str(stat.st_ino))
+        return None
+    known = _read_cache(path.parent).get(path.name)
     for sidecar in candidates:
         if known == _cache_entry(stat, sidecar["sha256"]) and sidecar["size_bytes"] == stat.st_size:
             return VerifyResult(path, "ok", "", sidecar)
-    result = verify_checkpoint(path)
-    if result.ok:
-        remember_verified(path, result.metadata["sha256"])
-    return result
+    return None
 
 
 def remember_verified(path: Path, sha256: str) -> None:
     """Record that the bytes now at `path` hash to `sha256` and are safe (a cache: failures are ignored)."""
     try:
         stat = os.stat(path)
-        live = {str(entry.inode()) for entry in os.scandir(path.parent)}  # drop entries of deleted files
-        cache = {ino: entry for ino, entry in _read_cache(path.parent).items() if ino in live}
-        cache[str(stat.st_ino)] = _cache_entry(stat, sha256)
+        live = {entry.name for entry in os.scandir(path.parent)}  # drop entries of deleted files
+        cache = {name: entry for name, entry in _read_cache(path.parent).items() if name in live}
+        cache[path.name] = _cache_entry(stat, sha256)
         temp = path.parent / f".{VERIFIED_CACHE_NAME}.{os.getpid()}.tmp"
         temp.write_text(json.dumps(cache), encoding="utf-8")
         os.replace(temp, path.parent / VERIFIED_CACHE_NAME)  # no fsync: losing the cache costs a re-hash

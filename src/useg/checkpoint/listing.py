@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .integrity import read_sidecar, verify_cached
+from .integrity import known_verified, read_sidecar
 from .layout import SIDECAR_SUFFIX, checkpoint_files, kind_from_name, pending_path, periodic_epoch, sidecar_path
 
 
@@ -49,23 +49,24 @@ class CheckpointInfo:
 def list_checkpoints(directory: str | os.PathLike, verify: bool = False) -> list[CheckpointInfo]:
     """Every checkpoint in `directory`, oldest first; never raises for a bad file, never reads tensors.
 
-    With `verify`, a file is valid only once its bytes hash to its sidecar (`verify_cached`:
-    bytes unchanged since they were last hashed are not hashed again).
+    With `verify`, a file is valid only when its bytes are known to hash to its sidecar
+    (`known_verified`: hashed by the writer or by `verify` and unchanged since); other files
+    are `unchecked`. Without it, valid means a sidecar exists and records the file's size.
     """
     directory = Path(directory)
     infos = [checkpoint_info(path) for path in checkpoint_files(directory)]
     infos += [checkpoint_info(path) for path in _orphan_sidecar_targets(directory)]
     if verify:
-        infos = [with_verification(info) for info in infos]
+        infos = [with_known_verification(info) for info in infos]
     return sorted(infos, key=_age_key)
 
 
-def with_verification(info: CheckpointInfo) -> CheckpointInfo:
-    """`info` with valid/status/reason from hashing the file (skipped when already invalid)."""
-    if not info.valid:
+def with_known_verification(info: CheckpointInfo) -> CheckpointInfo:
+    """`info`, marked `unchecked` (not valid) unless its bytes are known to be verified."""
+    if not info.valid or known_verified(info.path) is not None:
         return info
-    result = verify_cached(info.path)
-    return replace(info, valid=result.ok, status=result.status, reason=result.reason)
+    return replace(info, valid=False, status="unchecked",
+                   reason="not hashed since it was written or changed; `useg checkpoints verify` checks it")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
