@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from useg.checkpoint.atomic import json_text
 from useg.errors import ConfigError
 
 CHECKPOINT_HELP = "best (default), latest, an epoch number, or a path (relative ones also in DIR/checkpoints)"
@@ -59,7 +59,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     csv_path = args.csv or Path(args.run_dir) / f"evaluation_{args.split}.csv"
     if args.json:  # the JSON names the CSV, so it is printed only once the CSV exists
         csv_path = write_csv(csv_path, result.rows)
-        print(json.dumps({**result.to_dict(), "csv": str(csv_path)}, indent=2))
+        print(json_text({**result.to_dict(), "csv": str(csv_path)}))
     else:  # the table first: a CSV the disk cannot take does not cost the user the scores
         console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
         console.print(evaluation_table(result))

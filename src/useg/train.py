@@ -404,10 +404,11 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         improved = append_epoch(run.history, record)
         save_epoch_checkpoint(run, epoch + 1, record)
         kill_point("epoch-end")
-        # Pictures after the checkpoint: a picture that cannot be written must not cost the epoch.
-        if run.world.is_main and cfg.vis_every and (epoch + 1) % cfg.vis_every == 0:
-            save_pictures(run.model, run.dataset, pictured, run.paths.visualizations, epoch + 1, run.device)
         progress.epoch_summary(epoch + 1, cfg.epochs, record, improved, run.history)
+        # Pictures after the checkpoint: a picture that cannot be written must not cost the epoch.
+        if cfg.vis_every and (epoch + 1) % cfg.vis_every == 0:
+            on_main(run.world, lambda: save_pictures(run.model, run.dataset, pictured, run.paths.visualizations,
+                                                     epoch + 1, run.device))
         run.start_batch, run.partial_loss = 0, (0.0, 0)
         if any_rank(run.world, stop.signum is not None) and epoch + 1 < cfg.epochs:
             # The signal came during validation or the save: the epoch checkpoint is the position.
