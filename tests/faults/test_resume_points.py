@@ -229,3 +229,22 @@ def test_a_moved_data_folder_with_the_same_images_resumes(cli, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert final_state(run)["epoch"] == 2
     assert_every_checkpoint_verifies(run)
+
+
+def test_without_latest_the_newest_branch_is_found_from_the_periodic_files_alone(tmp_path):
+    from test_checkpoint import manager, train
+
+    trainer = train(tmp_path, 5, total=5)  # epoch_001 .. epoch_005
+    with manager(tmp_path, total=4) as mgr:  # go back to epoch 2 and train a 4-epoch run from there
+        mgr.load(2)
+        for epoch in (3, 4):
+            trainer.step()
+            mgr.save(trainer.state(epoch), epoch=epoch, val_dice=0.1)
+    for name in ("latest_checkpoint.pt", "latest_checkpoint.pt.json"):
+        (tmp_path / name).unlink()
+    warnings: list[str] = []
+    assert resolve_checkpoint(tmp_path, "latest", warn=warnings.append).name == "epoch_004_checkpoint.pt"
+    from useg.checkpoint.resume_points import resume_points
+
+    abandoned = [p.path.name for p in resume_points(tmp_path) if p.abandoned]
+    assert abandoned == ["epoch_005_checkpoint.pt"]

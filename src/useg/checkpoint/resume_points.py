@@ -86,7 +86,8 @@ def _along_branch(info: CheckpointInfo) -> tuple:
 
 
 def _by_write(info: CheckpointInfo) -> tuple:
-    return (info.created or "", -1 if info.seq is None else info.seq, _mtime(info.path))
+    # created has whole seconds; the file's mtime (kept by cp -p and rsync -a) orders saves within one.
+    return (info.created or "", _mtime(info.path), -1 if info.seq is None else info.seq)
 
 
 def _int(value) -> int:
