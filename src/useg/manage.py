@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.table import Table
 
-from useg.checkpoint import CheckpointInfo, atomic_write_bytes, atomic_write_json, bytes_freed
-from useg.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, verify_checkpoint
+from useg.checkpoint import CheckpointInfo, bytes_freed
+from useg.checkpoint import list_checkpoints, load_checkpoint, nonfinite_weights, resolve_checkpoint, verify_checkpoint
+from useg.checkpoint.atomic import explain_write_errors, fsync_directory, remove_quietly, replace_durably
+from useg.checkpoint.atomic import write_temp_file
+from useg.checkpoint.faults import kill_point
+from useg.checkpoint.layout import TEMP_SUFFIX, kind_from_name, pending_path, sidecar_path
 from useg.checkpoint.listing import checkpoint_info
 from useg.errors import CheckpointError, UsegError
 from useg.history import latest_log, read_log
@@ -184,28 +190,109 @@ def export_weights(path: str | Path, out: str | Path) -> dict[str, Any]:
     path, out = require_file(path), Path(out)
     if out.suffix not in (".safetensors", ".pt"):
         raise UsegError(f"export target {out} must end in .safetensors or .pt")
+    refuse_export_target(path, out)
     state = load_checkpoint(path)
     weights = state.get("model_state_dict")
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path} holds no model_state_dict; export a useg checkpoint")
+    bad = nonfinite_weights(weights)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds NaN or inf in {bad} (a diverged run) and was not exported; "
+                              "export a checkpoint saved before the divergence (see `useg checkpoints list`)")
     data = serialise_weights({name: tensor.contiguous() for name, tensor in weights.items()}, out.suffix)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, data)
     meta = export_metadata(state, path, out, data)
-    meta_path = out.with_name(out.name + ".json")
-    atomic_write_json(meta_path, meta)
-    return {**meta, "path": str(out), "metadata_path": str(meta_path)}
+    write_export(out, data, meta)
+    return {**meta, "path": str(out), "metadata_path": str(export_metadata_path(out))}
+
+
+def export_metadata_path(out: Path) -> Path:
+    """`w.safetensors` -> `w.safetensors.json` (the same naming as a checkpoint's sidecar)."""
+    return sidecar_path(out)
+
+
+def refuse_export_target(source: Path, out: Path) -> None:
+    """An export writes a new file or replaces an earlier export: never its source, never a checkpoint."""
+    if out.exists() and os.path.samefile(out, source):
+        raise UsegError(f"export target {out} is the checkpoint being exported ({source}); "
+                        "nothing was written: choose a new file for the export")
+    if out.parent.name == "checkpoints" and kind_from_name(out.name) != "unknown":
+        raise UsegError(f"export target {out} is a checkpoint name inside a run's checkpoints folder; "
+                        "nothing was written: export to a file outside checkpoints/")
+    for sidecar in (export_metadata_path(out), pending_path(out)):
+        if sidecar.exists() and not is_export_metadata(sidecar, out):
+            raise UsegError(f"export target {out} is a useg checkpoint (it has the sidecar {sidecar.name}); "
+                            "nothing was written: choose a new file for the export")
+
+
+def is_export_metadata(path: Path, out: Path) -> bool:
+    """True when `path` is the metadata an earlier export to `out` wrote (so it may be replaced)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("weights") == out.name and "source" in meta and "kind" not in meta
+
+
+def write_export(out: Path, data: bytes, meta: dict[str, Any]) -> None:
+    """Replace the weights and their metadata so that a kill at any instant leaves metadata that
+    describes the weights beside it, or no metadata at all; never new weights with old metadata.
+
+    Order: both temps durable; old metadata removed; weights renamed; metadata renamed (each
+    step fsyncs the folder). Leftover temps of a killed export are removed by the next one.
+    """
+    meta_path = export_metadata_path(out)
+    with explain_write_errors(out.parent, len(data)):
+        make_export_folder(out.parent)
+        remove_killed_export_temps(out)
+        weights_temp = write_temp_file(out.parent, out.name, data)
+        try:
+            meta_temp = write_temp_file(out.parent, meta_path.name, (json.dumps(meta, indent=2) + "\n").encode())
+        except BaseException:
+            remove_quietly(weights_temp)
+            raise
+        try:
+            kill_point("export-temps-written")
+            remove_quietly(meta_path)  # the old metadata must never sit beside the new weights
+            fsync_directory(out.parent)
+            kill_point("export-metadata-removed")
+            replace_durably(weights_temp, out)
+            kill_point("export-weights-renamed")
+            replace_durably(meta_temp, meta_path)
+        except BaseException:
+            remove_quietly(weights_temp)
+            remove_quietly(meta_temp)
+            raise
+
+
+def make_export_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsegError(f"cannot create the export folder {folder}: a file is in the way; "
+                        "choose another output path") from None
+
+
+def remove_killed_export_temps(out: Path) -> None:
+    """Delete the hidden temp files (`.NAME.xxxxxxxx.tmp`, mkstemp's names) an export to `out` left when killed."""
+    names = "|".join(re.escape(name) for name in (out.name, export_metadata_path(out).name))
+    pattern = re.compile(rf"^\.({names})\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}$")
+    for entry in os.scandir(out.parent):
+        if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+            remove_quietly(Path(entry.path))
 
 
 def export_metadata(state: dict[str, Any], source: Path, out: Path, data: bytes) -> dict[str, Any]:
-    """What a user of the exported weights needs: how to rebuild the model and how good it was."""
+    """What a user of the exported weights needs: how to rebuild the model and how good it was.
+
+    sha256 and size_bytes also make it a sidecar that `useg checkpoints verify` and `--pretrained` check.
+    """
     weights = state["model_state_dict"]
     history = state.get("history") or {}
     val_dice = state.get("val_dice")  # best_model.pt records it; others have it in their history
     if val_dice is None:
         val_dice = (history.get("val_dice") or [None])[-1]
     return {"weights": out.name, "format": out.suffix[1:], "sha256": hashlib.sha256(data).hexdigest(),
-            "source": source.name, "epoch": state.get("epoch"), "val_dice": val_dice,
+            "size_bytes": len(data), "source": source.name, "epoch": state.get("epoch"), "val_dice": val_dice,
             "model_config": state.get("model_config"), "classes": state.get("classes"),
             "image_size": (state.get("config") or {}).get("image_size"),
             "parameters": sum(t.numel() for t in weights.values())}

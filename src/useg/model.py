@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from useg.checkpoint import load_checkpoint, nonfinite_weights
+from useg.checkpoint.layout import sidecar_path
 from useg.errors import CheckpointError, ConfigError
 
 CROSS_IMPLS = ("split", "concat")
@@ -246,8 +248,30 @@ def load_pretrained(model: UniverSeg, path: str | Path) -> None:
 def _read_state_dict(path: Path) -> Mapping:
     if not path.is_file():
         raise CheckpointError(f"weight file {path} not found; check the path")
+    # A file with a useg sidecar (a checkpoint or an export) is verified against it: the one
+    # definition of valid. An official weight file has none and is only loaded safely.
+    loaded = _load_verified(path) if sidecar_path(path).exists() else _load_plain(path)
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("model_state_dict"), Mapping):
+        loaded = loaded["model_state_dict"]
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"weight file {path} holds no state_dict of tensors; expected a torch.save'd state_dict")
+    bad = nonfinite_weights(loaded)
+    if bad is not None:
+        raise CheckpointError(f"weight file {path} holds NaN or inf in {bad} (a diverged run); "
+                              "start from weights saved before the divergence, e.g. an earlier epoch_NNN_checkpoint.pt")
+    return loaded
+
+
+def _load_verified(path: Path) -> Mapping:
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return load_checkpoint(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"weight file refused: {error}") from None
+
+
+def _load_plain(path: Path) -> Mapping:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         culprit = f" of {found.group(1)}" if found else ""
@@ -258,11 +282,6 @@ def _read_state_dict(path: Path) -> Mapping:
     except Exception as error:  # torch raises many types for truncated or foreign files
         reason = type(error).__name__
         raise CheckpointError(f"weight file {path} is unreadable ({reason}); re-download or re-save it") from None
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("model_state_dict"), Mapping):
-        loaded = loaded["model_state_dict"]
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise CheckpointError(f"weight file {path} holds no state_dict of tensors; expected a torch.save'd state_dict")
-    return loaded
 
 
 def _mismatches(expected: Mapping, found: Mapping) -> list[str]:

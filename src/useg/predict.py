@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from useg.checkpoint import load_checkpoint, resolve_checkpoint, verify_checkpoint
+from useg.checkpoint import load_checkpoint, nonfinite_weights, resolve_checkpoint, verify_checkpoint
 from useg.checkpoint.atomic import write_file_atomically
 from useg.checkpoint.loading import checkpoint_path
 from useg.data import SegDataset, load_dataset
@@ -91,6 +91,10 @@ def load_trained(run_dir: str | Path = ".", which: str | None = None) -> Trained
     missing = [key for key in ("model_state_dict", "model_config", "config") if key not in state]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by useg train")
+    bad = nonfinite_weights(state["model_state_dict"])
+    if bad is not None:
+        raise CheckpointError(f"{path} holds NaN or inf weights in {bad} (a diverged run); "
+                              "use a checkpoint saved before the divergence (see `useg checkpoints list`)")
     model = build_from_config(state["model_config"])
     fit_weights(model, state["model_state_dict"], path)
     model.eval()
