@@ -38,8 +38,10 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="run folder with checkpoints/, logs/, visualizations_training/ (default .)")
     for flag, options in TRAIN_FLAGS:
         parser.add_argument(flag, **options)
-    parser.add_argument("--quiet", action="store_true", default=None, help="epoch summaries only (for logs)")
-    parser.add_argument("--tensorboard", action="store_true", default=None, help="also log to TensorBoard")
+    parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=None,
+                        help="epoch summaries only (for logs); for this session only: a resume does not inherit it")
+    parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                        help="also log to TensorBoard (kept when the run is resumed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
     flags = flag_layer(args)
     run_dir = flags["run_dir"] or file_layer.get("run_dir") or "."
     saved = resume_config(run_dir, resume) if resume is not None else {}
+    saved.pop("quiet", None)  # how much a session prints is chosen per session, not inherited from the run
     cfg = build_config(saved, file_layer, flags, {"run_dir": run_dir})
     try:
         train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -55,6 +58,9 @@ HARMLESS_KEYS = frozenset(
     {"epochs", "run_dir", "vis_every", "vis_count", "save_every_steps", "save_every_minutes",
      "num_threads", "pretrained", "tensorboard", "quiet", "periodic_percentages"}
 )
+# Keys that change the optimisation but not the model or the data: a resume may change them
+# (e.g. a lower lr after divergence), with a warning, and the log's sessions record it.
+RETUNABLE_KEYS = frozenset({"lr", "min_lr_ratio", "loss"})
 
 
 def config_keys() -> list[str]:
@@ -68,18 +74,27 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} not found; check the --config path")
     text = path.read_text(encoding="utf-8")
     try:
-        values = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+        values = tomllib.loads(text) if path.suffix == ".toml" else yaml.load(text, Loader=YamlLoader)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
         first_line = str(err).splitlines()[0]
         raise ConfigError(f"config file {path} is not valid {path.suffix[1:].upper() or 'YAML'}: {first_line}") from None
     values = values or {}
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    values = {key.replace("-", "_"): value for key, value in values.items()}
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
     unknown = sorted(set(values) - set(config_keys()))
     if unknown:
         raise ConfigError(f"config file {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(config_keys())}")
-    return values
+    return {key: None if value is None else check_value(key, value, path) for key, value in values.items()}
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading `1e-4` as the number YAML 1.2 says it is (YAML 1.1 wants `1.0e-4`)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def build_config(*layers: dict[str, Any]) -> TrainConfig:
@@ -88,51 +103,154 @@ def build_config(*layers: dict[str, Any]) -> TrainConfig:
     for layer in layers:
         merged.update({key: value for key, value in layer.items() if value is not None})
     cfg = TrainConfig(**merged)
-    cfg.widths = parse_int_list(cfg.widths, "widths")
-    cfg.periodic_percentages = parse_int_list(cfg.periodic_percentages, "periodic_percentages")
-    if isinstance(cfg.classes, str):
-        cfg.classes = [name.strip() for name in cfg.classes.split(",") if name.strip()]
-    cfg.split_fractions = [float(x) for x in cfg.split_fractions]
+    for key in config_keys():
+        setattr(cfg, key, check_value(key, getattr(cfg, key)))
     validate(cfg)
     return cfg
 
 
-def parse_int_list(value: Any, name: str) -> list[int]:
-    """Accept "64,64,64" or a list of ints."""
+# --- what each setting may hold: one table, one rule per key -------------------------------
+
+# Keys set only in a config file (or kept from the run): the CLI has no flag for them.
+FILE_ONLY_KEYS = frozenset({"min_lr_ratio", "split_fractions", "periodic_percentages"})
+
+
+def setting_name(key: str) -> str:
+    """How a message names a setting: its flag, or its config key where there is no flag."""
+    return f"config value {key}" if key in FILE_ONLY_KEYS else "--" + key.replace("_", "-")
+
+
+def check_value(key: str, value: Any, config_file: str | Path | None = None) -> Any:
+    """`value` in the form TrainConfig holds it, or a ConfigError naming the key, the rule and the value."""
+    parse, rule = RULES[key]
     try:
-        if isinstance(value, str):
-            return [int(part) for part in value.split(",") if part.strip()]
-        return [int(part) for part in value]
+        return parse(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"--{name.replace('_', '-')} must be comma-separated integers, got {value!r}") from None
+        pass
+    if config_file is None:
+        raise ConfigError(f"{setting_name(key)} must be {rule}; got {value!r}")
+    flag = "" if key in FILE_ONLY_KEYS else f" ({setting_name(key)})"
+    raise ConfigError(f"config file {config_file}: {key}{flag} must be {rule}; got {value!r}")
+
+
+def integer(low: int, high: int | None = None):
+    # bool is an int to Python, and 2.5 or "64" are not ints: refuse them rather than guess.
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(value)
+        if value < low or (high is not None and value > high):
+            raise ValueError(value)
+        return value
+    return parse
+
+
+def number(low: float, high: float = math.inf, *, above_low: bool = False):
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(value)
+        if value < low or value > high or (above_low and value == low):
+            raise ValueError(value)
+        return float(value)
+    return parse
+
+
+def listed(item, count_ok=lambda count: True, convert=int):
+    """A list of items, or the same as comma-separated text ("32,32,32")."""
+    def parse(value: Any) -> list:
+        if isinstance(value, str):
+            value = [convert(part.strip()) for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)) or not count_ok(len(value)):
+            raise ValueError(value)
+        return [item(part) for part in value]
+    return parse
+
+
+def optional(parse):
+    return lambda value: None if value is None else parse(value)
+
+
+def path_text(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(value)
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(value)
+    return value
+
+
+def choice(*options: str):
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(value)
+        return value
+    return parse
+
+
+def class_names(value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(name, str) for name in value):
+        raise ValueError(value)
+    return [name.strip() for name in value if name.strip()]
+
+
+def split_fractions(value: Any) -> list[float]:
+    # Validation needs images, so val must be above 0; an empty test split is allowed.
+    train, val, test = listed(number(0), lambda count: count == 3, convert=float)(value)
+    if not (train > 0 and val > 0 and math.isclose(train + val + test, 1.0, abs_tol=1e-6)):
+        raise ValueError(value)
+    return [train, val, test]
+
+
+RULES: dict[str, tuple[Any, str]] = {
+    "data": (optional(path_text), "a folder path"),
+    "annotations": (optional(path_text), "a file path"),
+    "label": (optional(integer(0)), "an integer >= 0 (the mask value of the class)"),
+    "classes": (optional(class_names), "comma-separated class names"),
+    "run_dir": (path_text, "a folder path"),
+    "epochs": (integer(1), "a positive integer"),
+    "batch_size": (integer(1), "a positive integer"),
+    "support_size": (integer(1), "a positive integer"),
+    "image_size": (integer(1), "a positive integer"),
+    "widths": (listed(integer(1), lambda count: count >= 2),
+               "at least two comma-separated positive integers, e.g. 32,32,32,32"),
+    "lr": (number(0, above_low=True), "a positive number, e.g. 1e-4"),
+    "min_lr_ratio": (number(0, 1), "a number from 0 to 1 (the final lr as a fraction of --lr)"),
+    "loss": (choice("dice", "dice+bce"), "'dice' or 'dice+bce'"),
+    "seed": (integer(0), "an integer >= 0 (0 is a real seed)"),
+    "samples_per_epoch": (integer(1), "a positive integer"),
+    "split_fractions": (split_fractions, "three numbers train, val, test adding up to 1 with train and val "
+                                         "above 0, e.g. [0.6, 0.2, 0.2]"),
+    "split_file": (optional(path_text), "a file path"),
+    "periodic_percentages": (listed(integer(1, 100)), "percentages of the run from 1 to 100, e.g. [20, 40, 100]"),
+    "vis_every": (integer(0), "an integer >= 0 (0: no pictures)"),
+    "vis_count": (integer(0), "an integer >= 0"),
+    "save_every_steps": (integer(0), "an integer >= 0 (0: only at epoch ends)"),
+    "save_every_minutes": (number(0), "a number >= 0 (0: only at epoch ends)"),
+    "num_threads": (integer(0), "an integer >= 0 (0: torch's choice)"),
+    "pretrained": (optional(path_text), "a file path"),
+    "tensorboard": (boolean, "true or false"),
+    "quiet": (boolean, "true or false"),
+}
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Refuse values that cannot work, naming the flag."""
-    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "support_size": cfg.support_size,
-                "image_size": cfg.image_size, "samples_per_epoch": cfg.samples_per_epoch}
-    for name, value in positive.items():
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    if len(cfg.widths) < 2 or min(cfg.widths) < 1:
-        raise ConfigError(f"--widths needs at least two positive widths, got {cfg.widths}")
+    """Refuse combinations of values that cannot work, naming the flag (each value is checked by RULES)."""
     factor = 2 ** (len(cfg.widths) - 1)
     if cfg.image_size % factor:
         raise ConfigError(f"--image-size {cfg.image_size} must be divisible by {factor} for {len(cfg.widths)} levels")
-    if not cfg.lr > 0:
-        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
-    if cfg.loss not in ("dice", "dice+bce"):
-        raise ConfigError(f"loss must be 'dice' or 'dice+bce', got {cfg.loss!r}")
-    if cfg.seed < 0:
-        raise ConfigError(f"--seed must be >= 0 (0 is a real seed), got {cfg.seed}")
-    if any(not 0 < p <= 100 for p in cfg.periodic_percentages):
-        raise ConfigError(f"periodic_percentages must lie in (0, 100], got {cfg.periodic_percentages}")
 
 
 def incompatible_keys(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose change would make a resumed run compute something else."""
     now = current.to_dict()
-    return sorted(key for key in now if key not in HARMLESS_KEYS and key in saved and saved[key] != now[key])
+    allowed = HARMLESS_KEYS | RETUNABLE_KEYS
+    return sorted(key for key in now if key not in allowed and key in saved and saved[key] != now[key])
 
 
 def changed_keys(saved: dict[str, Any], current: TrainConfig) -> dict[str, list[Any]]:

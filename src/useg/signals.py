@@ -1,12 +1,16 @@
-"""Ctrl+C and pre-emption: stop after the current step, save, and exit with the signal's code."""
+"""Ctrl+C, pre-emption and a closed terminal: stop after the current step, save, and exit with the
+signal's code (128 + its number, as a shell reports a process that signal ended)."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+import termios
 from dataclasses import dataclass, field
 from typing import Any
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 class TrainingInterrupted(Exception):
@@ -19,13 +23,15 @@ class TrainingInterrupted(Exception):
 
 @dataclass
 class StopRequest:
-    """Set by SIGINT/SIGTERM; the loop stops after the current optimisation step."""
+    """Set by SIGINT/SIGTERM/SIGHUP; the loop stops after the current optimisation step."""
 
     signum: int | None = None
     previous: dict[int, Any] = field(default_factory=dict)
 
     def install(self) -> None:
         for signum in EXIT_CODES:
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue  # started under nohup: the user asked to train on after the terminal closes
             self.previous[signum] = signal.signal(signum, self.handle)
 
     def restore(self) -> None:
@@ -36,8 +42,29 @@ class StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             # A second Ctrl+C aborts at once; atomic writes keep every file on disk whole.
             raise KeyboardInterrupt
+        if signum == signal.SIGHUP:
+            silence_closed_terminal()
         self.signum = signum
 
     @property
     def exit_code(self) -> int:
         return EXIT_CODES.get(self.signum, 143)
+
+
+def silence_closed_terminal() -> None:
+    """After a hang-up every write to the terminal fails (EIO): send stdout and stderr that went there
+    to /dev/null, so that no message stops the save. Output redirected to a file keeps going there,
+    and so does output to a terminal that is still open (a `kill -HUP` by hand)."""
+    for fd in (1, 2):
+        if terminal_hung_up(fd):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+
+
+def terminal_hung_up(fd: int) -> bool:
+    try:
+        termios.tcgetattr(fd)
+    except termios.error as error:
+        return error.args[0] == errno.EIO  # a hung-up terminal; a file or pipe says ENOTTY
+    return False

@@ -50,8 +50,9 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
 def read_grey(path: Path, name: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Read an image as a (size, size) float32 grey array in [0, 1], plus its original (width, height)."""
     image = open_image(path, name)
-    original_size = displayed_size(image)
     try:
+        # Reading the EXIF orientation decodes a PNG to its end: a truncated file fails here.
+        original_size = displayed_size(image)
         # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: much faster for big photos.
         image.draft(None, (size, size))
         image = ImageOps.exif_transpose(image)
