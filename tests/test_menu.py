@@ -113,6 +113,18 @@ def test_clean_option_with_y_removes_and_reports_space_freed(run, monkeypatch, c
     assert (run / "checkpoints" / "latest_checkpoint.pt").is_file() and (run / "checkpoints" / "best_model.pt").is_file()
 
 
+def test_clean_option_says_what_it_keeps_when_a_file_is_damaged(run, monkeypatch, capsys):
+    damaged = run / "checkpoints" / "epoch_003_checkpoint.pt"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    code, out = menu(monkeypatch, capsys, run, "5\n1\nn\nq\n")
+    assert code == 0
+    assert "left epoch_003_checkpoint.pt in place, not counted toward --keep: corrupt" in out
+    assert "kept epoch_002_checkpoint.pt: what resume falls back to" in out
+    assert "will remove epoch_001_checkpoint.pt" in out and "will remove epoch_002" not in out
+
+
 def test_menu_answers_bad_input_and_keeps_going(run, monkeypatch, capsys):
     code, out = menu(monkeypatch, capsys, run, "x\n5\n0\n5\nmany\n4\n99\n")
     assert code == 0  # input ran out: the menu ends cleanly

@@ -18,13 +18,17 @@ from useg.checkpoint.atomic import explain_write_errors, fsync_directory, remove
 from useg.checkpoint.atomic import write_temp_file
 from useg.checkpoint.faults import kill_point
 from useg.checkpoint.layout import TEMP_SUFFIX, kind_from_name, pending_path, sidecar_path
+from useg.checkpoint.atomic import json_text
+from useg.checkpoint.layout import LATEST_NAME
 from useg.checkpoint.listing import checkpoint_info
+from useg.checkpoint.resume_points import ResumePoint, resume_points
+from useg.checkpoint.retention import CleanPlan
 from useg.errors import CheckpointError, UsegError
 from useg.history import latest_log, read_log
 
 # The `--json` schema of one checkpoint (documented in CHECKPOINT_GUIDE.md): change it only deliberately.
 RECORD_KEYS = ("path", "name", "kind", "epoch", "step", "train_loss", "val_dice", "best_val_dice", "best_epoch",
-               "total_epochs", "size_bytes", "created", "valid", "status", "reason")
+               "total_epochs", "size_bytes", "created", "valid", "status", "reason", "same_as_latest", "abandoned")
 CONFIG_SUMMARY_KEYS = ("data", "image_size", "widths", "support_size", "batch_size", "lr", "seed", "classes")
 
 
@@ -37,9 +41,10 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 
 def run_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
-    """Every checkpoint of a run (from sidecars, no tensors), oldest epoch first."""
+    """Every checkpoint of a run, oldest epoch first; valid only when its bytes hash to its sidecar
+    (bytes unchanged since they were last hashed are not hashed again)."""
     folder = checkpoints_dir(run_dir)
-    infos = list_checkpoints(folder)
+    infos = list_checkpoints(folder, verify=True)
     if not infos:
         raise CheckpointError(f"no checkpoints yet in {folder}; start one with: useg train --run-dir {run_dir}")
     return infos
@@ -54,12 +59,20 @@ def require_file(path: str | Path) -> Path:
     return path
 
 
-def record(info: CheckpointInfo, verified: Any = None) -> dict[str, Any]:
-    """One checkpoint in the stable `--json` schema; `verified` (a VerifyResult) overrides the cheap status."""
+def record(info: CheckpointInfo, verified: Any = None, point: ResumePoint | None = None) -> dict[str, Any]:
+    """One checkpoint in the stable `--json` schema; `verified` (a VerifyResult) overrides the listed
+    status; `point` (its ResumePoint) says whether it shares latest's bytes or left the run's branch."""
     row = info.to_dict()
     if verified is not None:
         row.update(valid=verified.ok, status=verified.status, reason=verified.reason)
+    row.update(same_as_latest=bool(point and point.same_as_latest and info.name != LATEST_NAME),
+               abandoned=bool(point and point.abandoned))
     return {key: row[key] for key in RECORD_KEYS}
+
+
+def points_by_path(infos: list[CheckpointInfo]) -> dict[Path, ResumePoint]:
+    """Each resume point among `infos` by path: its place in the run's lineage and its hard links."""
+    return {point.path: point for point in resume_points(Path("."), infos)}
 
 
 def verify_records(run_dir: str | Path, path: str | Path | None = None) -> list[dict[str, Any]]:
@@ -78,7 +91,9 @@ def resume_command(run_dir: str | Path, path: Path, kind: str | None, epoch: int
         which = str(epoch)
     else:
         which = str(path)
-    return f"useg resume {which} --run-dir {run_dir}"
+    import shlex  # the command is meant to be pasted into a shell: paths with spaces must stay one word
+
+    return f"useg resume {shlex.quote(which)} --run-dir {shlex.quote(str(run_dir))}"
 
 
 def describe(path: str | Path, run_dir: str | Path | None = None) -> dict[str, Any]:
@@ -125,18 +140,33 @@ def format_size(size: int | float | None) -> str:
 
 
 def list_table(infos: list[CheckpointInfo], title: str) -> Table:
-    """The `checkpoints list` table; best and latest marked, invalid files shown with their reason."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, caption="* best   < latest (resume point)")
-    for name in ("#", "file", "kind", "epoch", "loss", "val Dice", "size", "created", "valid"):
+    """The `checkpoints list` table; best and latest marked, invalid files shown with their reason,
+    files sharing latest's bytes and files of an abandoned branch named in the note column."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
+                  caption="* best   < latest (resume point)\nsame file as latest: one copy on disk, one damaged "
+                          "byte hits both names; the file before it is the backup\nabandoned branch: written "
+                          "before the run went back to an earlier checkpoint; resume uses it only as a last resort")
+    for name in ("#", "file", "kind", "epoch", "loss", "val Dice", "size", "created", "valid", "note"):
         numeric = name in ("#", "epoch", "loss", "val Dice", "size")
-        table.add_column(name, justify="right" if numeric else "left", no_wrap=name != "valid")
+        table.add_column(name, justify="right" if numeric else "left", no_wrap=name not in ("valid", "note"))
+    points = points_by_path(infos)
     for number, info in enumerate(infos, 1):
         mark = {"best": " *", "latest": " <", "interrupt": " <"}.get(info.kind, "")
-        valid = "yes" if info.valid else f"NO: {info.reason}"
+        valid = "yes" if info.valid else "not hashed yet: run verify" if info.status == "unchecked" else f"NO: {info.reason}"
         table.add_row(str(number), info.name + mark, info.kind, "-" if info.epoch is None else str(info.epoch),
                       format_number(info.train_loss), format_number(info.val_dice), format_size(info.size_bytes),
-                      (info.created or "-")[5:16].replace("T", " "), valid)
+                      (info.created or "-")[5:16].replace("T", " "), valid, note(info, points.get(info.path)))
     return table
+
+
+def note(info: CheckpointInfo, point: ResumePoint | None) -> str:
+    """What the note column says of one file ('' when nothing)."""
+    notes = []
+    if point is not None and point.same_as_latest and info.name != LATEST_NAME:
+        notes.append("same file as latest")
+    if point is not None and point.abandoned:
+        notes.append("abandoned branch")  # the run resumed from an earlier checkpoint since
+    return "; ".join(notes)
 
 
 def info_lines(details: dict[str, Any]) -> list[str]:
@@ -171,9 +201,16 @@ def check_keep(keep: int) -> int:
 
 
 def clean_run(run_dir: str | Path, keep: int, dry_run: bool) -> tuple[list[CheckpointInfo], int]:
-    """Remove (or with dry_run, list) all but the `keep` newest periodic checkpoints; (removed, bytes freed).
+    """Remove (or with dry_run, list) the periodic checkpoints `clean --keep` removes; (removed, bytes freed)."""
+    plan, freed = clean_with_plan(run_dir, keep, dry_run)
+    return plan.remove, freed
 
-    A real clean takes the run lock, so it refuses while a training process holds it.
+
+def clean_with_plan(run_dir: str | Path, keep: int, dry_run: bool) -> tuple[CleanPlan, int]:
+    """Decide what `clean --keep` removes and, unless dry_run, remove it; (the plan, bytes freed).
+
+    A real clean takes the run lock, so it refuses while a training process holds it, and
+    tidies what a killed save or clean left behind first.
     """
     check_keep(keep)
     folder = checkpoints_dir(run_dir)
@@ -181,8 +218,22 @@ def clean_run(run_dir: str | Path, keep: int, dry_run: bool) -> tuple[list[Check
     from useg.checkpoint import CheckpointManager  # imports torch: only the commands that write pay for it
 
     with CheckpointManager(folder, total_epochs=1, lock=not dry_run, warn=lambda message: None) as manager:
-        removed = manager.clean(keep=keep, dry_run=dry_run)
-    return removed, bytes_freed(removed)
+        plan = manager.plan_clean(keep)
+        manager.clean(keep, dry_run=dry_run, plan=plan)
+    return plan, bytes_freed(plan.remove)
+
+
+def clean_notes(plan: CleanPlan) -> list[str]:
+    """What a clean decided beyond the files it removes: a broken latest, files left in place, the fallback."""
+    lines = []
+    if plan.latest_problem:
+        uses = f"; resume uses {plan.newest.path.name}" if plan.newest else "; no valid resume point is left"
+        lines.append(f"note: {plan.latest_problem}{uses}")
+    for info, reason in plan.invalid:
+        lines.append(f"note: left {info.name} in place, not counted toward --keep: {reason}")
+    if plan.fallback is not None:
+        lines.append(f"kept {plan.fallback.path.name}: what resume falls back to if {plan.newest.path.name} is lost")
+    return lines
 
 
 def export_weights(path: str | Path, out: str | Path) -> dict[str, Any]:
@@ -326,4 +377,5 @@ def run_history(run_dir: str | Path) -> dict[str, Any]:
 
 
 def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
+    """Print `value` as strict JSON (NaN and inf as null; paths and other objects as strings)."""
+    print(json_text(value, default=str))

@@ -54,7 +54,8 @@ def console() -> Console:
 def cmd_list(args) -> int:
     infos = manage.run_checkpoints(args.run_dir)
     if args.json:
-        manage.print_json([manage.record(info) for info in infos])
+        points = manage.points_by_path(infos)
+        manage.print_json([manage.record(info, point=points.get(info.path)) for info in infos])
     else:
         console().print(manage.list_table(infos, f"Checkpoints in {Path(args.run_dir) / 'checkpoints'}"))
     return 0
@@ -93,14 +94,21 @@ def cmd_verify(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    removed, freed = manage.clean_run(args.run_dir, args.keep, args.dry_run)
+    plan, freed = manage.clean_with_plan(args.run_dir, args.keep, args.dry_run)
+    removed = plan.remove
     if args.json:
         manage.print_json({"dry_run": args.dry_run, "keep": args.keep,
-                           "removed": [manage.record(info) for info in removed], "freed_bytes": freed})
+                           "removed": [manage.record(info) for info in removed], "freed_bytes": freed,
+                           "kept": [info.name for info in plan.keep],
+                           "left_invalid": [{"name": info.name, "reason": reason} for info, reason in plan.invalid],
+                           "resume_point": plan.newest.path.name if plan.newest else None,
+                           "fallback": plan.fallback.path.name if plan.fallback else None})
         return 0
     verb = "would remove" if args.dry_run else "removed"
     for info in removed:
         print(f"{verb} {info.path}")
+    for line in manage.clean_notes(plan):
+        print(line)
     print(f"{verb} {len(removed)} checkpoint(s), {'would free' if args.dry_run else 'freed'} {manage.format_size(freed)}")
     return 0
 

@@ -153,7 +153,10 @@ def clean_old(run_dir: str, console: Console) -> None:
     if not keep.isdigit() or int(keep) < 1:
         console.print(f"Please give a whole number of at least 1 (got {keep!r}).", markup=False)
         return
-    doomed, freed = manage.clean_run(run_dir, int(keep), dry_run=True)
+    plan, freed = manage.clean_with_plan(run_dir, int(keep), dry_run=True)
+    doomed = plan.remove
+    for line in manage.clean_notes(plan):  # a damaged latest, files left in place, the fallback kept
+        console.print(f"  {line}", markup=False)
     if not doomed:
         console.print("Nothing to remove.")
         return
