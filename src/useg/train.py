@@ -80,6 +80,8 @@ class Run:
 def resume_config(run_dir: str | Path, which: str) -> dict[str, Any]:
     """The config saved with the checkpoint `which` names (read from its sidecar, no tensors)."""
     folder = run_paths(run_dir).checkpoints
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file, not a folder; move it away or use another --run-dir")
     if not folder.is_dir():
         raise CheckpointError(f"no checkpoint to resume from: {folder} does not exist; start with useg train")
     meta = read_metadata(resolve_checkpoint(folder, which, warn=lambda message: None)) or {}
