@@ -129,6 +129,7 @@ def test_multi_class_supports_write_one_mask_per_class(run, inputs, tmp_path, ca
     ("missing support folder", "does not exist"),
     ("support masks without foreground", "no usable images"),
     ("unreadable input", "broken.png"),
+    ("truncated input", "cannot read image"),
     ("missing input", "ghost.png does not exist"),
     ("empty input folder", "no images"),
     ("unknown class", "unknown class tumour"),
@@ -149,6 +150,9 @@ def test_bad_input_is_one_line_and_exit_2(problem, expected, run, support_folder
         support = str(blank)
     elif problem == "unreadable input":
         (inputs / "broken.png").write_bytes(b"not a png")
+    elif problem == "truncated input":
+        whole = (inputs / "square.png").read_bytes()
+        (inputs / "square.png").write_bytes(whole[: len(whole) // 2])  # a header, then half the pixels
     elif problem == "missing input":
         images = [str(inputs / "ghost.png")]
     elif problem == "empty input folder":

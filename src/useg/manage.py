@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import os
 import re
 from pathlib import Path
@@ -46,7 +47,7 @@ def run_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
     folder = checkpoints_dir(run_dir)
     infos = list_checkpoints(folder, verify=True)
     if not infos:
-        raise CheckpointError(f"no checkpoints yet in {folder}; start one with: useg train --run-dir {run_dir}")
+        raise CheckpointError(f"no checkpoints yet in {folder}; start one with: useg train --run-dir {shlex.quote(str(run_dir))}")
     return infos
 
 
@@ -91,7 +92,6 @@ def resume_command(run_dir: str | Path, path: Path, kind: str | None, epoch: int
         which = str(epoch)
     else:
         which = str(path)
-    import shlex  # the command is meant to be pasted into a shell: paths with spaces must stay one word
 
     return f"useg resume {shlex.quote(which)} --run-dir {shlex.quote(str(run_dir))}"
 

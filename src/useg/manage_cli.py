@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def cmd_latest(args) -> int:
     manage.run_checkpoints(args.run_dir)  # a clear error when the run has none
     latest = manage.checkpoints_dir(args.run_dir) / "latest_checkpoint.pt"
     if not latest.is_file():
-        raise UsegError(f"{latest} is missing; see what the run holds with: useg checkpoints list --run-dir {args.run_dir}")
+        raise UsegError(f"{latest} is missing; see what the run holds with: useg checkpoints list --run-dir {shlex.quote(str(args.run_dir))}")
     return show_details(manage.describe(latest, args.run_dir), args.json)
 
 

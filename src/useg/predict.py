@@ -8,6 +8,7 @@ probability map is resized back to the input's original size before thresholding
 from __future__ import annotations
 
 import io
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
 from useg.checkpoint import load_checkpoint, nonfinite_weights, resolve_checkpoint, verify_checkpoint
 from useg.checkpoint.atomic import write_file_atomically
 from useg.checkpoint.loading import checkpoint_path
 from useg.data import SegDataset, load_dataset
 from useg.data.dataset import select_classes
-from useg.data.images import is_image_file, open_image, read_grey, to_grey
+from useg.data.images import is_image_file, open_image, open_upright, read_grey, to_grey
 from useg.errors import CheckpointError, DataError
 from useg.model import UniverSeg, build_from_config, infer_widths
 
@@ -76,7 +77,7 @@ def checkpoint_file(run_dir: str | Path, which: str | None) -> Path:
     folder = Path(run_dir) / "checkpoints"
     if which in ("latest", "best") or which.isdigit():
         if not folder.is_dir():
-            raise CheckpointError(f"no checkpoints in {folder}: train first (useg train --run-dir {run_dir}), "
+            raise CheckpointError(f"no checkpoints in {folder}: train first (useg train --run-dir {shlex.quote(str(run_dir))}), "
                                   "or pass --run-dir or a checkpoint path")
     elif verify_checkpoint(checkpoint_path(folder, which)).status == "missing-checksum":
         raise CheckpointError(f"{which} has no checksum sidecar, so it is no useg checkpoint; a plain weight file "
@@ -230,7 +231,7 @@ def check_outputs(files: list[Path], sets: list[SupportSet], out: Path, multi_cl
 
 def original_rgb(path: Path) -> np.ndarray:
     """The input as (H, W, 3) uint8, upright as viewers show it; grey and 16-bit images scaled to 0-255."""
-    image = ImageOps.exif_transpose(open_image(path, str(path)))
+    image = open_upright(path, str(path))
     if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
         return np.asarray(image.convert("RGB"))
     grey = (to_grey(image) * 255).round().astype(np.uint8)

@@ -547,7 +547,7 @@ def save_epoch_checkpoint(run: Run, epoch: int, record: dict[str, Any]) -> None:
 
 
 def save_interrupt(run: Run, position, stop: StopRequest, progress: Progress) -> None:
-    """Write the interrupt checkpoint, wait until it is durable, and stop with 130/143."""
+    """Write the interrupt checkpoint, wait until it is durable, and stop with the signal's exit code (130, 143, 129)."""
     signals = [s for s in gather_objects(run.world, stop.signum) if s is not None]
     stop.signum = stop.signum or signals[0]
     progress.warn(f"{signal.Signals(stop.signum).name} received: saving the position "

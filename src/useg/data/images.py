@@ -47,6 +47,17 @@ def displayed_size(image: Image.Image) -> tuple[int, int]:
     return width, height
 
 
+def open_upright(path: Path, name: str) -> Image.Image:
+    """The fully decoded image, turned upright by its EXIF orientation; a damaged file is one DataError."""
+    image = open_image(path, name)
+    try:
+        upright = ImageOps.exif_transpose(image)
+        upright.load()
+    except (OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"cannot read image {name} ({type(error).__name__}); replace or remove the file") from None
+    return upright
+
+
 def read_grey(path: Path, name: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Read an image as a (size, size) float32 grey array in [0, 1], plus its original (width, height)."""
     image = open_image(path, name)
