@@ -135,7 +135,7 @@ def resume_specific(run_dir: str, console: Console) -> None:
     if info.kind == "best":
         console.print("best_model.pt holds weights only (no optimizer state); choose a full checkpoint to resume.")
         return
-    if not info.valid:
+    if not info.valid and info.status != "unchecked":  # unchecked: resume hashes it before loading anyway
         console.print(f"{info.name} is not valid ({info.reason}); choose another checkpoint.", markup=False)
         return
     run_useg(["resume", str(info.path), "--run-dir", run_dir, *ask_total_epochs()])
