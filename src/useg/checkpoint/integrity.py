@@ -8,6 +8,7 @@ the pickle would import (torch's static disassembly), nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -129,10 +130,14 @@ def remember_verified(path: Path, sha256: str) -> None:
         cache = {name: entry for name, entry in _read_cache(path.parent).items() if name in live}
         cache[path.name] = _cache_entry(stat, sha256)
         temp = path.parent / f".{VERIFIED_CACHE_NAME}.{os.getpid()}.tmp"
+    except OSError:
+        return
+    try:
         temp.write_text(json.dumps(cache), encoding="utf-8")
         os.replace(temp, path.parent / VERIFIED_CACHE_NAME)  # no fsync: losing the cache costs a re-hash
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            temp.unlink()
 
 
 def _cache_entry(stat: os.stat_result, sha256: str) -> dict[str, Any]:
