@@ -397,7 +397,11 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
     for epoch in range(run.start_epoch, cfg.epochs):
         started = time.perf_counter()
         loss_sum, loss_count = run_one_epoch(run, epoch, stop, progress)
-        run.scheduler.step()
+        with warnings.catch_warnings():
+            # Resumed after the epoch's last step, this process ran no optimizer step before the
+            # epoch's scheduler step, which torch warns about; the order is right for the run.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            run.scheduler.step()
         record = validate(run.model, run.dataset, run.val_tasks, 2 * cfg.batch_size, run.device, run.world)
         train_time = time.perf_counter() - started
         record.update(train_loss=loss_sum / max(loss_count, 1), lr=run.optimizer.param_groups[0]["lr"],

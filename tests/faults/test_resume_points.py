@@ -248,3 +248,12 @@ def test_without_latest_the_newest_branch_is_found_from_the_periodic_files_alone
 
     abandoned = [p.path.name for p in resume_points(tmp_path) if p.abandoned]
     assert abandoned == ["epoch_005_checkpoint.pt"]
+
+
+def test_resuming_after_an_epochs_last_step_prints_no_torch_warning(cli, tmp_path):
+    run = tmp_path / "run"
+    stopped = cli("train", "--run-dir", run, *RUN_FLAGS, env={"USEG_KILL_AT": "step:3:SIGINT"})  # epoch 1's last step
+    assert stopped.returncode == 130, stopped.stderr
+    resumed = cli("resume", "latest", "--run-dir", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Warning" not in resumed.stderr, resumed.stderr  # found by the long lifecycle run
