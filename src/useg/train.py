@@ -85,7 +85,21 @@ def resume_config(run_dir: str | Path, which: str) -> dict[str, Any]:
     if not folder.is_dir():
         raise CheckpointError(f"no checkpoint to resume from: {folder} does not exist; start with useg train")
     meta = read_metadata(resolve_checkpoint(folder, which, warn=lambda message: None)) or {}
-    return dict(meta.get("config") or {})
+    config = dict(meta.get("config") or {})
+    planned = planned_total_epochs(folder) if which == "latest" else None
+    if planned is not None:
+        # Falling back to an older file must not fall back to its older plan: the run's newest
+        # save says how many epochs the run is now meant to have (e.g. after --epochs 8).
+        config["epochs"] = planned
+    return config
+
+
+def planned_total_epochs(folder: Path) -> int | None:
+    """The total epochs recorded by the run's newest save (latest's sidecar, else its branch's newest file)."""
+    from useg.checkpoint.resume_points import resume_points
+
+    points = resume_points(folder)
+    return points[0].info.total_epochs if points and not points[0].abandoned else None
 
 
 def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = False, console=None) -> dict[str, Any]:

@@ -257,3 +257,14 @@ def test_resuming_after_an_epochs_last_step_prints_no_torch_warning(cli, tmp_pat
     resumed = cli("resume", "latest", "--run-dir", run)
     assert resumed.returncode == 0, resumed.stderr
     assert "Warning" not in resumed.stderr, resumed.stderr  # found by the long lifecycle run
+
+
+def test_a_fallback_to_an_older_file_keeps_the_runs_current_total(cli, finished_run):
+    extended = cli("resume", "3", "--run-dir", finished_run, "--epochs", "5")  # the run is now 5 epochs long
+    assert extended.returncode == 0, extended.stderr
+    for name in ("latest_checkpoint.pt", "epoch_004_checkpoint.pt"):  # latest is epoch_005's twin
+        flip_byte_in_tensor_data(checkpoints(finished_run) / name)  # every file after epoch 3 rots
+    assert not verify_checkpoint(checkpoints(finished_run) / "epoch_005_checkpoint.pt").ok
+    resumed = cli("resume", "latest", "--run-dir", finished_run)  # falls back to epoch_003 (written for 4)
+    assert resumed.returncode == 0, resumed.stderr
+    assert final_state(finished_run)["epoch"] == 5  # found by the long lifecycle run: it stopped at 4
