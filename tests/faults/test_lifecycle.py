@@ -269,7 +269,9 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(pick=st.integers(0, 99), where=st.floats(0, 1, exclude_max=True), xor=st.integers(1, 255))
     def flip_a_byte(self, pick: int, where: float, xor: int) -> None:
         """One byte of a checkpoint changes (latest and its periodic twin share it: both are hit)."""
-        files = self.files()
+        files = [path for path in self.files() if path.stat().st_size > 0]  # a file truncated to 0 has no byte
+        if not files:
+            return
         path = files[pick % len(files)]
         with open(path, "r+b") as handle:
             offset = int(where * os.fstat(handle.fileno()).st_size)
