@@ -26,9 +26,9 @@ from typing import Callable
 import torch
 import torch._dynamo  # noqa: F401  (imported lazily by torch.optim: preload it in the forkserver too)
 
-import useg.cli  # noqa: F401  (preloaded in the forkserver, like the three below)
-import useg.manage_cli  # noqa: F401
-import useg.menu  # noqa: F401
+import useg.cli  # noqa: F401  (preloaded in the forkserver, like the two below)
+import useg.cli.checkpoint_commands  # noqa: F401
+import useg.cli.menu  # noqa: F401
 import useg.train
 from useg.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, verify_checkpoint
 from useg.errors import CheckpointError

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from useg import manage
+from useg.cli import display
 from useg.errors import UsegError
 
 
@@ -56,17 +57,17 @@ def cmd_list(args) -> int:
     infos = manage.run_checkpoints(args.run_dir)
     if args.json:
         points = manage.points_by_path(infos)
-        manage.print_json([manage.record(info, point=points.get(info.path)) for info in infos])
+        display.print_json([manage.record(info, point=points.get(info.path)) for info in infos])
     else:
-        console().print(manage.list_table(infos, f"Checkpoints in {Path(args.run_dir) / 'checkpoints'}"))
+        console().print(display.list_table(infos, f"Checkpoints in {Path(args.run_dir) / 'checkpoints'}"))
     return 0
 
 
 def show_details(details: dict, as_json: bool) -> int:
     if as_json:
-        manage.print_json(details)
+        display.print_json(details)
     else:
-        print("\n".join(manage.info_lines(details)))
+        print("\n".join(display.info_lines(details)))
     return 0
 
 
@@ -86,7 +87,7 @@ def cmd_verify(args) -> int:
     rows = manage.verify_records(args.run_dir, args.path)
     bad = sum(not row["valid"] for row in rows)
     if args.json:
-        manage.print_json(rows)
+        display.print_json(rows)
         return 1 if bad else 0
     for row in rows:
         print(f"ok   {row['path']}" if row["valid"] else f"BAD  {row['path']}: {row['status']}: {row['reason']}")
@@ -98,7 +99,7 @@ def cmd_clean(args) -> int:
     plan, freed = manage.clean_with_plan(args.run_dir, args.keep, args.dry_run)
     removed = plan.remove
     if args.json:
-        manage.print_json({"dry_run": args.dry_run, "keep": args.keep,
+        display.print_json({"dry_run": args.dry_run, "keep": args.keep,
                            "removed": [manage.record(info) for info in removed], "freed_bytes": freed,
                            "kept": [info.name for info in plan.keep],
                            "left_invalid": [{"name": info.name, "reason": reason} for info, reason in plan.invalid],
@@ -108,16 +109,16 @@ def cmd_clean(args) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for info in removed:
         print(f"{verb} {info.path}")
-    for line in manage.clean_notes(plan):
+    for line in display.clean_notes(plan):
         print(line)
-    print(f"{verb} {len(removed)} checkpoint(s), {'would free' if args.dry_run else 'freed'} {manage.format_size(freed)}")
+    print(f"{verb} {len(removed)} checkpoint(s), {'would free' if args.dry_run else 'freed'} {display.format_size(freed)}")
     return 0
 
 
 def cmd_export(args) -> int:
     result = manage.export_weights(args.path, args.out)
     if args.json:
-        manage.print_json(result)
+        display.print_json(result)
     else:
         print(f"wrote {result['path']} ({result['parameters']:,} parameters) and {result['metadata_path']}")
     return 0
@@ -130,7 +131,7 @@ def cmd_history(args) -> int:
     curves_path = Path(args.run_dir) / "training_curves.png"
     if args.json:  # the JSON names the curves file, so it is printed only once that file exists
         curves = plot_curves(history, curves_path)
-        manage.print_json({"best_val_dice": history["best_val_dice"], "best_epoch": history["best_epoch"],
+        display.print_json({"best_val_dice": history["best_val_dice"], "best_epoch": history["best_epoch"],
                            "resumed_at": history.get("resumed_at", []), "epochs": epoch_rows(history),
                            "curves": str(curves)})
     else:  # the table first: a disk too full for the picture still shows the numbers
@@ -140,6 +141,6 @@ def cmd_history(args) -> int:
 
 
 def cmd_menu(args) -> int:
-    from useg.menu import run_menu
+    from useg.cli.menu import run_menu
 
     return run_menu(args.run_dir)

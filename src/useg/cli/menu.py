@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from useg import manage
+from useg.cli import display
 from useg.errors import UsegError
 
 OPTIONS = (
@@ -118,7 +119,7 @@ def resume_latest(run_dir: str, console: Console) -> None:
 def choose_checkpoint(run_dir: str, console: Console):
     """Show the numbered list and return the chosen checkpoint, or None."""
     infos = manage.run_checkpoints(run_dir)
-    console.print(manage.list_table(infos, "Checkpoints"))
+    console.print(display.list_table(infos, "Checkpoints"))
     answer = ask(f"Checkpoint number (1-{len(infos)}, Enter to go back): ")
     if not answer:
         return None
@@ -144,7 +145,7 @@ def resume_specific(run_dir: str, console: Console) -> None:
 def view_info(run_dir: str, console: Console) -> None:
     info = choose_checkpoint(run_dir, console)
     if info is not None:
-        console.print("\n".join(manage.info_lines(manage.describe(info.path, run_dir))), markup=False)
+        console.print("\n".join(display.info_lines(manage.describe(info.path, run_dir))), markup=False)
 
 
 def clean_old(run_dir: str, console: Console) -> None:
@@ -155,18 +156,18 @@ def clean_old(run_dir: str, console: Console) -> None:
         return
     plan, freed = manage.clean_with_plan(run_dir, int(keep), dry_run=True)
     doomed = plan.remove
-    for line in manage.clean_notes(plan):  # a damaged latest, files left in place, the fallback kept
+    for line in display.clean_notes(plan):  # a damaged latest, files left in place, the fallback kept
         console.print(f"  {line}", markup=False)
     if not doomed:
         console.print("Nothing to remove.")
         return
     for info in doomed:
         console.print(f"  will remove {info.name}", markup=False)
-    if ask(f"Remove these {len(doomed)} file(s), freeing {manage.format_size(freed)}? [y/N] ").lower() not in ("y", "yes"):
+    if ask(f"Remove these {len(doomed)} file(s), freeing {display.format_size(freed)}? [y/N] ").lower() not in ("y", "yes"):
         console.print("Nothing removed.")
         return
     removed, freed = manage.clean_run(run_dir, int(keep), dry_run=False)
-    console.print(f"Removed {len(removed)} file(s), freed {manage.format_size(freed)}.")
+    console.print(f"Removed {len(removed)} file(s), freed {display.format_size(freed)}.")
 
 
 def show_history(run_dir: str, console: Console) -> None:

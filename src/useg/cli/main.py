@@ -55,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="resume training: latest, best, EPOCH or PATH")
     resume.add_argument("which", nargs="?", default="latest")
     add_train_flags(resume)
-    from useg import apply_cli, manage_cli
+    from useg.cli import apply_commands, checkpoint_commands
 
-    manage_cli.add_commands(commands)
-    apply_cli.add_commands(commands)
+    checkpoint_commands.add_commands(commands)
+    apply_commands.add_commands(commands)
     return parser
 
 

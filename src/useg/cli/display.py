@@ -1,0 +1,101 @@
+"""How checkpoint facts look in a terminal: numbers, sizes, the list table, info lines, JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from useg.checkpoint import CheckpointInfo
+from useg.checkpoint.atomic import json_text
+from useg.checkpoint.layout import LATEST_NAME
+from useg.checkpoint.resume_points import ResumePoint
+from useg.checkpoint.retention import CleanPlan
+from useg.manage import CONFIG_SUMMARY_KEYS, points_by_path
+
+
+def format_number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_size(size: int | float | None) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+def list_table(infos: list[CheckpointInfo], title: str) -> Table:
+    """The `checkpoints list` table; best and latest marked, invalid files shown with their reason,
+    files sharing latest's bytes and files of an abandoned branch named in the note column."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
+                  caption="* best   < latest (resume point)\nsame file as latest: one copy on disk, one damaged "
+                          "byte hits both names; the file before it is the backup\nabandoned branch: written "
+                          "before the run went back to an earlier checkpoint; resume uses it only as a last resort")
+    for name in ("#", "file", "kind", "epoch", "loss", "val Dice", "size", "created", "valid", "note"):
+        numeric = name in ("#", "epoch", "loss", "val Dice", "size")
+        table.add_column(name, justify="right" if numeric else "left", no_wrap=name not in ("valid", "note"))
+    points = points_by_path(infos)
+    for number, info in enumerate(infos, 1):
+        mark = {"best": " *", "latest": " <", "interrupt": " <"}.get(info.kind, "")
+        valid = "yes" if info.valid else "not hashed yet: run verify" if info.status == "unchecked" else f"NO: {info.reason}"
+        table.add_row(str(number), info.name + mark, info.kind, "-" if info.epoch is None else str(info.epoch),
+                      format_number(info.train_loss), format_number(info.val_dice), format_size(info.size_bytes),
+                      (info.created or "-")[5:16].replace("T", " "), valid, note(info, points.get(info.path)))
+    return table
+
+
+def note(info: CheckpointInfo, point: ResumePoint | None) -> str:
+    """What the note column says of one file ('' when nothing)."""
+    notes = []
+    if point is not None and point.same_as_latest and info.name != LATEST_NAME:
+        notes.append("same file as latest")
+    if point is not None and point.abandoned:
+        notes.append("abandoned branch")  # the run resumed from an earlier checkpoint since
+    return "; ".join(notes)
+
+
+def info_lines(details: dict[str, Any]) -> list[str]:
+    """`checkpoints latest` / `info` as readable lines."""
+    config = details["config"]
+    summary = ", ".join(f"{key}={config[key]}" for key in CONFIG_SUMMARY_KEYS if key in config)
+    status = "valid" if details["valid"] else f"INVALID ({details['status']}: {details['reason']})"
+    lines = [
+        f"file:          {details['path']} ({format_size(details['size_bytes'])}, {status})",
+        f"kind:          {details['kind']}",
+        f"epoch:         {details['epoch']} of {details['total_epochs']}",
+        f"train loss:    {format_number(details['train_loss'])}",
+        f"val Dice:      {format_number(details['val_dice'])}",
+        f"best so far:   {format_number(details['best_val_dice'])} at epoch {details['best_epoch']}",
+        f"created:       {details['created']}",
+        f"config:        {summary or '-'}",
+    ]
+    if details["resume_command"]:
+        lines.append(f"resume with:   {details['resume_command']}")
+    else:
+        lines.append("resume with:   - (weights only, no optimizer state: export it or start a run with --pretrained)")
+    if details["resumes_from"]:
+        lines.append(f"note:          latest is invalid; resuming falls back to {details['resumes_from']}")
+    return lines
+
+
+def clean_notes(plan: CleanPlan) -> list[str]:
+    """What a clean decided beyond the files it removes: a broken latest, files left in place, the fallback."""
+    lines = []
+    if plan.latest_problem:
+        uses = f"; resume uses {plan.newest.path.name}" if plan.newest else "; no valid resume point is left"
+        lines.append(f"note: {plan.latest_problem}{uses}")
+    for info, reason in plan.invalid:
+        lines.append(f"note: left {info.name} in place, not counted toward --keep: {reason}")
+    if plan.fallback is not None:
+        lines.append(f"kept {plan.fallback.path.name}: what resume falls back to if {plan.newest.path.name} is lost")
+    return lines
+
+
+def print_json(value: Any) -> None:
+    """Print `value` as strict JSON (NaN and inf as null; paths and other objects as strings)."""
+    print(json_text(value, default=str))
