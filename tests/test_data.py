@@ -224,17 +224,18 @@ def test_folders_binary_masks_0_255_and_0_1_and_rgb_image(tmp_path: Path) -> Non
     assert ds.images[1, 10, 0] == pytest.approx(85 / 255, abs=0.03)
 
 
-def test_folders_label_map_needs_label_and_selects_it(tmp_path: Path) -> None:
+def test_folders_label_map_trains_every_value_and_label_selects_one(tmp_path: Path) -> None:
     root = tmp_path / "labels"
     labels = np.zeros((30, 40), dtype=np.uint8)
     labels[0:10] = 1
     labels[15:25, 5:20] = 2
     save_image(root / "images" / "x.tif", 40, 30)
     save_mask(root / "masks" / "x.png", labels)
-    with pytest.raises(DataError, match="--label"):
-        load_dataset(root, image_size=30)
+    every = load_dataset(root, image_size=30)
+    assert every.classes == ["label_1", "label_2"] and every.masks.shape == (1, 2, 30, 30)
+    assert any("label map" in note for note in every.notes)
     ds = load_dataset(root, image_size=30, label=2)
-    assert ds.masks.shape == (1, 1, 30, 30)
+    assert ds.classes == ["label_2"] and ds.masks.shape == (1, 1, 30, 30)
     assert ds.masks[0, 0].sum() == ds.masks[0, 0, 15:25, 4:16].sum() > 0
 
 

@@ -22,8 +22,12 @@ class TrainConfig:
 
     data: str | None = None  # None: the embedded synthetic dataset
     annotations: str | None = None
-    label: int | None = None
+    label: int | list[int] | None = None  # one value stays an int, as older runs saved it
     classes: list[str] | None = None
+    class_names: dict[str, str] | None = None  # mask value (as text) -> class name
+    patient_pattern: str | None = None
+    keep_empty: float = 0.0
+    slice_axis: int = 2
     run_dir: str = "."
     epochs: int = 12
     batch_size: int = 4
@@ -199,6 +203,50 @@ def class_names(value: Any) -> list[str]:
     return [name.strip() for name in value if name.strip()]
 
 
+def label_values(value: Any) -> int | list[int]:
+    """One mask value as an int (what older runs saved), several as a list: 255, "128,255" or [128, 255]."""
+    if isinstance(value, str):
+        value = [int(part.strip()) for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        values = [integer(0)(part) for part in value]
+        if not values or len(set(values)) != len(values):
+            raise ValueError(value)
+        return values[0] if len(values) == 1 else values
+    return integer(0)(value)
+
+
+def value_names(value: Any) -> dict[str, str]:
+    """Mask value -> class name from "128=cytoplasm,255=nucleus" or a mapping; keys kept as digit text."""
+    if isinstance(value, str):
+        pairs = [part.split("=", 1) for part in value.split(",") if part.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(value)
+        value = {key.strip(): name.strip() for key, name in pairs}
+    if not isinstance(value, dict) or not value:
+        raise ValueError(value)
+    names = {}
+    for key, name in value.items():
+        key = str(key).strip()
+        if not key.isdigit() or not isinstance(name, str) or not re.fullmatch(r"\w[\w.+-]*", name.strip()):
+            raise ValueError(value)
+        names[str(int(key))] = name.strip()
+    if len(set(names.values())) != len(names):
+        raise ValueError(value)
+    return names
+
+
+def patient_pattern(value: Any) -> str:
+    """A regular expression with at least one group (the first group is the patient)."""
+    text = path_text(value)
+    try:
+        compiled = re.compile(text)
+    except re.error:
+        raise ValueError(value) from None
+    if compiled.groups < 1:
+        raise ValueError(value)
+    return text
+
+
 def split_fractions(value: Any) -> list[float]:
     # Validation needs images, so val must be above 0; an empty test split is allowed.
     train, val, test = listed(number(0), lambda count: count == 3, convert=float)(value)
@@ -210,8 +258,14 @@ def split_fractions(value: Any) -> list[float]:
 RULES: dict[str, tuple[Any, str]] = {
     "data": (optional(path_text), "a folder path"),
     "annotations": (optional(path_text), "a file path"),
-    "label": (optional(integer(0)), "an integer >= 0 (the mask value of the class)"),
+    "label": (optional(label_values), "an integer >= 0 (the mask value of the class) or several, e.g. 128,255"),
     "classes": (optional(class_names), "comma-separated class names"),
+    "class_names": (optional(value_names), "comma-separated VALUE=NAME pairs with distinct names, e.g. "
+                                           "128=cytoplasm,255=nucleus"),
+    "patient_pattern": (optional(patient_pattern), "a regular expression whose first group is the patient, "
+                                                   "e.g. '^(case[0-9]+)_'"),
+    "keep_empty": (number(0, 1), "a fraction from 0 to 1 (the share of empty-mask images kept as negatives)"),
+    "slice_axis": (integer(0, 2), "0, 1 or 2 (the volume axis cut into 2-D slices; default 2, the last)"),
     "run_dir": (path_text, "a folder path"),
     "epochs": (integer(1), "a positive integer"),
     "batch_size": (integer(1), "a positive integer"),

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from useg.checkpoint.atomic import write_file_atomically
-from useg.data import SegDataset, Split, Task, load_dataset, make_batch, validation_tasks
+from useg.data import SegDataset, Split, Task, data_options, load_dataset, make_batch, validation_tasks
 from useg.data.tasks import candidates, choose_supports, class_members
 from useg.errors import ConfigError, DataError
 from useg.predict import TrainedModel, probabilities
@@ -94,8 +94,8 @@ def load_eval_data(trained: TrainedModel, data: str | None, annotations: str | N
     cfg = trained.config
     if data is None:
         data, annotations = cfg.get("data"), annotations or cfg.get("annotations")
-    dataset = load_dataset(data, image_size=trained.image_size, annotations=annotations, label=cfg.get("label"),
-                           classes=cfg.get("classes"), seed=trained.seed)
+    options = {**data_options(cfg), "annotations": annotations}
+    dataset = load_dataset(data, image_size=trained.image_size, seed=trained.seed, **options)
     if trained.classes and dataset.classes != trained.classes:
         raise DataError(f"the data has classes {', '.join(dataset.classes)} but {trained.path.name} was trained on "
                         f"{', '.join(trained.classes)}; pass the run's data with --data")

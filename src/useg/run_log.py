@@ -27,6 +27,8 @@ def describe_data(dataset, split: Split, val_tasks: int) -> str:
             f"{len(split.train)}/{len(split.val)}/{len(split.test)} images; {val_tasks} validation tasks")
     if skipped:
         text += "; skipped: " + ", ".join(f"{key}={value}" for key, value in skipped.items())
+    if dataset.notes:
+        text += "; " + "; ".join(dataset.notes)
     return text
 
 

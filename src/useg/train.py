@@ -24,7 +24,7 @@ from useg.checkpoint.atomic import fsync_directory
 from useg.checkpoint.faults import kill_point
 from useg.checkpoint.layout import LOCK_NAME
 from useg.config import RETUNABLE_KEYS, TrainConfig, incompatible_keys
-from useg.data import Split, TaskSampler, load_dataset, split_by_patient, validation_tasks
+from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
 from useg.distributed import World, any_rank, barrier, broadcast_object, close_world, gather_objects, init_world
 from useg.distributed import mean_over_ranks
 from useg.errors import CheckpointError, ConfigError, DivergedError, UsegError
@@ -299,8 +299,7 @@ def choose_device(world: World) -> torch.device:
 
 
 def build_run(cfg, paths, world, manager, state, resumed_from, progress) -> Run:
-    dataset = load_dataset(cfg.data, image_size=cfg.image_size, annotations=cfg.annotations, label=cfg.label,
-                           classes=cfg.classes, seed=cfg.seed)
+    dataset = load_dataset(cfg.data, image_size=cfg.image_size, seed=cfg.seed, **data_options(cfg))
     split = choose_split(cfg, dataset, state)
     sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
                           samples_per_epoch=cfg.samples_per_epoch)

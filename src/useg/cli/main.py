@@ -12,8 +12,12 @@ from useg.errors import UsegError
 TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--data", dict(help="data folder (Ovatus, images/+masks/, or MMOTU OTU_2d); default: embedded synthetic set")),
     ("--annotations", dict(help="the Ovatus mapping_normalized4.jsonl when it is not beside US_map4/")),
-    ("--label", dict(type=int, help="for label-map masks: the label value that is foreground")),
+    ("--label", dict(help="label-map masks: the mask value(s) to train, e.g. 255 or 128,255 (default: every value)")),
     ("--classes", dict(help="comma-separated class names to train on (default: all)")),
+    ("--class-names", dict(help="names of label-map values, e.g. 128=cytoplasm,255=nucleus (or a classes.json)")),
+    ("--patient-pattern", dict(help="regex on image paths whose first group is the patient (default: subfolder)")),
+    ("--keep-empty", dict(type=float, help="share of empty-mask images kept as negative tasks (default 0)")),
+    ("--slice-axis", dict(type=int, help="axis along which 3-D volumes are cut into slices (default 2, the last)")),
     ("--config", dict(help="YAML or TOML file with the same keys as these flags")),
     ("--epochs", dict(type=int, help="total epochs (default 12)")),
     ("--batch-size", dict(type=int, help="targets per optimisation step (default 4)")),

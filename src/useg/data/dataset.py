@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -15,6 +16,18 @@ ACCEPTED_LAYOUTS = (
     "images/ + masks/ with matching file names, "
     "or MMOTU OTU_2d (images/ + annotations/<id>_binary.PNG)"
 )
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """Where one loaded image came from, relative to the data folder (for the run's id index)."""
+
+    image: str  # e.g. "images/case1/a.png"
+    mask: str | None = None  # None where masks are drawn from annotations (Ovatus)
+    slice: int | None = None  # the slice of a 3-D volume, along `slice_axis`
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "mask": self.mask, "slice": self.slice}
 
 
 @dataclass
@@ -29,6 +42,8 @@ class SegDataset:
     source: str  # "synthetic" | "ovatus" | "folders" | "mmotu"
     report: dict[str, int]
     predefined_split: dict[str, list[int]] | None = None
+    notes: list[str] = field(default_factory=list)  # what the data line adds: how patients and classes were found
+    sources: list[ImageSource] = field(default_factory=list)  # per image, or empty (synthetic)
 
     def __post_init__(self) -> None:
         n, c = len(self.images), len(self.classes)
@@ -36,6 +51,8 @@ class SegDataset:
             raise ValueError(f"masks {self.masks.shape} do not match images {self.images.shape} and {c} classes")
         if self.patients.shape != (n,) or len(self.ids) != n:
             raise ValueError("patients and ids need one entry per image")
+        if self.sources and len(self.sources) != n:
+            raise ValueError("sources need one entry per image")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -93,9 +110,13 @@ def load_dataset(
     *,
     image_size: int = 128,
     annotations: str | Path | None = None,
-    label: int | None = None,
+    label: int | list[int] | None = None,
     classes: list[str] | None = None,
     seed: int = 0,
+    class_names: Mapping[str | int, str] | None = None,
+    patient_pattern: str | None = None,
+    keep_empty: float = 0.0,
+    slice_axis: int = 2,
 ) -> SegDataset:
     """Load `data` (a folder, or None for the synthetic set) at `image_size` x `image_size`."""
     from useg.data import folders, mmotu, ovatus, synthetic
@@ -111,18 +132,39 @@ def load_dataset(
         raise DataError(f"--data {root} is a file; pass the folder holding {ACCEPTED_LAYOUTS}")
     if ovatus.is_ovatus(root, annotations):
         _reject_label(label, "Ovatus")
+        _reject_folder_options(class_names, patient_pattern, keep_empty)
         return ovatus.load_ovatus(root, image_size=image_size, annotations=annotations, classes=classes)
     if annotations is not None:
         raise DataError(f"--annotations applies only to the Ovatus layout, but {root} holds no US_map4/ folder")
     if folders.is_folders(root):
-        return folders.load_folders(root, image_size=image_size, label=label, classes=classes)
+        options = folders.FolderOptions(label=label, classes=classes, class_names=class_names,
+                                        patient_pattern=patient_pattern, keep_empty=keep_empty, slice_axis=slice_axis)
+        return folders.load_folders(root, image_size=image_size, options=options)
     mmotu_root = mmotu.find_mmotu(root)
     if mmotu_root is not None:
         _reject_label(label, "MMOTU")
+        _reject_folder_options(class_names, patient_pattern, keep_empty)
         return mmotu.load_mmotu(mmotu_root, image_size=image_size, classes=classes)
     raise DataError(f"unknown data layout in {root}; expected {ACCEPTED_LAYOUTS}")
 
 
-def _reject_label(label: int | None, layout: str) -> None:
+DATA_OPTION_KEYS = ("annotations", "label", "classes", "class_names", "patient_pattern", "keep_empty", "slice_axis")
+
+
+def data_options(config: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """The `load_dataset` keywords a run's config holds (a TrainConfig or its saved dict; older runs lack some)."""
+    values = config if isinstance(config, Mapping) else vars(config)
+    options = {key: values.get(key) for key in DATA_OPTION_KEYS if values.get(key) is not None}
+    return options
+
+
+def _reject_folder_options(class_names, patient_pattern, keep_empty) -> None:
+    given = [flag for flag, value in (("--class-names", class_names), ("--patient-pattern", patient_pattern),
+                                      ("--keep-empty", keep_empty or None)) if value is not None]
+    if given:
+        raise DataError(f"{given[0]} applies only to the images/ + masks/ layout")
+
+
+def _reject_label(label: int | list[int] | None, layout: str) -> None:
     if label is not None:
         raise DataError(f"--label applies only to the images/ + masks/ layout, not to {layout} data")

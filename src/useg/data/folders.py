@@ -1,50 +1,290 @@
-"""The plain layout: `images/<stem>.<ext>` with `masks/<stem>.<ext>`, one patient per image.
+"""The plain layout: `images/[<case>/]<name>.<ext>` with `masks/[<case>/]<name>.<ext>`.
 
-A mask is either binary (0/1 or 0/255: class "foreground") or a label map,
-from which `label=K` selects the pixels equal to K.
+Images pair with masks by relative path and file stem, whatever the formats
+(a BMP image with a PNG mask). Masks are binary, label maps or soft masks;
+`useg.data.labels` decides the classes. 3-D volumes become 2-D slices along
+`slice_axis`. Patients: every file its own patient, unless files sit in
+subfolders of `images/` (one patient per subfolder) or `--patient-pattern`
+names them (its first group). Images whose masks are empty are counted and
+dropped, or a share of them is kept (`keep_empty`) as negative examples.
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from useg.data.dataset import SegDataset, class_report, image_id, no_usable_images, single_class_name
-from useg.data.images import is_image_file, read_grey, read_mask_values, resize_mask
+from useg.data.dataset import ImageSource, SegDataset, class_report, image_id, no_usable_images, select_classes
+from useg.data.images import IMAGE_SUFFIXES, file_stem, is_image_file, is_medical, read_grey, read_mask_values
+from useg.data.images import resize_grey, resize_mask
+from useg.data.labels import ClassPlan, MaskSurvey, class_names_for, plan_classes
+from useg.data.medical import read_medical_image, read_medical_mask, slices
 from useg.errors import DataError
 
-# More distinct values than this means a soft or lossy mask (JPEG), thresholded at half range.
-_MAX_LABEL_MAP_VALUES = 32
+MOSTLY_FOREGROUND = 0.5  # a mask covering more of its image than this is reported (inverted colours?)
+
+
+@dataclass
+class FolderOptions:
+    """The settings of the plain layout (flags of `useg train`)."""
+
+    label: int | list[int] | None = None
+    classes: list[str] | None = None
+    class_names: Mapping[str | int, str] | None = None
+    patient_pattern: str | None = None
+    keep_empty: float = 0.0
+    slice_axis: int = 2
+
+
+@dataclass
+class Pair:
+    key: str  # relative path without the format suffix: "case1/a"
+    image: Path
+    mask: Path
+
+
+@dataclass
+class Plane:
+    """One loaded 2-D image (a file, or a slice of a volume) before the empty ones are dropped."""
+
+    pair: int
+    slice: int | None
+    grey: np.ndarray
+    masks: np.ndarray  # (C, size, size) bool
 
 
 def is_folders(root: Path) -> bool:
     return (root / "images").is_dir() and (root / "masks").is_dir()
 
 
-def images_by_stem(folder: Path, what: str) -> dict[str, Path]:
-    """Image files of a folder keyed by stem; two files with one stem are ambiguous."""
+def images_by_stem(folder: Path, what: str, recursive: bool = False) -> dict[str, Path]:
+    """Image files of a folder keyed by relative path without suffix; two files with one key are ambiguous."""
     found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
+    paths = folder.rglob("*") if recursive else folder.iterdir()
+    for path in sorted(paths, key=lambda p: p.relative_to(folder).as_posix()):
         if not is_image_file(path):
             continue
-        if path.stem in found:
-            raise DataError(f"{what} {found[path.stem].name} and {path.name} in {folder} share a name; keep one")
-        found[path.stem] = path
+        key = (path.parent.relative_to(folder) / file_stem(path)).as_posix()
+        if key in found:
+            raise DataError(f"{what} {found[key].name} and {path.name} in {path.parent} share a name; keep one")
+        found[key] = path
     return found
 
 
-def binary_mask(values: np.ndarray, label: int | None, name: str) -> np.ndarray:
-    """Foreground of a mask: pixels equal to `label`, else the non-zero pixels of a binary mask."""
-    if label is not None:
-        return values == label
-    distinct = np.unique(values)
-    if len(distinct) <= 2:
-        return values > 0
-    if len(distinct) <= _MAX_LABEL_MAP_VALUES:
-        shown = ", ".join(str(v) for v in distinct[:8])
-        raise DataError(f"mask {name} holds the values {shown}: a label map; pass --label K to pick class K")
-    return values >= (128 if values.max() <= 255 else 32768)
+def find_pairs(root: Path) -> tuple[list[Pair], int]:
+    """(image, mask) pairs in image order, and how many masks have no image."""
+    image_files = images_by_stem(root / "images", "images", recursive=True)
+    if not image_files:
+        raise no_images(root / "images")
+    mask_files = images_by_stem(root / "masks", "masks", recursive=True)
+    pairs = []
+    for key, path in image_files.items():
+        if key not in mask_files:
+            raise DataError(
+                f"image {_relative(path, root / 'images')} has no mask in {root / 'masks'}; add masks/{key}.png "
+                f"(any image format) or remove the image"
+            )
+        pairs.append(Pair(key, path, mask_files[key]))
+    return pairs, len(set(mask_files) - set(image_files))
+
+
+def no_images(folder: Path) -> DataError:
+    others = sorted({path.suffix.lower() or path.name for path in folder.rglob("*") if path.is_file()})
+    found = f"it holds only {', '.join(others[:6])} files" if others else "it is empty"
+    return DataError(f"no readable image in {folder}: {found}; useg reads {', '.join(IMAGE_SUFFIXES)} "
+                     f"and suffix-less DICOM files")
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def read_image_planes(path: Path, name: str, size: int, axis: int) -> tuple[list[np.ndarray], tuple[int, ...]]:
+    """The (size, size) grey planes of an image file and its full shape (rows, columns[, slices])."""
+    if not is_medical(path):
+        grey, (width, height) = read_grey(path, name, size)
+        return [grey], (height, width)
+    volume = read_medical_image(path, name)
+    return [resize_grey(plane, size) for plane in slices(volume, axis)], volume.shape
+
+
+def read_mask_volume(path: Path, name: str) -> np.ndarray:
+    return read_medical_mask(path, name) if is_medical(path) else read_mask_values(path, name)
+
+
+def survey_masks(pairs: list[Pair], root: Path) -> MaskSurvey:
+    survey = MaskSurvey()
+    for pair in pairs:
+        name = _relative(pair.mask, root / "masks")
+        survey.add(read_mask_volume(pair.mask, name), name)
+    return survey
+
+
+def load_planes(pair: Pair, index: int, root: Path, plan: ClassPlan, size: int, axis: int) -> list[Plane]:
+    """Every plane of one pair, with its class masks; the image and mask must have one shape."""
+    image_name, mask_name = _relative(pair.image, root / "images"), _relative(pair.mask, root / "masks")
+    greys, shape = read_image_planes(pair.image, image_name, size, axis)
+    values = read_mask_volume(pair.mask, mask_name)
+    if values.shape != shape:
+        raise DataError(f"mask {mask_name} is {_shape(values.shape)} but image {image_name} is {_shape(shape)}; "
+                        f"masks must have the size of their image")
+    planes = slices(values, axis)
+    is_volume = values.ndim == 3
+    return [Plane(index, number if is_volume else None, grey, plan.masks(mask, size))
+            for number, (grey, mask) in enumerate(zip(greys, planes))]
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    if len(shape) == 2:
+        return f"{shape[1]}x{shape[0]}"  # width x height, as image viewers say it
+    return "x".join(str(n) for n in shape) + " voxels"
+
+
+def patient_keys(pairs: list[Pair], pattern: str | None) -> tuple[list[str], str]:
+    """A patient key per pair, and how the data line says patients were found."""
+    if pattern is not None:
+        compiled = re.compile(pattern)
+        keys = []
+        for pair in pairs:
+            found = compiled.search(pair.key)
+            if found is None or found.group(1) is None:
+                raise DataError(f"image images/{pair.key} does not match --patient-pattern {pattern!r}; "
+                                f"fix the pattern (its first group is the patient) or rename the file")
+            keys.append(found.group(1))
+        return keys, f"patients from --patient-pattern ({len(set(keys))} found)"
+    keys = [pair.key.split("/", 1)[0] if "/" in pair.key else f"file:{pair.key}" for pair in pairs]
+    if any("/" in pair.key for pair in pairs):
+        return keys, "patients by subfolder of images/"
+    return keys, ("patients: one per file (put a case's files in images/<case>/ or pass --patient-pattern "
+                  "to group them)")
+
+
+def choose_plan(root: Path, pairs: list[Pair], options: FolderOptions) -> ClassPlan:
+    names = class_names_for(root, options.class_names)
+    survey = None if options.label is not None else survey_masks(pairs, root)
+    plan = plan_classes(survey, options.label, names, str(root / "masks"))
+    return select_plan_classes(plan, options.classes)
+
+
+def select_plan_classes(plan: ClassPlan, wanted: list[str] | None) -> ClassPlan:
+    """`--classes` picks classes by name; with one class and one other name it renames it (older runs)."""
+    if not wanted:
+        return plan
+    if len(plan.names) == 1 and not set(wanted) <= set(plan.names):
+        if len(wanted) > 1:
+            raise DataError(f"the images/ + masks/ data has one class; pass at most one class name, not "
+                            f"{len(wanted)}")
+        return ClassPlan(list(wanted), plan.values, plan.kind, plan.ignored)
+    keep = select_classes(plan.names, wanted)
+    return ClassPlan([plan.names[i] for i in keep], [plan.values[i] for i in keep], plan.kind, plan.ignored)
+
+
+def kept_empty(planes: list[Plane], share: float) -> set[int]:
+    """Positions (in `planes`) of the empty planes kept: `share` of them, spread evenly."""
+    empty = [position for position, plane in enumerate(planes) if not plane.masks.any()]
+    count = int(round(share * len(empty)))
+    if not count:
+        return set()
+    return {empty[int(i)] for i in np.round(np.linspace(0, len(empty) - 1, count))}
+
+
+def load_folders(root: Path, *, image_size: int, options: FolderOptions | None = None) -> SegDataset:
+    """The plain layout at `image_size`, classes as `options` (or the masks) say."""
+    options = options or FolderOptions()
+    pairs, orphan_masks = find_pairs(root)
+    plan = choose_plan(root, pairs, options)
+    planes = [plane for index, pair in enumerate(pairs)
+              for plane in load_planes(pair, index, root, plan, image_size, options.slice_axis)]
+    extra = kept_empty(planes, options.keep_empty)
+    kept = [plane for position, plane in enumerate(planes) if plane.masks.any() or position in extra]
+    if not any(plane.masks.any() for plane in kept):
+        raise no_usable_images(str(root / "images"), _why_empty(plan))
+    keys, how = patient_keys(pairs, options.patient_pattern)
+    dataset = folder_dataset(kept, pairs, keys, root, plan)
+    dataset.report.update(_counts(planes, kept, pairs, orphan_masks))
+    dataset.notes.extend([how, *plan.notes(), *_empty_notes(planes, kept, options.keep_empty),
+                          *_volume_notes(planes, kept, options.slice_axis), *_coverage_notes(kept)])
+    return dataset
+
+
+def _why_empty(plan: ClassPlan) -> str:
+    if plan.kind == "label":
+        return "no mask holds the value(s) --label " + ",".join(str(v[0]) for v in plan.values)
+    return "every mask is empty (all pixels 0 or black)"
+
+
+def folder_dataset(kept: list[Plane], pairs: list[Pair], keys: list[str], root: Path, plan: ClassPlan) -> SegDataset:
+    """Number patients and images in order of appearance, as ids p<patient>_i<image>."""
+    patient_of: dict[str, int] = {}
+    images_of: dict[int, int] = {}
+    patients, ids, sources = [], [], []
+    for plane in kept:
+        patient = patient_of.setdefault(keys[plane.pair], len(patient_of))
+        number = images_of.get(patient, 0)
+        images_of[patient] = number + 1
+        patients.append(patient)
+        ids.append(image_id(patient, number))
+        pair = pairs[plane.pair]
+        sources.append(ImageSource(_relative(pair.image, root), _relative(pair.mask, root), plane.slice))
+    masks = np.stack([plane.masks for plane in kept])
+    return SegDataset(
+        images=np.stack([plane.grey for plane in kept]).astype(np.float32),
+        masks=masks,
+        classes=list(plan.names),
+        patients=np.asarray(patients, dtype=np.int64),
+        ids=ids,
+        source="folders",
+        report={"patients": len(patient_of), "images": len(kept), **class_report(masks, plan.names)},
+        sources=sources,
+    )
+
+
+def _counts(planes: list[Plane], kept: list[Plane], pairs: list[Pair], orphan_masks: int) -> dict[str, int]:
+    empty = sum(not plane.masks.any() for plane in planes)
+    kept_negatives = sum(not plane.masks.any() for plane in kept)
+    return {
+        "images_without_labels": empty - kept_negatives,
+        "masks_without_images": orphan_masks,
+        "empty_masks": empty,
+        "empty_masks_kept": kept_negatives,
+        "volumes": len({plane.pair for plane in planes if plane.slice is not None}),
+        "masks_mostly_foreground": sum(_mostly_foreground(plane) for plane in kept),
+    }
+
+
+def _mostly_foreground(plane: Plane) -> bool:
+    return bool(plane.masks.any(axis=0).mean() > MOSTLY_FOREGROUND)
+
+
+def _empty_notes(planes: list[Plane], kept: list[Plane], share: float) -> list[str]:
+    empty = sum(not plane.masks.any() for plane in planes)
+    if not empty:
+        return []
+    negatives = sum(not plane.masks.any() for plane in kept)
+    if negatives:
+        return [f"{empty} images with an empty mask: {negatives} kept as negatives (--keep-empty {share:g})"]
+    return [f"{empty} images with an empty mask left out (--keep-empty FRACTION keeps a share as negatives)"]
+
+
+def _volume_notes(planes: list[Plane], kept: list[Plane], axis: int) -> list[str]:
+    volumes = {plane.pair for plane in planes if plane.slice is not None}
+    if not volumes:
+        return []
+    cut = sum(plane.slice is not None for plane in planes)
+    used = sum(plane.slice is not None for plane in kept)
+    return [f"{len(volumes)} volumes cut along axis {axis} (--slice-axis): {used} of {cut} slices used"]
+
+
+def _coverage_notes(kept: list[Plane]) -> list[str]:
+    mostly = sum(_mostly_foreground(plane) for plane in kept)
+    if not mostly:
+        return []
+    return [f"{mostly} masks cover over {MOSTLY_FOREGROUND:.0%} of their image: check that background is stored "
+            f"as 0 (black)"]
 
 
 def read_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,32 +300,9 @@ def read_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray,
     return grey, values
 
 
-def load_folders(root: Path, *, image_size: int, label: int | None, classes: list[str] | None) -> SegDataset:
-    class_name = single_class_name("foreground" if label is None else f"label_{label}", classes, "images/ + masks/")
-    image_files = images_by_stem(root / "images", "images")
-    mask_files = images_by_stem(root / "masks", "masks")
-    for stem, path in image_files.items():
-        if stem not in mask_files:
-            raise DataError(
-                f"image {path.name} has no mask in {root / 'masks'}; add {stem}.png there or remove the image"
-            )
-    pairs = []
-    for stem, path in image_files.items():
-        grey, values = read_pair(path, mask_files[stem], image_size)
-        pairs.append((grey, resize_mask(binary_mask(values, label, mask_files[stem].name), image_size)))
-    kept = [(grey, mask) for grey, mask in pairs if mask.any()]
-    if not kept:
-        raise no_usable_images(str(root / "images"), "every image needs a mask with foreground pixels"
-                               + ("" if label is None else f" equal to --label {label}"))
-    return pair_dataset(kept, class_name, "folders", extra_report={
-        "images_without_labels": len(pairs) - len(kept),
-        "masks_without_images": len(set(mask_files) - set(image_files)),
-    })
-
-
 def pair_dataset(
     kept: list[tuple[np.ndarray, np.ndarray]], class_name: str, source: str, extra_report: dict[str, int],
-    predefined_split: dict[str, list[int]] | None = None,
+    predefined_split: dict[str, list[int]] | None = None, sources: list[ImageSource] | None = None,
 ) -> SegDataset:
     """A single-class dataset with one patient per image."""
     masks = np.stack([mask for _, mask in kept])[:, None]
@@ -98,4 +315,5 @@ def pair_dataset(
         source=source,
         report={"patients": len(kept), "images": len(kept), **class_report(masks, [class_name]), **extra_report},
         predefined_split=predefined_split,
+        sources=sources or [],
     )

@@ -2,12 +2,16 @@
 
 Every layout goes through these functions, so all datasets share one rule:
 images are resized to `size x size` ignoring the aspect ratio (bilinear with
-antialiasing), grey is the mean of R, G and B scaled to [0, 1], and binary
-masks are resized bilinearly and thresholded at one half.
+antialiasing), grey is the mean of R, G and B scaled to [0, 1] for 8-bit
+files, 16-bit and floating-point files are scaled per image between their
+0.5th and 99.5th percentiles (`robust_unit`), and binary masks are resized
+bilinearly and thresholded at one half. NIfTI and DICOM files are read by
+`useg.data.medical`.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,28 +19,77 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from useg.errors import DataError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".dcm")
+IMAGE_SUFFIXES = RASTER_SUFFIXES + MEDICAL_SUFFIXES
+PERCENTILES = (0.5, 99.5)  # robust range of 16-bit, floating-point, CT and MR intensities
 
 # EXIF orientations that swap width and height (90 or 270 degree rotations).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
+def file_suffix(path: Path) -> str:
+    """The format suffix, lower case; `.nii.gz` counts as one."""
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def file_stem(path: Path) -> str:
+    """The name without its format suffix (`scan.nii.gz` -> `scan`), for pairing images with masks."""
+    return path.name[: len(path.name) - len(file_suffix(path))] if file_suffix(path) else path.name
+
+
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    """A file in a format useg reads: by suffix, or a suffix-less DICOM file (DICM after the preamble)."""
+    if not path.is_file() or path.name.startswith("."):
+        return False
+    suffix = file_suffix(path)
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    return suffix == "" and has_dicom_magic(path)
+
+
+def has_dicom_magic(path: Path) -> bool:
+    try:
+        with path.open("rb") as file:
+            file.seek(128)
+            return file.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_medical(path: Path) -> bool:
+    return file_suffix(path) in MEDICAL_SUFFIXES or file_suffix(path) == ""
+
+
+def unreadable(kind: str, name: str, error: BaseException) -> DataError:
+    """The one line for a file that cannot be decoded: which file, and why."""
+    reason = _REASONS.get(type(error).__name__) or (str(error).splitlines() or [""])[0][:120] or type(error).__name__
+    return DataError(f"cannot read {kind} {name} ({reason}); replace or remove the file")
+
+
+_REASONS = {
+    "UnidentifiedImageError": "not an image in a format Pillow reads",
+    "FileNotFoundError": "the file disappeared while reading",
+}
 
 
 def open_image(path: Path, name: str) -> Image.Image:
     """Open an image file; `name` is what error messages call it (never a personal folder)."""
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():
+            # A big scan is not an attack here: it is read (slowly) or refused with the limit named.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
         image.size  # noqa: B018 - touching the header fails early on garbage
         return image
     except FileNotFoundError:
         raise DataError(f"image {name} does not exist; check the data folder") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as error:
-        raise DataError(
-            f"cannot read image {name} ({type(error).__name__}); replace or remove the file"
-        ) from None
+    except Image.DecompressionBombError:
+        raise DataError(f"image {name} has over {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} million pixels, more than "
+                        f"useg reads; downscale it first") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise unreadable("image", name, error) from None
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
@@ -54,12 +107,19 @@ def open_upright(path: Path, name: str) -> Image.Image:
         upright = ImageOps.exif_transpose(image)
         upright.load()
     except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"cannot read image {name} ({type(error).__name__}); replace or remove the file") from None
+        raise unreadable("image", name, error) from None
     return upright
 
 
 def read_grey(path: Path, name: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Read an image as a (size, size) float32 grey array in [0, 1], plus its original (width, height)."""
+    if is_medical(path):
+        from useg.data.medical import read_medical_image
+
+        grey = read_medical_image(path, name)
+        if grey.ndim != 2:
+            raise DataError(f"image {name} is a 3-D volume of {grey.shape}; pass 2-D images here")
+        return resize_grey(grey, size), (grey.shape[1], grey.shape[0])
     image = open_image(path, name)
     try:
         # Reading the EXIF orientation decodes a PNG to its end: a truncated file fails here.
@@ -69,26 +129,38 @@ def read_grey(path: Path, name: str, size: int) -> tuple[np.ndarray, tuple[int, 
         image = ImageOps.exif_transpose(image)
         grey = to_grey(image)
     except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(
-            f"cannot read image {name} ({type(error).__name__}); replace or remove the file"
-        ) from None
+        raise unreadable("image", name, error) from None
     return resize_grey(grey, size), original_size
 
 
 def to_grey(image: Image.Image) -> np.ndarray:
-    """Grey float32 array in [0, 1]: mean of RGB for colour images, full-range scaling otherwise."""
+    """Grey float32 array in [0, 1]: mean of RGB for 8-bit images, per-image robust range for 16-bit and float."""
     mode = image.mode
     if mode in ("L", "LA"):
         return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    if mode.startswith("I;16"):
-        return np.asarray(image, dtype=np.float32) / 65535.0
-    if mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float32)
-        peak = float(values.max(initial=0.0))
-        scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0 if peak <= 65535.0 else peak
-        return np.clip(values / scale, 0.0, 1.0)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return robust_unit(np.asarray(image, dtype=np.float32))
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     return rgb.mean(axis=2) / 255.0
+
+
+def robust_unit(values: np.ndarray) -> np.ndarray:
+    """Scale to [0, 1] between the 0.5th and 99.5th percentile of the finite values, clipping outliers.
+
+    Used for 16-bit, floating-point, CT and MR data, whose stored range says little about where the
+    tissue is (a CT's -1024 air, an MR scanner's arbitrary units); a flat image becomes 0.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return np.zeros(values.shape, dtype=np.float32)
+    low, high = np.percentile(finite, PERCENTILES)
+    if high <= low:
+        low, high = float(finite.min()), float(finite.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float32)
+    scaled = (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) / (high - low)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 
 def resize_grey(grey: np.ndarray, size: int) -> np.ndarray:
@@ -108,17 +180,50 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_mask_values(path: Path, name: str) -> np.ndarray:
-    """Read a mask or label map as an integer (H, W) array of its stored values."""
+    """Read a 2-D mask or label map as an integer (H, W) array of what its pixels mean."""
     image = open_image(path, name)
     try:
         image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-            # A colour binary mask: any non-black channel counts.
-            return np.asarray(image.convert("RGB")).max(axis=2).astype(np.int64)
-        if image.mode == "1":
-            image = image.convert("L")
-        return np.asarray(image).astype(np.int64)
+        return mask_meaning(image)
     except (OSError, ValueError, SyntaxError) as error:
-        raise DataError(
-            f"cannot read mask {name} ({type(error).__name__}); replace or remove the file"
-        ) from None
+        raise unreadable("mask", name, error) from None
+
+
+def mask_meaning(image: Image.Image) -> np.ndarray:
+    """Integer (H, W) values of a mask, read by what it shows rather than how it is stored.
+
+    A palette image is read through its palette (its indices are arbitrary), an image whose
+    shape is only in the alpha channel is read from alpha, a colour mask by its brightest channel.
+    """
+    if image.mode in ("P", "PA"):
+        return palette_values(image)
+    if image.mode in ("RGBA", "LA"):
+        alpha = np.asarray(image.getchannel("A")).astype(np.int64)
+        colour = np.asarray(image.convert("RGB")).max(axis=2).astype(np.int64)
+        if colour.min() == colour.max() and alpha.min() != alpha.max():
+            return alpha
+        return colour
+    if image.mode in ("RGB", "CMYK", "YCbCr"):
+        # A colour binary mask: any non-black channel counts.
+        return np.asarray(image.convert("RGB")).max(axis=2).astype(np.int64)
+    if image.mode == "1":
+        image = image.convert("L")
+    return np.asarray(image).astype(np.int64)
+
+
+def palette_values(image: Image.Image) -> np.ndarray:
+    """A palette mask's values: black entries are 0; grey palettes give the grey level, colour ones the index.
+
+    Indices of a colour palette are the class numbers label tools write (VOC style); an adaptive
+    palette of greys (black and white in any order) means what it shows.
+    """
+    indices = np.asarray(image if image.mode == "P" else image.convert("P")).astype(np.int64)
+    palette = np.asarray(image.getpalette("RGB") or [0, 0, 0], dtype=np.int64).reshape(-1, 3)
+    used = np.unique(indices)
+    rgb = palette[np.minimum(used, len(palette) - 1)]
+    grey = bool((rgb == rgb[:, :1]).all())
+    lookup = np.zeros(int(used.max()) + 1, dtype=np.int64)
+    for index, colour in zip(used, rgb):
+        if colour.any():
+            lookup[index] = colour[0] if grey else (index or int(used.max()) + 1)
+    return lookup[indices]

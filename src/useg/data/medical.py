@@ -1,0 +1,96 @@
+"""NIfTI (`.nii`, `.nii.gz`, via nibabel) and DICOM (`.dcm` or no suffix, via pydicom) files as arrays.
+
+A file gives a 2-D image or a 3-D volume. Axes keep the file's array order:
+NIfTI's (i, j, k), and DICOM's (rows, columns, frames) - frames are moved
+last so that "the last axis" is the slice axis of both. Singleton axes are
+dropped (a NIfTI of shape (X, Y, 1) is a 2-D image). Images are scaled to
+[0, 1] per file between the 0.5th and 99.5th percentile (a volume as a
+whole, so its slices share one scale); masks keep their stored values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from useg.data.images import file_suffix, robust_unit
+from useg.errors import DataError
+
+
+def read_medical_image(path: Path, name: str) -> np.ndarray:
+    """A 2-D or 3-D float32 array in [0, 1] (robust percentiles per file)."""
+    values = read_medical(path, name, as_mask=False)
+    return robust_unit(values)
+
+
+def read_medical_mask(path: Path, name: str) -> np.ndarray:
+    """A 2-D or 3-D int64 array of stored mask values (label maps keep their numbers)."""
+    values = read_medical(path, name, as_mask=True)
+    if not np.isfinite(values).all():
+        raise DataError(f"mask {name} holds NaN or infinite values; store label values as integers")
+    return np.rint(values).astype(np.int64)
+
+
+def read_medical(path: Path, name: str, *, as_mask: bool) -> np.ndarray:
+    kind = "mask" if as_mask else "image"
+    values = _read_nifti(path, name, kind) if file_suffix(path) in (".nii", ".nii.gz") else _read_dicom(
+        path, name, kind, as_mask)
+    values = np.squeeze(values)
+    if values.ndim not in (2, 3):
+        raise DataError(f"{kind} {name} has shape {values.shape}: useg reads 2-D images and 3-D volumes; "
+                        f"split time series into one volume per file")
+    return values
+
+
+def _read_nifti(path: Path, name: str, kind: str) -> np.ndarray:
+    import nibabel
+
+    try:
+        image = nibabel.load(path)
+        return np.asanyarray(image.dataobj)
+    except Exception as error:  # nibabel, gzip and zlib raise many types for one damaged file
+        raise _unreadable(kind, name, "NIfTI", error, path) from None
+
+
+def _read_dicom(path: Path, name: str, kind: str, as_mask: bool) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        dataset = pydicom.dcmread(path, force=file_suffix(path) == ".dcm")
+        if "PixelData" not in dataset:
+            raise DataError(f"{kind} {name} is a DICOM file without pixel data (a report or a series index?); "
+                            f"remove it from the folder")
+        pixels = dataset.pixel_array
+        if not as_mask:
+            pixels = apply_modality_lut(pixels, dataset).astype(np.float32)
+    except DataError:
+        raise
+    except Exception as error:  # pydicom raises many types: missing decoders, bad headers, short pixel data
+        raise _unreadable(kind, name, "DICOM", error, path) from None
+    return _dicom_axes(np.asarray(pixels), dataset, as_mask)
+
+
+def _dicom_axes(pixels: np.ndarray, dataset, as_mask: bool) -> np.ndarray:
+    """Grey (rows, columns[, frames]): colour samples averaged, frames last, MONOCHROME1 inverted."""
+    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
+    if int(getattr(dataset, "SamplesPerPixel", 1) or 1) > 1:
+        pixels = pixels.mean(axis=-1)
+    if frames > 1:
+        pixels = np.moveaxis(pixels, 0, -1)
+    if not as_mask and getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
+        pixels = pixels.max() - pixels  # MONOCHROME1 shows low values white
+    return pixels
+
+
+def _unreadable(kind: str, name: str, format_name: str, error: BaseException, path: Path) -> DataError:
+    reason = (str(error).splitlines() or [""])[0].replace(str(path), name)[:160] or type(error).__name__
+    return DataError(f"cannot read {kind} {name} as {format_name} ({reason}); replace or remove the file")
+
+
+def slices(volume: np.ndarray, axis: int) -> list[np.ndarray]:
+    """The 2-D planes of a 2-D image (itself) or of a 3-D volume cut along `axis`."""
+    if volume.ndim == 2:
+        return [volume]
+    return [np.take(volume, index, axis=axis) for index in range(volume.shape[axis])]
