@@ -111,7 +111,9 @@ def test_checkpoint_argument_picks_the_file(which, name, runs, capsys):
     (["--support-size", "500"], "lower --support-size"),
     (["--run-dir", "{tmp}/nowhere"], "no checkpoints in"),
     (["{tmp}/absent.pt"], "absent.pt"),
-    (["--data", "{tmp}/folders"], "the data has classes foreground but best_model.pt was trained on cyst"),
+    (["--data", "{tmp}/folders"], "none of the 1 target images has a class with a support image"),
+    (["--support-size", "1,x"], "--support-size 1,x is not a number"),
+    (["--support", "{tmp}/folders"], "--support applies to data the run was not trained on"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, expected, runs, tmp_path, capsys):
     for kind in ("images", "masks"):  # a valid data folder that is not the run's data

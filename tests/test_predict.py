@@ -115,13 +115,59 @@ def test_multi_class_supports_write_one_mask_per_class(run, inputs, tmp_path, ca
     ovatus = write_ovatus(tmp_path / "ovatus")
     out = tmp_path / "out"
     assert predict(run, "--support", str(ovatus), "--images", str(inputs / "wide.png"), "--out", str(out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["wide_u_bi.png", "wide_u_dac.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "wide_label_map.png", "wide_u_bi.png",
+                                                     "wide_u_dac.png"]
     assert "no support image shows class" in capsys.readouterr().err  # the other four Ovatus classes
+    assert json.loads((out / "classes.json").read_text()) == {"1": "u_bi", "2": "u_dac"}
+    labels = np.asarray(Image.open(out / "wide_label_map.png"))
+    assert labels.shape == (30, 50) and set(np.unique(labels)) <= {0, 1, 2}
+    for value, name in ((1, "u_bi"), (2, "u_dac")):  # a labelled pixel is in its class's mask
+        assert np.asarray(Image.open(out / f"wide_{name}.png"))[labels == value].all()
     chosen = tmp_path / "chosen"
     args = ["--support", str(ovatus), "--images", str(inputs / "wide.png"), "--out", str(chosen)]
     assert predict(run, *args, "--classes", "u_dac", "--overlay") == 0
     assert sorted(p.name for p in chosen.iterdir()) == ["wide_overlay.png", "wide_u_dac.png"]
     assert Image.open(chosen / "wide_u_dac.png").size == (50, 30)
+
+
+def test_ensembles_average_seeded_draws_whose_first_is_the_single_draw(run, support_folder, inputs, tmp_path,
+                                                                         capsys):
+    from useg.predict import load_supports, load_trained
+
+    trained = load_trained(run)
+    single, _ = load_supports(trained, support_folder, None, 2)
+    three, _ = load_supports(trained, support_folder, None, 2, ensembles=3)
+    assert three[0].images.shape[:2] == (3, 2) and np.array_equal(three[0].images[0], single[0].images[0])
+    assert not all(np.array_equal(three[0].images[0], draw) for draw in three[0].images[1:])
+    other_seeds = [load_supports(trained, support_folder, None, 2, seed=seed)[0][0].images[0] for seed in (5, 6, 7)]
+    assert not all(np.array_equal(draw, single[0].images[0]) for draw in other_seeds)
+    capsys.readouterr()
+    args = ["--support", str(support_folder), "--images", str(inputs / "wide.png"), "--out", str(tmp_path / "out")]
+    assert predict(run, *args, "--ensembles", "3", "--seed", "5") == 0
+    assert "3 support draws averaged" in capsys.readouterr().out
+    assert Image.open(tmp_path / "out" / "wide.png").size == (50, 30)
+
+
+def test_label_map_supports_take_label_and_a_binary_support_takes_the_runs_class_name(run, support_folder,
+                                                                                      inputs, tmp_path, capsys):
+    labelled = tmp_path / "labelled"
+    shutil.copytree(support_folder, labelled)
+    for mask in (labelled / "masks").iterdir():  # cyst pixels become value 200 of a 0/100/200 label map
+        values = np.asarray(Image.open(mask)) > 0
+        picture = np.where(values, 200, 0).astype(np.uint8)
+        picture[:2, :2] = 100
+        Image.fromarray(picture).save(mask)
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert predict(run, "--support", str(labelled), "--images", str(inputs / "wide.png"), "--out", str(out),
+                   "--label", "200") == 0
+    assert "label_200 (S=2)" in capsys.readouterr().out and (out / "wide.png").is_file()
+    from useg.data import load_dataset
+    from useg.predict import TrainedModel, name_like_the_run
+
+    binary = load_dataset(support_folder, image_size=32)
+    one_class = TrainedModel(None, Path("best_model.pt"), 1, {"image_size": 32, "support_size": 2}, ["nucleus"], None)
+    assert name_like_the_run(binary, one_class).classes == ["nucleus"]  # not `foreground`
 
 
 @pytest.mark.parametrize("problem, expected", [
@@ -133,6 +179,8 @@ def test_multi_class_supports_write_one_mask_per_class(run, inputs, tmp_path, ca
     ("missing input", "ghost.png does not exist"),
     ("empty input folder", "no images"),
     ("unknown class", "unknown class tumour"),
+    ("zero ensembles", "--ensembles must be at least 1"),
+    ("two support sizes", "--support-size takes one number here"),
     ("no run", "no checkpoints in"),
 ])
 def test_bad_input_is_one_line_and_exit_2(problem, expected, run, support_folder, inputs, tmp_path, capsys):
@@ -160,6 +208,10 @@ def test_bad_input_is_one_line_and_exit_2(problem, expected, run, support_folder
         (tmp_path / "nothing").mkdir()
     elif problem == "unknown class":
         extra = ["--classes", "tumour"]
+    elif problem == "zero ensembles":
+        extra = ["--ensembles", "0"]
+    elif problem == "two support sizes":
+        extra = ["--support-size", "2,4"]
     else:
         run_dir = tmp_path / "no-run"
     code = predict(run_dir, "--support", support, "--images", *images, "--out", str(tmp_path / "out"), *extra)

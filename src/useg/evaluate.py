@@ -1,9 +1,13 @@
-"""Scores of a trained model on its run's val or test split: Dice, IoU and Hausdorff-95 per image and class.
+"""Scores of a trained model: Dice, IoU and Hausdorff-95 per image and class, at each image's native size.
 
-Tasks follow training's validation rules (`validation_tasks`): one per (target
-image, class present in it), supports from the train split and never of the
-target's patient, drawn by a fixed seed. With the checkpoint's support size and
-seed and one ensemble member, the mean Dice on `val` is the run's `val_dice`.
+Tasks follow training's validation rules: one per (target image, class present
+in it), supports never the target nor of the target's patient, drawn by a
+generator seeded with (seed, target, class). `eval_data` decides which images
+are targets and supports (the run's saved split, or another labelled folder).
+With the checkpoint's support size and seed and one ensemble member, the mean
+Dice on the run's `val` split is the run's `val_dice` (for data stored at the
+model's size). Several support sizes or ensemble counts make a sweep: the same
+targets and first draws at every point.
 """
 
 from __future__ import annotations
@@ -16,196 +20,261 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from useg.checkpoint.atomic import write_file_atomically
-from useg.data import SegDataset, Split, Task, data_options, load_dataset, make_batch, validation_tasks
+from useg.data import SegDataset, Task, make_batch
 from useg.data.tasks import candidates, choose_supports, class_members
 from useg.errors import ConfigError, DataError
-from useg.predict import TrainedModel, probabilities
+from useg.eval_data import SPLITS, EvalSet, load_eval_set
+from useg.predict import TrainedModel, probabilities, warn
+from useg.scores import describe, hausdorff95, mean_over_classes, scores, summarise
 
-SPLITS = ("val", "test")
+__all__ = ["SPLITS", "Evaluation", "evaluate", "hausdorff95", "scores", "describe", "write_csv"]
+
 CSV_COLUMNS = ("image", "class", "dice", "iou", "hd95_px", "truth_pixels", "predicted_pixels")
+SWEEP_COLUMNS = ("support_size", "ensembles")
 TASKS_PER_BATCH = 16
-_DISTANCE_CHUNK = 2048  # boundary points per torch.cdist call: bounds memory on noisy masks
+
+
+@dataclass
+class SweepPoint:
+    """The rows and per-class summary of one (support size, ensemble count)."""
+
+    support_size: int
+    ensembles: int
+    rows: list[dict[str, Any]]
+    per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"support_size": self.support_size, "ensembles": self.ensembles,
+                "mean_dice": mean_over_classes(self.per_class, "dice"),
+                "mean_iou": mean_over_classes(self.per_class, "iou"),
+                "mean_hd95_px": mean_over_classes(self.per_class, "hd95_px"),
+                "tasks": len(self.rows), "per_class": self.per_class}
 
 
 @dataclass
 class Evaluation:
-    """Per (image, class) scores and their summary; `to_dict` is the `--json` schema."""
+    """The scores of the largest support size and ensemble count, every sweep point, and what was skipped."""
 
     checkpoint: str
     epoch: int
     split: str
-    support_size: int
-    ensembles: int
     seed: int
-    rows: list[dict[str, Any]]
-    per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data: EvalSet
+    class_status: dict[str, str]
+    points: list[SweepPoint]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def main(self) -> SweepPoint:
+        return self.points[-1]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return self.main.rows
+
+    @property
+    def per_class(self) -> dict[str, dict[str, Any]]:
+        return self.main.per_class
+
+    @property
+    def support_size(self) -> int:
+        return self.main.support_size
+
+    @property
+    def ensembles(self) -> int:
+        return self.main.ensembles
 
     @property
     def mean_dice(self) -> float | None:
         return mean_over_classes(self.per_class, "dice")
 
+    @property
+    def is_sweep(self) -> bool:
+        return len(self.points) > 1 or bool(self.skipped)
+
+    def support_sizes(self) -> list[int]:
+        return sorted({point.support_size for point in self.points})
+
+    def ensemble_counts(self) -> list[int]:
+        return sorted({point.ensembles for point in self.points})
+
+    def all_rows(self) -> list[dict[str, Any]]:
+        """Every point's rows, each with its support size and ensemble count."""
+        return [{**row, "support_size": point.support_size, "ensembles": point.ensembles}
+                for point in self.points for row in point.rows]
+
     def to_dict(self) -> dict[str, Any]:
+        """The `--json` schema (CHECKPOINT_GUIDE.md, --json schemas)."""
         return {"checkpoint": self.checkpoint, "epoch": self.epoch, "split": self.split,
+                "data": self.data.data, "support_data": self.data.support_data, "held_out": self.data.held_out,
                 "support_size": self.support_size, "ensembles": self.ensembles, "seed": self.seed,
-                "per_class": self.per_class, "mean_dice": self.mean_dice,
+                "classes": self.class_status, "per_class": self.per_class, "mean_dice": self.mean_dice,
                 "mean_iou": mean_over_classes(self.per_class, "iou"),
-                "mean_hd95_px": mean_over_classes(self.per_class, "hd95_px"), "rows": self.rows}
+                "mean_hd95_px": mean_over_classes(self.per_class, "hd95_px"), "rows": self.rows,
+                "sweep": [point.to_dict() for point in self.points], "skipped_support_sizes": self.skipped}
 
 
 def evaluate(trained: TrainedModel, *, data: str | None = None, annotations: str | None = None,
-             split: str = "test", support_size: int | None = None, ensembles: int = 1,
-             seed: int | None = None) -> Evaluation:
-    """Score `trained` on `split` of its data (default: the data and split it was trained with)."""
-    support_size = trained.support_size if support_size is None else support_size
+             split: str = "test", support_size: int | list[int] | None = None, ensembles: int | list[int] = 1,
+             seed: int | None = None, support: str | None = None, label=None,
+             classes: list[str] | None = None, with_paths: bool = False) -> Evaluation:
+    """Score `trained` on its run's `split`, or on every image of another folder `data` (see eval_data).
+
+    A list of support sizes or ensemble counts sweeps them; sizes above what every target's
+    pool can give are skipped (one warning each) instead of drawing repeated supports.
+    """
+    sizes = sorted(set(as_list(support_size, trained.support_size)))
+    counts = sorted(set(as_list(ensembles, 1)))
     seed = trained.seed if seed is None else seed
-    check_settings(split, support_size, ensembles, seed)
-    dataset, saved_split = load_eval_data(trained, data, annotations)
-    targets = getattr(saved_split, split)
-    if not len(targets):
-        raise DataError(f"the {split} split of {trained.path.name} is empty; evaluate --split "
-                        f"{'val' if split == 'test' else 'test'} instead")
-    tasks = validation_tasks(dataset, targets, saved_split.train, support_size=support_size, seed=seed)
-    draws = support_draws(dataset, tasks, saved_split.train, ensembles, seed)
-    rows = []
-    for start in range(0, len(tasks), TASKS_PER_BATCH):
-        chunk = slice(start, start + TASKS_PER_BATCH)
-        probs = ensemble_probabilities(trained, dataset, [draw[chunk] for draw in draws])
-        rows += [score_row(dataset, task, prob[0] > 0.5) for task, prob in zip(tasks[chunk], probs)]
-    result = Evaluation(str(trained.path), trained.epoch, split, support_size, ensembles, seed, rows)
-    result.per_class = summarise(rows, dataset.classes)
-    return result
+    check_settings(sizes, counts, seed)
+    evalset = load_eval_set(trained, data=data, annotations=annotations, split=split, support=support,
+                            label=label, classes=classes)
+    status = evalset.class_status(trained.classes)
+    drawn = {size: draw_tasks(evalset, size, seed) for size in sizes}
+    kept = [size for size in sizes if len(sizes) == 1 or drawn[size][1] >= size]
+    if not kept:
+        raise DataError(f"every --support-size ({', '.join(map(str, sizes))}) is larger than the "
+                        f"{drawn[sizes[0]][1]} supports available to every target; choose smaller sizes")
+    skipped = [{"support_size": size, "available": drawn[size][1]} for size in sizes if size not in kept]
+    for record in skipped:
+        warn(f"support size {record['support_size']} skipped: only {record['available']} support images are "
+             f"available for every target (the smallest pool of a class); sizes up to {record['available']} "
+             "are scored")
+    if len(sizes) == 1:
+        check_pool(evalset, drawn[sizes[0]][0], sizes[0])
+    points = []
+    for size in kept:
+        points += score_tasks(trained, evalset, drawn[size][0], size, counts, seed, with_paths)
+    return Evaluation(str(trained.path), trained.epoch, evalset.split, seed, evalset, status, points, skipped)
 
 
-def check_settings(split: str, support_size: int, ensembles: int, seed: int) -> None:
-    if split not in SPLITS:
-        raise ConfigError(f"--split {split} is unknown; use val or test")
-    if support_size < 1:
-        raise ConfigError(f"--support-size must be at least 1, not {support_size}")
-    if ensembles < 1:
-        raise ConfigError(f"--ensembles must be at least 1, not {ensembles}")
+def as_list(value: int | list[int] | None, default: int) -> list[int]:
+    if value is None:
+        return [default]
+    return [int(value)] if isinstance(value, int) else [int(item) for item in value]
+
+
+def check_settings(sizes: list[int], counts: list[int], seed: int) -> None:
+    if sizes[0] < 1:
+        raise ConfigError(f"--support-size must be at least 1, not {sizes[0]}")
+    if counts[0] < 1:
+        raise ConfigError(f"--ensembles must be at least 1, not {counts[0]}")
     if seed < 0:
         raise ConfigError(f"--seed must be 0 or more, not {seed}")
 
 
-def load_eval_data(trained: TrainedModel, data: str | None, annotations: str | None) -> tuple[SegDataset, Split]:
-    """The dataset as the run loaded it (same size, seed, classes) and the split saved in the checkpoint."""
-    cfg = trained.config
-    if data is None:
-        data, annotations = cfg.get("data"), annotations or cfg.get("annotations")
-    options = {**data_options(cfg), "annotations": annotations}
-    dataset = load_dataset(data, image_size=trained.image_size, seed=trained.seed, **options)
-    if trained.classes and dataset.classes != trained.classes:
-        raise DataError(f"the data has classes {', '.join(dataset.classes)} but {trained.path.name} was trained on "
-                        f"{', '.join(trained.classes)}; pass the run's data with --data")
-    if not isinstance(trained.split, dict):
-        raise DataError(f"{trained.path.name} holds no saved split; evaluate a checkpoint written by useg train")
-    return dataset, Split.from_dict(trained.split, dataset, origin=f"the split saved in {trained.path.name}")
+def draw_tasks(evalset: EvalSet, size: int, seed: int) -> tuple[list[Task], int]:
+    """One task per (target, class it shows) with a candidate support; and the smallest candidate pool.
+
+    The draw is training's `validation_tasks` draw, so the run's val split scores its val_dice.
+    """
+    dataset = evalset.dataset
+    members, presence = class_members(dataset, evalset.pool), dataset.class_presence()
+    tasks, smallest = [], None
+    for target in evalset.targets.tolist():
+        for cls in np.flatnonzero(presence[target]).tolist():
+            pool = candidates(members[cls], dataset.patients, target, exclude_same_patient=True)
+            if len(pool):
+                smallest = len(pool) if smallest is None else min(smallest, len(pool))
+                rng = np.random.default_rng([seed, target, cls])
+                tasks.append(Task(target, cls, choose_supports(rng, pool, size)))
+    if not tasks:
+        where = "the training split" if not evalset.held_out else "another patient's image"
+        raise DataError(f"none of the {len(evalset.targets)} target images has a class with a support image in "
+                        f"{where}; give the data more patients (or pass --support DIR2)")
+    return tasks, smallest
 
 
-def support_draws(dataset: SegDataset, tasks: list[Task], pool, ensembles: int, seed: int) -> list[list[Task]]:
-    """K support sets per task: the validation draw first, then K-1 more from the same candidates."""
-    members = class_members(dataset, pool)
-    draws = [tasks]
-    for member in range(1, ensembles):
-        draws.append([redraw(dataset, members, task, seed, member) for task in tasks])
-    return draws
+def check_pool(evalset: EvalSet, tasks: list[Task], size: int) -> None:
+    """A single support size needs one target whose pool holds `size` images (smaller pools repeat some)."""
+    dataset = evalset.dataset
+    members = class_members(dataset, evalset.pool)
+    largest = max(len(candidates(members[task.cls], dataset.patients, task.target, True)) for task in tasks)
+    if largest < size:
+        where = "training (support pool)" if not evalset.held_out else "support"
+        raise DataError(f"only {largest} {where} images can serve as supports of one task, fewer than "
+                        f"--support-size {size}; lower --support-size to {largest} or less")
+
+
+def score_tasks(trained: TrainedModel, evalset: EvalSet, tasks: list[Task], size: int, counts: list[int],
+                seed: int, with_paths: bool) -> list[SweepPoint]:
+    """One point per ensemble count: member k averages the first k support draws of each task."""
+    points = {count: SweepPoint(size, count, []) for count in counts}
+    members = class_members(evalset.dataset, evalset.pool)
+    for start in range(0, len(tasks), TASKS_PER_BATCH):
+        chunk = tasks[start:start + TASKS_PER_BATCH]
+        total = None
+        for member in range(counts[-1]):
+            draw = chunk if member == 0 else [redraw(evalset.dataset, members, task, seed, member) for task in chunk]
+            probs = task_probabilities(trained, evalset.dataset, draw)
+            total = probs if total is None else total + probs
+            if member + 1 in points:
+                points[member + 1].rows += [score_row(evalset, task, prob[0] / (member + 1), with_paths)
+                                            for task, prob in zip(chunk, total)]
+    for point in points.values():
+        point.per_class = summarise(point.rows, evalset.dataset.classes)
+    return list(points.values())
 
 
 def redraw(dataset: SegDataset, members: list[np.ndarray], task: Task, seed: int, member: int) -> Task:
+    """Ensemble member `member`'s supports for the task: same candidates, own generator."""
     pool = candidates(members[task.cls], dataset.patients, task.target, exclude_same_patient=True)
     rng = np.random.default_rng([seed, task.target, task.cls, member])
     return Task(task.target, task.cls, choose_supports(rng, pool, len(task.supports)))
 
 
-def ensemble_probabilities(trained: TrainedModel, dataset: SegDataset, draws: list[list[Task]]) -> torch.Tensor:
-    """Mean sigmoid probability (B, 1, H, W) over the ensemble's support draws of the same targets."""
-    total = None
-    for tasks in draws:
-        batch = make_batch(dataset, tasks)
-        probs = probabilities(trained.model, batch.target_image, batch.support_images, batch.support_labels)
-        total = probs if total is None else total + probs
-    return total / len(draws)
+def task_probabilities(trained: TrainedModel, dataset: SegDataset, tasks: list[Task]) -> torch.Tensor:
+    """Sigmoid probabilities (B, 1, H, W) of the tasks at the model's size, on the model's device."""
+    batch = make_batch(dataset, tasks).to(next(trained.model.parameters()).device)
+    with torch.no_grad():
+        return probabilities(trained.model, batch.target_image, batch.support_images, batch.support_labels).cpu()
 
 
-def score_row(dataset: SegDataset, task: Task, pred: torch.Tensor) -> dict[str, Any]:
-    """One CSV row: the scores of a boolean (H, W) prediction against the task's truth."""
-    pred = pred.numpy()
-    truth = dataset.masks[task.target, task.cls]
-    return {"image": dataset.ids[task.target], "class": dataset.classes[task.cls], **scores(pred, truth)}
+def score_row(evalset: EvalSet, task: Task, prob: torch.Tensor, with_paths: bool) -> dict[str, Any]:
+    """One CSV row: the probability map resized to the target's native size (as predict does), thresholded
+    at one half and scored against the native truth; HD95 is in pixels of the original image."""
+    dataset = evalset.dataset
+    truth = native_truth(dataset, task.target, task.cls)
+    if tuple(prob.shape) != truth.shape:
+        prob = F.interpolate(prob[None, None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0]
+    row = {"image": dataset.ids[task.target], "class": dataset.classes[task.cls], **scores(prob.numpy() > 0.5, truth)}
+    if with_paths:
+        row["file"] = evalset.files[task.target]
+    return row
 
 
-def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-    """Dice, IoU (both 1 when both masks are empty), HD95 in pixels (None unless both are non-empty)."""
-    overlap, union = int((pred & truth).sum()), int((pred | truth).sum())
-    total = int(pred.sum()) + int(truth.sum())
-    return {"dice": 2 * overlap / total if total else 1.0, "iou": overlap / union if union else 1.0,
-            "hd95_px": hausdorff95(pred, truth), "truth_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum())}
+def native_truth(dataset: SegDataset, index: int, cls: int) -> np.ndarray:
+    """The (H, W) truth of one image and class at the size it has on disk, when the loader kept it."""
+    native = getattr(dataset, "native_masks", None)
+    return dataset.masks[index, cls] if not native else native[index][cls]
 
 
-def boundary(mask: np.ndarray) -> np.ndarray:
-    """Mask pixels with a 4-neighbour outside the mask; the image border counts as outside."""
-    padded = np.pad(mask, 1, constant_values=False)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~interior
-
-
-def nearest_distances(points: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
-    """For each point, the Euclidean distance to the nearest of `others`."""
-    return torch.cat([torch.cdist(part, others).min(dim=1).values for part in points.split(_DISTANCE_CHUNK)])
-
-
-def hausdorff95(pred: np.ndarray, truth: np.ndarray) -> float | None:
-    """95th percentile of the boundary-to-boundary distances, both directions pooled (as medpy's hd95)."""
-    if not pred.any() or not truth.any():
-        return None
-    a = torch.from_numpy(np.argwhere(boundary(pred))).double()
-    b = torch.from_numpy(np.argwhere(boundary(truth))).double()
-    distances = torch.cat([nearest_distances(a, b), nearest_distances(b, a)])
-    return float(np.percentile(distances.numpy(), 95))
-
-
-def describe(values: list[float]) -> dict[str, float | int | None]:
-    """Mean, sample std (0 for one value), median and count; None when there are no values."""
-    if not values:
-        return {"mean": None, "std": None, "median": None, "n": 0}
-    array = np.asarray(values, dtype=np.float64)
-    std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
-    return {"mean": float(array.mean()), "std": std, "median": float(np.median(array)), "n": len(array)}
-
-
-def summarise(rows: list[dict[str, Any]], classes: list[str]) -> dict[str, dict[str, Any]]:
-    """Per class with at least one row: `describe` of Dice, IoU and HD95 (HD95 over its non-null rows)."""
-    summary = {}
-    for name in classes:
-        mine = [row for row in rows if row["class"] == name]
-        if mine:
-            summary[name] = {metric: describe([row[metric] for row in mine if row[metric] is not None])
-                             for metric in ("dice", "iou", "hd95_px")}
-    return summary
-
-
-def mean_over_classes(per_class: dict[str, dict[str, Any]], metric: str) -> float | None:
-    """The unweighted mean of the class means, so a rare class counts as much as a common one."""
-    means = [stats[metric]["mean"] for stats in per_class.values() if stats[metric]["mean"] is not None]
-    return float(np.mean(means)) if means else None
-
-
-def csv_text(rows: list[dict[str, Any]]) -> str:
+def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     """Rows as CSV; a missing HD95 is an empty cell."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: "" if row[key] is None else row[key] for key in CSV_COLUMNS})
+        writer.writerow({key: "" if row[key] is None else row[key] for key in columns})
     return out.getvalue()
 
 
-def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
-    """Write the rows atomically: a full disk leaves the previous CSV (or none), never a torn one."""
+def csv_columns(result: Evaluation, with_paths: bool) -> tuple[str, ...]:
+    """Today's columns; a sweep adds support_size and ensembles, --with-paths adds file."""
+    return CSV_COLUMNS + (SWEEP_COLUMNS if result.is_sweep else ()) + (("file",) if with_paths else ())
+
+
+def write_csv(path: str | Path, result: Evaluation | list[dict[str, Any]], with_paths: bool = False) -> Path:
+    """Write the rows (every sweep point's) atomically: a full disk leaves the previous CSV (or none)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--csv {path} is a folder; give a file name such as {path / 'evaluation.csv'}")
-    return write_file_atomically(path, csv_text(rows).encode("utf-8"), create_folder=True,
+    if isinstance(result, list):
+        text = csv_text(result, CSV_COLUMNS)
+    else:
+        text = csv_text(result.all_rows(), csv_columns(result, with_paths))
+    return write_file_atomically(path, text.encode("utf-8"), create_folder=True,
                                  then="run useg evaluate again (or pass --csv elsewhere)")

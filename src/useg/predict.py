@@ -1,13 +1,16 @@
 """Apply a trained model: load it from a run's checkpoint and segment new images from a support folder.
 
 Inputs of any size are resized to the model's square size (the rule every data
-layout uses), predicted from a fixed, seeded support set per class, and the
-probability map is resized back to the input's original size before thresholding.
+layout uses), predicted from a fixed, seeded support set per class (or the mean
+of K seeded draws, `--ensembles K`), and the probability map is resized back to
+the input's original size before thresholding. Several classes give one mask
+per class and a label map (`<stem>_label_map.png`, values named in `classes.json`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import shlex
 import sys
 from dataclasses import dataclass
@@ -64,11 +67,15 @@ class TrainedModel:
 
 @dataclass
 class SupportSet:
-    """The fixed supports of one class: (S, H, W) images in [0, 1] and 0/1 labels."""
+    """The fixed supports of one class: K draws of (S, H, W) images in [0, 1] and 0/1 labels, (K, S, H, W)."""
 
     cls: str
     images: np.ndarray
     labels: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[1]
 
 
 def checkpoint_file(run_dir: str | Path, which: str | None) -> Path:
@@ -123,10 +130,13 @@ def probabilities(model: UniverSeg, targets: torch.Tensor, support_images: torch
     return torch.sigmoid(model(targets, support_images, support_labels))
 
 
-def support_sets(supports: SegDataset, wanted: list[str] | None, support_size: int, seed: int) -> list[SupportSet]:
-    """Per chosen class, up to `support_size` images showing it, picked by a generator seeded per class."""
+def support_sets(supports: SegDataset, wanted: list[str] | None, support_size: int, seed: int,
+                 ensembles: int = 1) -> list[SupportSet]:
+    """Per chosen class, `ensembles` seeded draws of up to `support_size` images showing it."""
     if support_size < 1:
         raise DataError(f"--support-size must be at least 1, not {support_size}")
+    if ensembles < 1:
+        raise DataError(f"--ensembles must be at least 1, not {ensembles}")
     chosen = select_classes(supports.classes, wanted)
     shown = {cls: np.flatnonzero(supports.masks[:, cls].any(axis=(1, 2))) for cls in chosen}
     unshown = [supports.classes[cls] for cls in chosen if not len(shown[cls])]
@@ -134,29 +144,48 @@ def support_sets(supports: SegDataset, wanted: list[str] | None, support_size: i
         raise DataError(f"no support image shows class {', '.join(unshown)}; add such images or choose --classes")
     if unshown:
         warn(f"no support image shows class {', '.join(unshown)}; not predicted")
-    return [pick_supports(supports, cls, shown[cls], support_size, seed) for cls in chosen if len(shown[cls])]
+    return [pick_supports(supports, cls, shown[cls], support_size, seed, ensembles)
+            for cls in chosen if len(shown[cls])]
 
 
-def pick_supports(supports: SegDataset, cls: int, members: np.ndarray, support_size: int, seed: int) -> SupportSet:
-    """A seeded pick without repeats; all of them when there are fewer than `support_size`."""
+def pick_supports(supports: SegDataset, cls: int, members: np.ndarray, support_size: int, seed: int,
+                  ensembles: int = 1) -> SupportSet:
+    """Seeded picks without repeats; all of them when there are fewer than `support_size`.
+
+    The first draw is the one a single prediction uses, so `--ensembles 1` keeps earlier masks.
+    """
     name = supports.classes[cls]
     if len(members) < support_size:
         warn(f"class {name} has {len(members)} support images, fewer than --support-size {support_size}; "
              f"using all {len(members)}")
-    rng = np.random.default_rng([seed, cls])
-    picked = np.sort(rng.choice(members, size=min(support_size, len(members)), replace=False))
+    size = min(support_size, len(members))
+    picks = []
+    for member in range(ensembles):
+        rng = np.random.default_rng([seed, cls] if member == 0 else [seed, cls, member])
+        picks.append(np.sort(rng.choice(members, size=size, replace=False)))
+    picked = np.stack(picks)
     return SupportSet(name, supports.images[picked], supports.masks[picked, cls].astype(np.float32))
 
 
-def load_supports(trained: TrainedModel, folder: str | Path, wanted: list[str] | None,
-                  support_size: int | None) -> tuple[list[SupportSet], bool]:
+def load_supports(trained: TrainedModel, folder: str | Path, wanted: list[str] | None, support_size: int | None,
+                  *, label=None, ensembles: int = 1, seed: int | None = None) -> tuple[list[SupportSet], bool]:
     """The support sets from a folder in any training layout, at the model's size; and whether it is multi-class."""
     folder = Path(folder)
     if folder.is_dir() and not any(folder.iterdir()):
         raise DataError(f"support folder {folder} is empty; it needs images with masks in a training layout")
-    data = load_dataset(folder, image_size=trained.image_size)
+    data = name_like_the_run(load_dataset(folder, image_size=trained.image_size, label=label), trained)
     size = trained.support_size if support_size is None else support_size
-    return support_sets(data, wanted, size, trained.seed), len(data.classes) > 1
+    seed = trained.seed if seed is None else seed
+    if seed < 0:
+        raise DataError(f"--seed must be 0 or more, not {seed}")
+    return support_sets(data, wanted, size, seed, ensembles), len(data.classes) > 1
+
+
+def name_like_the_run(supports: SegDataset, trained: TrainedModel) -> SegDataset:
+    """Plain binary supports (the loader's `foreground`) take the name of a one-class run's class."""
+    if supports.classes == ["foreground"] and len(trained.classes) == 1 and trained.classes != ["foreground"]:
+        supports.classes = list(trained.classes)
+    return supports
 
 
 def input_files(items: list[str | Path]) -> list[Path]:
@@ -185,31 +214,65 @@ def output_names(stem: str, sets: list[SupportSet], multi_class: bool) -> dict[s
     return {s.cls: f"{stem}_{s.cls}.png" if multi_class else f"{stem}.png" for s in sets}
 
 
+def label_map_name(stem: str) -> str:
+    return f"{stem}_label_map.png"
+
+
 def predict_masks(trained: TrainedModel, path: Path, sets: list[SupportSet]) -> dict[str, np.ndarray]:
-    """Boolean masks per class at the image's original (height, width)."""
+    """Probabilities per class at the image's original (height, width), averaged over the support draws."""
     size = trained.image_size
     grey, (width, height) = read_grey(path, str(path), size)
-    target = torch.from_numpy(grey)[None, None].expand(len(sets), 1, size, size)
-    if len({len(s.images) for s in sets}) == 1:
-        images = torch.from_numpy(np.stack([s.images for s in sets]))[:, :, None]
-        labels = torch.from_numpy(np.stack([s.labels for s in sets]))[:, :, None]
-        probs = probabilities(trained.model, target, images, labels)
-    else:  # classes with fewer supports cannot share a batch
-        probs = torch.cat([probabilities(trained.model, target[:1], torch.from_numpy(s.images)[None, :, None],
-                                         torch.from_numpy(s.labels)[None, :, None]) for s in sets])
-    full = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=False)
-    return {s.cls: (full[i, 0] > 0.5).numpy() for i, s in enumerate(sets)}
+    target = torch.from_numpy(grey)[None, None]
+    draws = sets[0].images.shape[0]
+    total = None
+    for member in range(draws):
+        probs = member_probabilities(trained, target, sets, member)
+        total = probs if total is None else total + probs
+    full = F.interpolate(total / draws, size=(height, width), mode="bilinear", align_corners=False)
+    return {s.cls: full[i, 0].numpy() for i, s in enumerate(sets)}
+
+
+def member_probabilities(trained: TrainedModel, target: torch.Tensor, sets: list[SupportSet],
+                         member: int) -> torch.Tensor:
+    """(classes, 1, size, size) probabilities of one support draw per class."""
+    if len({s.size for s in sets}) == 1:
+        images = torch.from_numpy(np.stack([s.images[member] for s in sets]))[:, :, None]
+        labels = torch.from_numpy(np.stack([s.labels[member] for s in sets]))[:, :, None]
+        return probabilities(trained.model, target.expand(len(sets), 1, *target.shape[2:]), images, labels)
+    # classes with fewer supports cannot share a batch
+    return torch.cat([probabilities(trained.model, target, torch.from_numpy(s.images[member])[None, :, None],
+                                    torch.from_numpy(s.labels[member])[None, :, None]) for s in sets])
+
+
+def label_map(probs: dict[str, np.ndarray]) -> np.ndarray:
+    """uint8 (H, W): 0 background, else 1 + the index of the most probable class above one half."""
+    stacked = np.stack(list(probs.values()))
+    best = stacked.argmax(axis=0)
+    return np.where(stacked.max(axis=0) > 0.5, best + 1, 0).astype(np.uint8)
 
 
 def predict_file(trained: TrainedModel, path: Path, sets: list[SupportSet], out: Path, *,
                  multi_class: bool, overlay: bool) -> list[Path]:
-    """Segment one input and write its mask PNG(s) (0/255), plus `<stem>_overlay.png` when asked."""
-    masks = predict_masks(trained, path, sets)
+    """Segment one input and write its mask PNG(s) (0/255), a label map for several classes, and
+    `<stem>_overlay.png` when asked."""
+    probs = predict_masks(trained, path, sets)
+    masks = {cls: prob > 0.5 for cls, prob in probs.items()}
     pictures = {out / name: masks[cls].astype(np.uint8) * 255
                 for cls, name in output_names(path.stem, sets, multi_class).items()}
+    if len(sets) > 1:
+        pictures[out / label_map_name(path.stem)] = label_map(probs)
     if overlay:
         pictures[out / f"{path.stem}_overlay.png"] = overlay_picture(original_rgb(path), list(masks.values()))
     return [write_png(target, picture) for target, picture in pictures.items()]
+
+
+def write_label_names(out: Path, sets: list[SupportSet]) -> Path | None:
+    """`classes.json` in the output folder: label-map value -> class name (the format training reads)."""
+    if len(sets) < 2:
+        return None
+    names = {str(index + 1): s.cls for index, s in enumerate(sets)}
+    return write_file_atomically(out / "classes.json", (json.dumps(names, indent=1) + "\n").encode("utf-8"),
+                                 then="run useg predict again (or choose another --out)")
 
 
 def write_png(path: Path, picture: np.ndarray) -> Path:
@@ -223,7 +286,8 @@ def check_outputs(files: list[Path], sets: list[SupportSet], out: Path, multi_cl
     """Refuse an --out that would overwrite one of the inputs."""
     inputs = {path.resolve() for path in files}
     for path in files:
-        names = [*output_names(path.stem, sets, multi_class).values(), f"{path.stem}_overlay.png"]
+        names = [*output_names(path.stem, sets, multi_class).values(), f"{path.stem}_overlay.png",
+                 label_map_name(path.stem), "classes.json"]
         clash = next((out / name for name in names if (out / name).resolve() in inputs), None)
         if clash is not None:
             raise DataError(f"writing {clash} would overwrite an input image; choose another --out folder")

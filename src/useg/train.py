@@ -25,6 +25,7 @@ from useg.checkpoint.faults import kill_point
 from useg.checkpoint.layout import LOCK_NAME
 from useg.config import RETUNABLE_KEYS, TrainConfig, incompatible_keys
 from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
+from useg.data_index import write_data_index
 from useg.distributed import World, any_rank, barrier, broadcast_object, close_world, gather_objects, init_world
 from useg.distributed import mean_over_ranks
 from useg.errors import CheckpointError, ConfigError, DivergedError, UsegError
@@ -320,6 +321,7 @@ def build_run(cfg, paths, world, manager, state, resumed_from, progress) -> Run:
     run.log_path = Path(broadcast_object(world, str(run.log_path)))
     if world.is_main:
         open_log(run, state, resumed_from)
+        write_data_index(paths.root, cfg.data, dataset)  # id -> file, owner-only (useg.data_index)
         if cfg.tensorboard:
             run.tensorboard = open_tensorboard(paths.logs / "tensorboard", progress.warn)
     progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device))

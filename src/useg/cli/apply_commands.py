@@ -6,11 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 
-from useg.checkpoint.atomic import json_text
 from useg.errors import ConfigError
 
 CHECKPOINT_HELP = "best (default), latest, an epoch number, or a path (relative ones also in DIR/checkpoints)"
@@ -18,16 +15,25 @@ CHECKPOINT_HELP = "best (default), latest, an epoch number, or a path (relative 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register `evaluate` and `predict`."""
-    evaluate = commands.add_parser("evaluate", help="Dice, IoU and HD95 of a checkpoint on the val or test split")
+    evaluate = commands.add_parser("evaluate", help="Dice, IoU and HD95 of a checkpoint on its test split or other data")
     add_common(evaluate)
-    evaluate.add_argument("--data", metavar="DIR", help="data folder (default: the one the run trained on)")
+    evaluate.add_argument("--data", metavar="DIR",
+                          help="labelled folder to score (default: the run's data and saved split); any other folder "
+                               "is scored whole, each image a target of the other patients' supports")
+    evaluate.add_argument("--support", metavar="DIR2", help="draw the supports from this labelled folder instead")
     evaluate.add_argument("--annotations", metavar="FILE",
                           help="the Ovatus mapping_normalized4.jsonl when it is not beside US_map4/")
-    evaluate.add_argument("--split", choices=["val", "test"], default="test", help="targets to score (default test)")
-    evaluate.add_argument("--ensembles", type=int, default=1, metavar="K",
-                          help="average the probabilities of K support draws (default 1)")
+    evaluate.add_argument("--label", metavar="K[,K...]", help="label-map values to score as classes, as in useg train")
+    evaluate.add_argument("--classes", metavar="A,B", help="comma-separated classes to score (default: all)")
+    evaluate.add_argument("--split", choices=["val", "test"], default="test",
+                          help="targets on the run's own data (default test)")
+    evaluate.add_argument("--ensembles", metavar="K", default="1",
+                          help="average the probabilities of K support draws (default 1); a list (1,2,4) or range "
+                               "(1..10) sweeps them")
     evaluate.add_argument("--seed", type=int, metavar="N", help="seed of the support draws (default: the run's seed)")
     evaluate.add_argument("--csv", metavar="PATH", help="per-image CSV to write (default DIR/evaluation_<split>.csv)")
+    evaluate.add_argument("--with-paths", action="store_true",
+                          help="add each image's file (relative to its data folder) to the CSV")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     evaluate.set_defaults(handler=cmd_evaluate)
     predict = commands.add_parser("predict", help="write mask PNGs for new images, given a folder of supports")
@@ -40,66 +46,83 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     predict.add_argument("--classes", metavar="A,B",
                          help="comma-separated classes to predict (default: every support class)")
+    predict.add_argument("--label", metavar="K[,K...]",
+                         help="label-map values of the support masks to predict as classes, as in useg train")
+    predict.add_argument("--ensembles", metavar="K", default="1",
+                         help="average the probabilities of K seeded support draws (default 1)")
+    predict.add_argument("--seed", type=int, metavar="N", help="seed of the support draws (default: the run's seed)")
     predict.set_defaults(handler=cmd_predict)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
     parser.add_argument("--run-dir", default=".", metavar="DIR", help="run folder (default .)")
-    parser.add_argument("--support-size", type=int, metavar="S", help="supports per prediction (default: the run's)")
+    parser.add_argument("--support-size", metavar="S", help="supports per prediction (default: the run's); evaluate "
+                        "takes a list (1,2,4,8) to sweep sizes")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from useg.evaluate import evaluate, write_csv
+    from useg.cli.evaluate_report import report_evaluation
+    from useg.evaluate import evaluate
     from useg.predict import load_trained
 
+    sizes = None if args.support_size is None else number_list(args.support_size, "--support-size")
+    counts = number_list(args.ensembles, "--ensembles")
     trained = load_trained(args.run_dir, args.checkpoint)
     result = evaluate(trained, data=args.data, annotations=args.annotations, split=args.split,
-                      support_size=args.support_size, ensembles=args.ensembles, seed=args.seed)
-    csv_path = args.csv or Path(args.run_dir) / f"evaluation_{args.split}.csv"
-    if args.json:  # the JSON names the CSV, so it is printed only once the CSV exists
-        csv_path = write_csv(csv_path, result.rows)
-        print(json_text({**result.to_dict(), "csv": str(csv_path)}))
-    else:  # the table first: a CSV the disk cannot take does not cost the user the scores
-        console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-        console.print(evaluation_table(result))
-        csv_path = write_csv(csv_path, result.rows)
-        console.print(f"{len(result.rows)} rows written to {csv_path}", markup=False)
-    return 0
+                      support_size=sizes, ensembles=counts, seed=args.seed, support=args.support,
+                      label=label_values(args.label), classes=class_list(args.classes), with_paths=args.with_paths)
+    default_name = f"evaluation_{args.split}.csv" if not result.data.held_out else "evaluation_held_out.csv"
+    csv_path = Path(args.csv) if args.csv else Path(args.run_dir) / default_name
+    return report_evaluation(result, csv_path, as_json=args.json, with_paths=args.with_paths)
 
 
-def evaluation_table(result) -> Table:
-    """Per class: rows, Dice/IoU mean ± std and median, HD95 mean and count; then the mean over classes."""
-    title = (f"{Path(result.checkpoint).name} (epoch {result.epoch}) on {result.split}: "
-             f"S={result.support_size}, ensembles={result.ensembles}, seed={result.seed}")
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    for name in ("class", "n", "Dice mean ± std", "Dice median", "IoU mean ± std", "HD95 px mean (n)"):
-        table.add_column(name, justify="left" if name == "class" else "right")
-    for name, stats in result.per_class.items():
-        dice, iou, hd95 = stats["dice"], stats["iou"], stats["hd95_px"]
-        table.add_row(name, str(dice["n"]), spread(dice), number(dice["median"]), spread(iou),
-                      f"{number(hd95['mean'], 2)} ({hd95['n']})")
-    summary = result.to_dict()
-    table.add_row("mean over classes", "", number(summary["mean_dice"]), "", number(summary["mean_iou"]),
-                  number(summary["mean_hd95_px"], 2), style="bold")
-    return table
+def number_list(text: str, flag: str) -> list[int]:
+    """`4`, `1,2,4` or `1..10` as a list of integers; anything else is one ConfigError naming the flag."""
+    text = str(text).strip()
+    try:
+        if ".." in text:
+            low, high = (int(part) for part in text.split(".."))
+            values = list(range(low, high + 1))
+        else:
+            values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ConfigError(f"{flag} {text} is not a number, a list (1,2,4) or a range (1..10) of whole numbers")
+    return values
 
 
-def number(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def one_number(text: str, flag: str) -> int:
+    values = number_list(text, flag)
+    if len(values) != 1:
+        raise ConfigError(f"{flag} takes one number here, not {text}")
+    return values[0]
 
 
-def spread(stats: dict) -> str:
-    return f"{number(stats['mean'])} ± {number(stats['std'])}"
+def label_values(text: str | None):
+    """`--label 255` as 255 (what older loaders take), `--label 128,255` as [128, 255]."""
+    if text is None:
+        return None
+    values = number_list(text, "--label")
+    if ".." in text or min(values) < 0:
+        raise ConfigError(f"--label {text}: give mask values as whole numbers >= 0, e.g. --label 128,255")
+    return values[0] if len(values) == 1 else values
+
+
+def class_list(text: str | None) -> list[str] | None:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else None
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from useg.checkpoint.atomic import explain_file_errors
-    from useg.predict import check_outputs, input_files, load_supports, load_trained
+    from useg.predict import check_outputs, input_files, load_supports, load_trained, write_label_names
 
     trained = load_trained(args.run_dir, args.checkpoint)
-    wanted = [name.strip() for name in args.classes.split(",") if name.strip()] if args.classes else None
-    sets, multi_class = load_supports(trained, args.support, wanted, args.support_size)
+    size = None if args.support_size is None else one_number(args.support_size, "--support-size")
+    sets, multi_class = load_supports(trained, args.support, class_list(args.classes), size,
+                                      label=label_values(args.label), seed=args.seed,
+                                      ensembles=one_number(args.ensembles, "--ensembles"))
     files = input_files(args.images)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -108,7 +131,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     check_outputs(files, sets, out, multi_class)
     written = predict_all(trained, files, sets, out, multi_class, args.overlay)
-    used = ", ".join(f"{s.cls} (S={len(s.images)})" for s in sets)
+    written += write_label_names(out, sets) is not None
+    draws = f", {len(sets[0].images)} support draws averaged" if len(sets[0].images) > 1 else ""
+    used = ", ".join(f"{s.cls} (S={s.size})" for s in sets) + draws
     print(f"{len(files)} image(s) segmented for {used}: {written} file(s) written to {out}")
     return 0
 

@@ -1,0 +1,79 @@
+"""What `useg evaluate` prints and writes: the table or JSON, the CSV and the sweep pictures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from useg.checkpoint.atomic import json_text
+
+
+def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool) -> int:
+    """JSON (printed once the CSV and pictures exist, as it names them) or the table first, then the files."""
+    from useg.evaluate import write_csv
+    from useg.sweep_plot import save_sweep_pictures
+
+    if as_json:
+        csv_path = write_csv(csv_path, result, with_paths)
+        pictures = save_sweep_pictures(csv_path.parent, result)
+        print(json_text({**result.to_dict(), "csv": str(csv_path), "pictures": [str(path) for path in pictures]}))
+        return 0
+    # The table first: a CSV the disk cannot take does not cost the user the scores.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console.print(evaluation_table(result))
+    if result.is_sweep:
+        console.print(sweep_table(result))
+    csv_path = write_csv(csv_path, result, with_paths)
+    console.print(f"{len(result.all_rows())} rows written to {csv_path}", markup=False)
+    for path in save_sweep_pictures(csv_path.parent, result):
+        console.print(f"sweep picture written to {path}", markup=False)
+    return 0
+
+
+def where_scored(result) -> str:
+    if not result.data.held_out:
+        return result.split
+    support = f", supports from {result.data.support_data}" if result.data.support_data else ""
+    return f"every image of {result.data.data}{support}"
+
+
+def evaluation_table(result) -> Table:
+    """Per class: trained or held-out, rows, Dice/IoU mean ± std and median, HD95; then the mean over classes."""
+    title = (f"{Path(result.checkpoint).name} (epoch {result.epoch}) on {where_scored(result)}: "
+             f"S={result.support_size}, ensembles={result.ensembles}, seed={result.seed}, native resolution")
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for name in ("class", "model", "n", "Dice mean ± std", "Dice median", "IoU mean ± std", "HD95 px mean (n)"):
+        table.add_column(name, justify="left" if name in ("class", "model") else "right")
+    for name, stats in result.per_class.items():
+        dice, iou, hd95 = stats["dice"], stats["iou"], stats["hd95_px"]
+        table.add_row(name, result.class_status.get(name, ""), str(dice["n"]), spread(dice), number(dice["median"]),
+                      spread(iou), f"{number(hd95['mean'], 2)} ({hd95['n']})")
+    summary = result.to_dict()
+    table.add_row("mean over classes", "", "", number(summary["mean_dice"]), "", number(summary["mean_iou"]),
+                  number(summary["mean_hd95_px"], 2), style="bold")
+    return table
+
+
+def sweep_table(result) -> Table:
+    """Mean Dice per class at every (support size, ensemble count) scored."""
+    classes = list(result.per_class)
+    table = Table(title="sweep: mean Dice", box=box.SIMPLE_HEAD)
+    for name in ("S", "ensembles", *classes, "mean over classes"):
+        table.add_column(name, justify="right")
+    for point in result.points:
+        means = [point.per_class.get(name, {}).get("dice", {}).get("mean") for name in classes]
+        table.add_row(str(point.support_size), str(point.ensembles), *map(number, means),
+                      number(point.to_dict()["mean_dice"]))
+    return table
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def spread(stats: dict) -> str:
+    return f"{number(stats['mean'])} ± {number(stats['std'])}"

@@ -1,0 +1,85 @@
+"""The run's image index: anonymous id -> file relative to the data folder, readable by its owner only.
+
+Logs, pictures, checkpoints and CSVs name images by anonymous ids (`p003_i000`);
+this one file in the run folder lets the run's owner find the file behind an id.
+It is rewritten atomically at every training start, created with mode 0600 from
+its first byte (a temp file made by mkstemp), so no other user ever reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from useg.checkpoint.atomic import explain_file_errors, remove_quietly, replace_durably, write_all
+from useg.checkpoint.layout import TEMP_SUFFIX
+from useg.errors import DataError
+
+INDEX_NAME = "data_index.json"
+INDEX_MODE = 0o600
+
+
+def index_record(data: str | Path | None, dataset) -> dict[str, Any]:
+    """The index as a plain dict: the data folder and, per image id, its image/mask files and slice."""
+    sources = list(getattr(dataset, "sources", None) or [])
+    images = {image_id: source_dict(source) for image_id, source in zip(dataset.ids, sources)}
+    return {"data": None if data is None else str(Path(data).expanduser().resolve()), "source": dataset.source,
+            "images": images}
+
+
+def source_dict(source: Any) -> dict[str, Any]:
+    return source.to_dict() if hasattr(source, "to_dict") else {"image": str(source), "mask": None, "slice": None}
+
+
+def write_data_index(run_dir: str | Path, data: str | Path | None, dataset) -> Path | None:
+    """Write `run_dir/data_index.json` atomically with mode 0600; the synthetic set has no files to index."""
+    if data is None:
+        return None
+    path = Path(run_dir) / INDEX_NAME
+    text = json.dumps(index_record(data, dataset), indent=1, sort_keys=True) + "\n"
+    with explain_file_errors(path, then="start the run again"):
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{INDEX_NAME}.", suffix=TEMP_SUFFIX)
+        try:
+            os.fchmod(fd, INDEX_MODE)  # mkstemp's mode already; stated so a changed default cannot widen it
+            write_all(fd, text.encode("utf-8"))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            remove_quietly(Path(temp))
+            raise
+        os.close(fd)
+        replace_durably(Path(temp), path)
+    return path
+
+
+def read_data_index(run_dir: str | Path) -> dict[str, Any] | None:
+    """The index of a run folder, or None when the run has none (older runs, the synthetic set)."""
+    path = Path(run_dir) / INDEX_NAME
+    if not path.is_file():
+        return None
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read the image index {path} ({type(error).__name__}); start the run again "
+                        "(useg train --resume latest rewrites it)") from None
+    return index if isinstance(index, dict) else None
+
+
+def file_of(index: dict[str, Any] | None, image_id: str) -> str:
+    """The image file behind `image_id` (relative to the data folder), or "" when the index lacks it."""
+    return file_label(((index or {}).get("images") or {}).get(image_id) or {})
+
+
+def file_label(entry: dict[str, Any]) -> str:
+    """`images/a.png`, or `images/ct.nii.gz#slice=12` for one slice of a volume."""
+    image, number = entry.get("image") or "", entry.get("slice")
+    return image if number is None or not image else f"{image}#slice={number}"
+
+
+def dataset_files(dataset) -> list[str]:
+    """Per image of a loaded dataset, `file_label` of its source ("" where the loader recorded none)."""
+    sources = list(getattr(dataset, "sources", None) or [])
+    return [file_label(source_dict(source)) for source in sources] or [""] * len(dataset)

@@ -1,0 +1,67 @@
+"""Pictures of an evaluation sweep: Dice against support size or ensemble count, one line per class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from useg.viz import save_figure
+
+SUPPORT_SWEEP_PICTURE = "evaluation_support_sweep.png"
+ENSEMBLE_SWEEP_PICTURE = "evaluation_ensemble_sweep.png"
+
+
+def curves(points: list, axis: str) -> dict[str, list[tuple[int, float, float]]]:
+    """Per class, (x, mean Dice, std over targets) along `axis` ("support_size" or "ensembles")."""
+    lines: dict[str, list[tuple[int, float, float]]] = {}
+    for point in sorted(points, key=lambda point: getattr(point, axis)):
+        for name, stats in point.per_class.items():
+            dice = stats["dice"]
+            if dice["mean"] is not None:
+                lines.setdefault(name, []).append((getattr(point, axis), dice["mean"], dice["std"]))
+    return lines
+
+
+def save_sweep_picture(path: Path, points: list, axis: str, title: str, status: dict[str, str]) -> Path:
+    """Mean Dice per class with a band of one standard deviation over the targets (clipped to [0, 1])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, line in curves(points, axis).items():
+        x, mean, std = (np.asarray(values, dtype=float) for values in zip(*line))
+        drawn = ax.plot(x, mean, marker="o", label=f"{name} ({status.get(name, 'held-out')})")[0]
+        ax.fill_between(x, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1), color=drawn.get_color(), alpha=0.15)
+    if axis == "support_size":
+        ax.set_xscale("log", base=2)
+    xs = sorted({getattr(point, axis) for point in points})
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("support size" if axis == "support_size" else "averaged support draws (ensembles)")
+    ax.set_ylabel("Dice (mean ± std over targets)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100, then="run useg evaluate again (or pass --csv elsewhere)")
+
+
+def save_sweep_pictures(folder: Path, result) -> list[Path]:
+    """`evaluation_support_sweep.png` when several support sizes were scored (at the largest ensemble
+    count), `evaluation_ensemble_sweep.png` when several ensemble counts were (at the largest size)."""
+    written = []
+    name = Path(result.checkpoint).name
+    if len(result.support_sizes()) > 1 or result.skipped:
+        points = [point for point in result.points if point.ensembles == result.ensembles]
+        title = f"{name} (epoch {result.epoch}), ensembles={result.ensembles}, seed={result.seed}"
+        written.append(save_sweep_picture(folder / SUPPORT_SWEEP_PICTURE, points, "support_size", title,
+                                          result.class_status))
+    if len(result.ensemble_counts()) > 1:
+        points = [point for point in result.points if point.support_size == result.support_size]
+        title = f"{name} (epoch {result.epoch}), S={result.support_size}, seed={result.seed}"
+        written.append(save_sweep_picture(folder / ENSEMBLE_SWEEP_PICTURE, points, "ensembles", title,
+                                          result.class_status))
+    return written
