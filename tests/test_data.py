@@ -190,6 +190,19 @@ def test_ovatus_annotations_override_and_image_folder_given_directly(ovatus_root
     assert len(load_dataset(ovatus_root / "US_map4", image_size=32)) == 6
 
 
+def test_ovatus_polygons_with_nan_infinite_or_absurd_points_are_skipped_and_counted(ovatus_root: Path) -> None:
+    lines = ovatus_lines()
+    lines[3]["images"][0]["labels"] += ["u_dac", "u_dac", "u_dac"]
+    lines[3]["images"][0]["points"] += [
+        [[10, 10], [float("nan"), 5], [40, 40]], [[10, 10], [1e20, 10], [50, 70]], [[0, 0], [9, 0], [9, 1e308 * 10]]]
+    write_jsonl(ovatus_root / "mapping_normalized4.jsonl", lines)
+    ds = load_dataset(ovatus_root, image_size=50)
+    assert ds.report["skipped_bad_coordinates"] == 3 and ds.report["images"] == 6
+    assert not ds.masks[5, ds.classes.index("u_dac")].any()  # nothing drawn from them
+    assert ds.masks[5].any(axis=(1, 2)).sum() == 2  # the image keeps its two good polygons
+    assert [source.image for source in ds.sources[3:4]] == [f"US_map4/{PATIENTS[1]}/d.JPG"]
+
+
 def test_ovatus_unreadable_image_is_named_by_anonymous_id_and_file_name(ovatus_root: Path) -> None:
     (ovatus_root / "US_map4" / PATIENTS[3] / "g.jpg").write_bytes(b"not a jpeg at all")
     with pytest.raises(DataError, match=r"p003_i000 \(g\.jpg\)") as error:
@@ -452,3 +465,17 @@ def test_validation_tasks_are_fixed_and_leak_free(synthetic: SegDataset) -> None
         assert synthetic.patients[task.target] not in synthetic.patients[task.supports]
     batch = make_batch(synthetic, first[:3])
     assert batch.support_images.shape == (3, 5, 1, 24, 24)
+
+
+def test_images_kept_empty_are_negative_targets_and_never_supports() -> None:
+    presence = np.zeros((12, 1), dtype=bool)
+    presence[:8, 0] = True  # images 8..11: empty masks kept with --keep-empty
+    ds = tiny_dataset(presence, np.arange(12), ["a"])
+    sampler = sampler_for(ds, support_size=3, augment=False)
+    tasks = [sampler.task(0, index) for index in range(400)]
+    negatives = [task for task in tasks if task.target >= 8]
+    assert 0.2 < len(negatives) / len(tasks) < 0.45  # 4 of 12 targets
+    assert all((task.supports < 8).all() for task in tasks)
+    batch = make_batch(ds, negatives[:2])
+    assert batch.target_label.sum() == 0 and batch.support_labels.flatten(1).amax(1).eq(1).all()
+    assert all(task.target < 8 for task in validation_tasks(ds, np.arange(12), np.arange(12), support_size=3, seed=0))

@@ -20,7 +20,10 @@ ACCEPTED_LAYOUTS = (
 
 @dataclass(frozen=True)
 class ImageSource:
-    """Where one loaded image came from, relative to the data folder (for the run's id index)."""
+    """Where one loaded image came from, relative to the layout's folder (for the run's id index).
+
+    The layout's folder is `--data` itself, or the OTU_2d folder inside it for MMOTU.
+    """
 
     image: str  # e.g. "images/case1/a.png"
     mask: str | None = None  # None where masks are drawn from annotations (Ovatus)

@@ -11,6 +11,7 @@ bilinearly and thresholded at one half. NIfTI and DICOM files are read by
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -85,9 +86,11 @@ def open_image(path: Path, name: str) -> Image.Image:
         return image
     except FileNotFoundError:
         raise DataError(f"image {name} does not exist; check the data folder") from None
-    except Image.DecompressionBombError:
-        raise DataError(f"image {name} has over {2 * Image.MAX_IMAGE_PIXELS // 1_000_000} million pixels, more than "
-                        f"useg reads; downscale it first") from None
+    except Image.DecompressionBombError as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{found.group(1)} pixels, " if found else ""
+        raise DataError(f"image {name} is too large to read ({size}over the limit of {2 * Image.MAX_IMAGE_PIXELS}); "
+                        f"downscale it first") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise unreadable("image", name, error) from None
 

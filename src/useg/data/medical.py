@@ -59,6 +59,9 @@ def _read_dicom(path: Path, name: str, kind: str, as_mask: bool) -> np.ndarray:
 
     try:
         dataset = pydicom.dcmread(path, force=file_suffix(path) == ".dcm")
+        if all(tag.group < 8 for tag in dataset.keys()):  # garbage parses as a lone (0000,0000) element
+            raise DataError(f"cannot read {kind} {name} as DICOM (no DICOM elements in it); replace or remove the "
+                            f"file")
         if "PixelData" not in dataset:
             raise DataError(f"{kind} {name} is a DICOM file without pixel data (a report or a series index?); "
                             f"remove it from the folder")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from useg.data.dataset import SegDataset, no_usable_images, single_class_name
+from useg.data.dataset import ImageSource, SegDataset, no_usable_images, single_class_name
 from useg.data.folders import images_by_stem, pair_dataset, read_pair
 from useg.data.images import resize_mask
 from useg.errors import DataError
@@ -60,7 +60,7 @@ def load_mmotu(root: Path, *, image_size: int, classes: list[str] | None) -> Seg
     class_name = single_class_name("tumour", classes, "MMOTU")
     image_files = images_by_stem(root / "images", "images")
     annotations = {path.name.casefold(): path for path in (root / "annotations").iterdir() if path.is_file()}
-    kept, stems = [], []
+    kept, stems, sources = [], [], []
     for stem, path in image_files.items():
         found = mask_path(annotations, stem)
         if found is None:
@@ -72,12 +72,13 @@ def load_mmotu(root: Path, *, image_size: int, classes: list[str] | None) -> Seg
         if mask.any():
             kept.append((grey, mask))
             stems.append(stem)
+            sources.append(ImageSource(path.relative_to(root).as_posix(), found.relative_to(root).as_posix()))
     if not kept:
         raise no_usable_images(
             str(root / "images"), "every image needs an annotations/<id>_binary.PNG with tumour pixels"
         )
     split, not_found = predefined_split(root, stems)
-    return pair_dataset(kept, class_name, "mmotu", predefined_split=split, extra_report={
+    return pair_dataset(kept, class_name, "mmotu", predefined_split=split, sources=sources, extra_report={
         "images_without_labels": len(image_files) - len(kept),
         "split_ids_not_found": not_found,
     })

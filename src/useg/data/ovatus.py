@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from useg.data.dataset import SegDataset, class_report, image_id, no_usable_images, select_classes
+from useg.data.dataset import ImageSource, SegDataset, class_report, image_id, no_usable_images, select_classes
 from useg.data.images import read_grey, resize_mask
 from useg.errors import DataError
 
@@ -25,6 +25,7 @@ ANNOTATION_FILE = "mapping_normalized4.jsonl"
 OVATUS_CLASSES = ["nang_da_thuy", "nang_don_thuy", "nang_da_thuy_dac", "nang_don_thuy_dac", "u_bi", "u_dac"]
 _COUNTERS = (
     "skipped_polygons",  # fewer than 3 points
+    "skipped_bad_coordinates",  # NaN, infinite, or far outside the image (e.g. 1e20): polygons skipped
     "unknown_label_polygons",
     "missing_images",
     "images_without_labels",  # no usable polygon of the selected classes
@@ -147,11 +148,26 @@ def usable_polygons(
     for label, points in entry.polygons:
         if len(points) < 3:
             counts["skipped_polygons"] += 1
+        elif not np.isfinite(points).all():
+            counts["skipped_bad_coordinates"] += 1
         elif label not in OVATUS_CLASSES:
             counts["unknown_label_polygons"] += 1
         elif label in classes:
             by_class[classes.index(label)].append(points)
     return by_class
+
+
+def within_reach(by_class: dict[int, list[np.ndarray]], size: tuple[int, int], counts: Counter
+                 ) -> dict[int, list[np.ndarray]]:
+    """The polygons whose points all lie within one image size of the image (`size`: width, height)."""
+    low, high = -np.asarray(size, float), 2 * np.asarray(size, float)
+    kept: dict[int, list[np.ndarray]] = {}
+    for index, polygons in by_class.items():
+        sane = [points for points in polygons if ((points >= low) & (points <= high)).all()]
+        counts["skipped_bad_coordinates"] += len(polygons) - len(sane)
+        if sane:
+            kept[index] = sane
+    return kept
 
 
 def load_masks(
@@ -194,7 +210,7 @@ def load_ovatus(
     annotated = read_annotations(annotation_path)
     folders = {nfc(path.name): path for path in image_root.iterdir() if path.is_dir()}
     counts: Counter = Counter(folders_without_annotations=len(set(folders) - set(annotated)))
-    images, masks, patients, ids = [], [], [], []
+    images, masks, patients, ids, sources = [], [], [], [], []
     for name in sorted(annotated):
         if name not in folders:
             counts["missing_patient_folders"] += 1
@@ -202,11 +218,12 @@ def load_ovatus(
             continue
         patient = len(set(patients))
         loaded = _load_patient(folders[name], annotated[name], patient, class_names, image_size, counts)
-        for number, (grey, mask) in enumerate(loaded):
+        for number, (grey, mask, path) in enumerate(loaded):
             images.append(grey)
             masks.append(mask)
             patients.append(patient)
             ids.append(image_id(patient, number))
+            sources.append(ImageSource(path.relative_to(root).as_posix()))
     if not images:
         raise no_usable_images(
             str(image_root),
@@ -214,12 +231,12 @@ def load_ovatus(
             f"{counts['missing_images']} were not found and {counts['images_without_labels']} "
             f"had no usable polygon of the classes {', '.join(class_names)}",
         )
-    return _dataset(images, masks, patients, ids, class_names, counts)
+    return _dataset(images, masks, patients, ids, class_names, counts, sources)
 
 
 def _load_patient(
     folder: Path, entries: list[AnnotatedImage], patient: int, class_names: list[str], size: int, counts: Counter
-) -> list[tuple[np.ndarray, np.ndarray]]:
+) -> list[tuple[np.ndarray, np.ndarray, Path]]:
     files = _FolderFiles(folder, patient)
     loaded = []
     for entry in entries:
@@ -233,15 +250,19 @@ def _load_patient(
             name = f"{image_id(patient, len(loaded))} ({entry.image_name})"
             grey, actual = read_grey(path, name, size)
             counts["size_mismatches"] += entry.declared_size not in (None, actual)
+            by_class = within_reach(by_class, entry.declared_size or actual, counts)
+            if not by_class:
+                counts["images_without_labels"] += 1
+                continue
             mask = load_masks(by_class, len(class_names), actual, entry.declared_size, size)
             if mask.any():
-                loaded.append((grey, mask))
+                loaded.append((grey, mask, path))
             else:
                 counts["images_empty_after_resize"] += 1
     return loaded
 
 
-def _dataset(images, masks, patients, ids, class_names, counts: Counter) -> SegDataset:
+def _dataset(images, masks, patients, ids, class_names, counts: Counter, sources: list[ImageSource]) -> SegDataset:
     mask_array = np.stack(masks)
     report = {"patients": len(set(patients)), "images": len(images), **class_report(mask_array, class_names)}
     report.update({key: int(counts[key]) for key in _COUNTERS})
@@ -253,4 +274,5 @@ def _dataset(images, masks, patients, ids, class_names, counts: Counter) -> SegD
         ids=ids,
         source="ovatus",
         report=report,
+        sources=sources,
     )

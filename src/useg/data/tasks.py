@@ -3,7 +3,9 @@
 Rules shared by training and validation: a task's supports never include its
 target and, by default, no image of the target's patient (that would leak the
 answer); supports are drawn without replacement when there are enough
-candidates, else with replacement. Every random choice comes from a generator
+candidates, else with replacement. Training images without any class (kept
+with `--keep-empty`) are negative targets of every class: the model learns to
+predict nothing when the target lacks what the supports show. Every random choice comes from a generator
 seeded by the task's own coordinates, so any batch can be rebuilt exactly.
 """
 
@@ -45,6 +47,12 @@ def class_members(ds: SegDataset, pool_idx) -> list[np.ndarray]:
     pool = np.unique(np.asarray(pool_idx, dtype=np.int64))
     presence = ds.class_presence()[pool]
     return [pool[presence[:, c]] for c in range(len(ds.classes))]
+
+
+def negative_images(ds: SegDataset, pool_idx) -> np.ndarray:
+    """The sorted pool images with no class at all (empty masks kept as negatives)."""
+    pool = np.unique(np.asarray(pool_idx, dtype=np.int64))
+    return pool[~ds.class_presence()[pool].any(axis=1)]
 
 
 def candidates(members: np.ndarray, patients: np.ndarray, target: int, exclude_same_patient: bool) -> np.ndarray:
@@ -98,8 +106,10 @@ class TaskSampler:
         self.samples_per_epoch, self.augment = samples_per_epoch, augment
         self.exclude_same_patient = exclude_same_patient
         self._members = class_members(ds, train_idx)
+        self._negatives = negative_images(ds, train_idx)
         self._targets, largest = self._eligible_targets()
         self.eligible_classes = np.asarray([c for c, t in enumerate(self._targets) if len(t)], dtype=np.int64)
+        self._targets = [self._with_negatives(c, targets) for c, targets in enumerate(self._targets)]
         if not len(self.eligible_classes):
             raise DataError(
                 f"no class has a training image with a support image of another "
@@ -116,6 +126,13 @@ class TaskSampler:
             eligible.append(members[counts >= 1])
             largest = max(largest, int(counts.max(initial=0)))
         return eligible, largest
+
+    def _with_negatives(self, cls: int, targets: np.ndarray) -> np.ndarray:
+        """A class's targets plus the negative images that have a support candidate of it."""
+        if not len(self._negatives) or not len(targets):
+            return targets
+        counts = candidate_counts(self._members[cls], self.ds.patients, self._negatives, self.exclude_same_patient)
+        return np.concatenate([targets, self._negatives[counts >= 1]])
 
     def num_batches(self, batch_size: int) -> int:
         return -(-self.samples_per_epoch // batch_size)
