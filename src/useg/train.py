@@ -255,10 +255,12 @@ def set_aside_checkpoints(paths: RunPaths, manager: CheckpointManager, progress:
     for entry in sorted(paths.checkpoints.iterdir()):
         if entry.name != LOCK_NAME:
             entry.rename(kept / entry.name)
+    if paths.visualizations.is_dir():  # the old run's pictures go with its checkpoints, not into the new run
+        paths.visualizations.rename(kept / paths.visualizations.name)
     for folder in (kept, paths.checkpoints, paths.root):
         fsync_directory(folder)  # the moves are durable before this run writes anything
     manager.best_val_dice, manager.best_epoch = None, None  # the best it read from disk was the old run's
-    progress.warn(f"--overwrite: moved the previous checkpoints to {kept}")
+    progress.warn(f"--overwrite: moved the previous checkpoints (and pictures) to {kept}")
 
 
 def check_resume_state(state: dict, path: Path, cfg: TrainConfig, progress: Progress) -> dict:

@@ -99,3 +99,22 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
+
+
+def left_behind(points: list[ResumePoint], chosen: ResumePoint) -> list[ResumePoint]:
+    """The saves of the run's current branch newer than `chosen`: resuming from `chosen` starts a
+    new branch, so these become abandoned (latest itself is replaced by the new branch's first save).
+
+    `points` is `resume_points(...)`; nothing is left behind by resuming latest or its hard link.
+    """
+    if chosen.same_as_latest:
+        return []
+    return [point for point in points if not point.abandoned and point.info.inode != chosen.info.inode
+            and not is_ancestor(point.info, chosen.info)]
+
+
+def is_ancestor(info: CheckpointInfo, of: CheckpointInfo) -> bool:
+    """True when `info` was saved on the way to `of` (files without lineage: by epoch and step)."""
+    if info.session is None or info.seq is None or of.session is None:
+        return (_int(info.epoch), _int(info.step)) <= (_int(of.epoch), _int(of.step))
+    return any(session == info.session and info.seq <= seq for session, seq in _chain(of))
