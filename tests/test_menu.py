@@ -222,7 +222,7 @@ def test_start_option_asks_the_settings_of_a_run_and_checks_each(tmp_path, monke
     assert "config file missing.yaml not found" in out and "is not a folder" in out
     assert "--epochs must be a positive integer; got 0" in out and "--image-size 31 must be divisible by 2" in out
     assert "--support-size must be a positive integer; got 'many'" in out
-    assert "Foreground value" not in out  # the embedded set has no label maps
+    assert "Label-map masks" not in out  # the embedded set has no label maps
     assert f"--config {config} --classes solid --epochs 1 --image-size 32 --support-size 2" in out
     state = torch.load(run / "checkpoints" / "latest_checkpoint.pt", weights_only=True)
     assert state["classes"] == ["solid"] and state["config"]["widths"] == [8, 8]

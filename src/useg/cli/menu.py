@@ -31,13 +31,13 @@ OPTIONS = (
 RUN_QUESTIONS = (
     ("data", "--data", "Data folder"),
     ("classes", "--classes", "Classes to train on, comma-separated"),
-    ("label", "--label", "Foreground value of label-map masks"),
+    ("label", "--label", "Label-map masks: the mask value(s) to train, e.g. 255 or 128,255"),
     ("epochs", "--epochs", "Epochs"),
     ("image_size", "--image-size", "Image size in pixels (square)"),
     ("support_size", "--support-size", "Support images per target"),
 )
-INTEGER_KEYS = frozenset({"label", "epochs", "image_size", "support_size"})
-UNSET_MEANS = {"data": "the embedded synthetic set", "classes": "all", "label": "masks are 0/1 or 0/255"}
+INTEGER_KEYS = frozenset({"epochs", "image_size", "support_size"})
+UNSET_MEANS = {"data": "the embedded synthetic set", "classes": "all", "label": "every value"}
 
 
 class EndOfInput(Exception):
