@@ -46,7 +46,11 @@ class TrainConfig:
     vis_count: int = 3
     save_every_steps: int = 0
     save_every_minutes: float = 0.0
-    num_threads: int = 0  # 0: torch's default
+    num_threads: int = 0  # 0: chosen from the cores this process may use (useg.device.default_threads)
+    device: str | None = None  # None: CUDA when present, else the CPU
+    precision: str | None = None  # None: fp32 on the CPU, bf16 (else fp16) on CUDA; saved as chosen
+    deterministic: bool = True  # exact resume is the promise; False after a start-up fallback too
+    compile: bool = False
     pretrained: str | None = None
     tensorboard: bool = False
     quiet: bool = False
@@ -60,11 +64,12 @@ class TrainConfig:
 # without changing what the model computes at each step.
 HARMLESS_KEYS = frozenset(
     {"epochs", "run_dir", "vis_every", "vis_count", "save_every_steps", "save_every_minutes",
-     "num_threads", "pretrained", "tensorboard", "quiet", "periodic_percentages"}
+     "num_threads", "pretrained", "tensorboard", "quiet", "periodic_percentages",
+     "device", "deterministic", "compile"}
 )
 # Keys that change the optimisation but not the model or the data: a resume may change them
 # (e.g. a lower lr after divergence), with a warning, and the log's sessions record it.
-RETUNABLE_KEYS = frozenset({"lr", "min_lr_ratio", "loss"})
+RETUNABLE_KEYS = frozenset({"lr", "min_lr_ratio", "loss", "precision"})
 
 
 def config_keys() -> list[str]:
@@ -195,6 +200,14 @@ def choice(*options: str):
     return parse
 
 
+def pattern(regex: str):
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or not re.fullmatch(regex, value):
+            raise ValueError(value)
+        return value
+    return parse
+
+
 def class_names(value: Any) -> list[str]:
     if isinstance(value, str):
         value = value.split(",")
@@ -286,7 +299,11 @@ RULES: dict[str, tuple[Any, str]] = {
     "vis_count": (integer(0), "an integer >= 0"),
     "save_every_steps": (integer(0), "an integer >= 0 (0: only at epoch ends)"),
     "save_every_minutes": (number(0), "a number >= 0 (0: only at epoch ends)"),
-    "num_threads": (integer(0), "an integer >= 0 (0: torch's choice)"),
+    "num_threads": (integer(0), "an integer >= 0 (0: chosen from the usable cores)"),
+    "device": (optional(pattern(r"cpu|cuda(:[0-9]+)?")), "cpu, cuda or cuda:N"),
+    "precision": (optional(choice("fp32", "bf16", "fp16")), "fp32, bf16 or fp16"),
+    "deterministic": (boolean, "true or false"),
+    "compile": (boolean, "true or false"),
     "pretrained": (optional(path_text), "a file path"),
     "tensorboard": (boolean, "true or false"),
     "quiet": (boolean, "true or false"),

@@ -16,7 +16,7 @@ from useg.checkpoint.policy import is_improvement
 # Per-epoch lists; index i holds epoch i + 1. The first four are the seed's names.
 EPOCH_KEYS = (
     "train_loss", "val_dice", "val_dice_per_class", "val_dice_std", "val_dice_min", "val_dice_max",
-    "lr", "epoch_time_s", "samples_per_s", "checkpoint_time_s", "checkpoints_written",
+    "lr", "epoch_time_s", "samples_per_s", "checkpoint_time_s", "checkpoints_written", "skipped_steps",
 )
 
 
@@ -29,8 +29,9 @@ def new_history() -> dict[str, Any]:
 
 def append_epoch(history: dict[str, Any], record: dict[str, Any]) -> bool:
     """Add one epoch's numbers; returns True when its val Dice is a new best."""
+    done = len(history["train_loss"])
     for key in EPOCH_KEYS:
-        history[key].append(record.get(key))
+        history.setdefault(key, [None] * done).append(record.get(key))  # a key newer than the run: None before
     epoch = len(history["train_loss"])
     val_dice = record["val_dice"]
     improved = is_improvement(val_dice, history["best_val_dice"])  # the checkpoint manager's rule: NaN never wins
@@ -42,7 +43,13 @@ def append_epoch(history: dict[str, Any], record: dict[str, Any]) -> bool:
 def epoch_rows(history: dict[str, Any]) -> list[dict[str, Any]]:
     """The history as one dict per epoch (what pandas.DataFrame wants)."""
     count = len(history["train_loss"])
-    return [{"epoch": i + 1, **{key: history[key][i] for key in EPOCH_KEYS}} for i in range(count)]
+    return [{"epoch": i + 1, **{key: epoch_value(history, key, i) for key in EPOCH_KEYS}} for i in range(count)]
+
+
+def epoch_value(history: dict[str, Any], key: str, index: int) -> Any:
+    """history[key][index], None where a run older than the key never recorded it."""
+    values = history.get(key) or []
+    return values[index] if index < len(values) else None
 
 
 def utc_now() -> str:

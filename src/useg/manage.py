@@ -157,8 +157,9 @@ def clean_with_plan(run_dir: str | Path, keep: int, dry_run: bool) -> tuple[Clea
 
 
 
-def export_weights(path: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write a checkpoint's model weights alone (.safetensors or .pt) plus a JSON of metadata."""
+def export_weights(path: str | Path, out: str | Path, dtype: str = "fp32") -> dict[str, Any]:
+    """Write a checkpoint's model weights alone (.safetensors or .pt) plus a JSON of metadata; floating-point
+    tensors in `dtype` (fp32, bf16 or fp16; checkpoints hold fp32)."""
     path, out = require_file(path), Path(out)
     if out.suffix not in (".safetensors", ".pt"):
         raise UsegError(f"export target {out} must end in .safetensors or .pt")
@@ -171,8 +172,11 @@ def export_weights(path: str | Path, out: str | Path) -> dict[str, Any]:
     if bad is not None:
         raise CheckpointError(f"{path} holds NaN or inf in {bad} (a diverged run) and was not exported; "
                               "export a checkpoint saved before the divergence (see `useg checkpoints list`)")
+    from useg.precision import cast_weights
+
+    weights = cast_weights(weights, dtype)
     data = serialise_weights({name: tensor.contiguous() for name, tensor in weights.items()}, out.suffix)
-    meta = export_metadata(state, path, out, data)
+    meta = {**export_metadata(state, path, out, data), "dtype": dtype}
     write_export(out, data, meta)
     return {**meta, "path": str(out), "metadata_path": str(export_metadata_path(out))}
 

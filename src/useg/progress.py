@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from contextlib import contextmanager
@@ -46,8 +47,27 @@ class Progress:
         best = " *best*" if improved else f" (best {history['best_val_dice']:.4f} @ {history['best_epoch']})"
         self.console.print(
             f"epoch {epoch:>3}/{epochs}  loss {record['train_loss']:.4f}  val Dice {record['val_dice']:.4f}{best}  "
-            f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s  {record['samples_per_s']:.1f} samples/s",
+            f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s  {record['samples_per_s']:.1f} samples/s"
+            + skipped_note(record) + slowdown_note(history["samples_per_s"]),
             markup=False, highlight=False, soft_wrap=True)
+
+
+def skipped_note(record: dict[str, Any]) -> str:
+    skipped = record.get("skipped_steps")
+    return f"  {skipped} step(s) skipped by the fp16 loss scaler (inf gradients)" if skipped else ""
+
+
+def slowdown_note(samples_per_s: list) -> str:
+    """A warning when the last epoch ran at under a third of the run's median so far (at least two
+    earlier epochs): something else took the cores, the classic cause of a 20x slower epoch."""
+    earlier = [value for value in samples_per_s[:-1] if value]
+    if len(earlier) < 2 or not samples_per_s[-1]:
+        return ""
+    median = statistics.median(earlier)
+    if samples_per_s[-1] >= median / 3:
+        return ""
+    return (f"  SLOW: under a third of this run's {median:.1f} samples/s; another process may be using these "
+            "cores (try --num-threads 1, or fewer than now)")
 
 
 class RichBar:

@@ -26,12 +26,15 @@ from useg.checkpoint.layout import LOCK_NAME
 from useg.config import RETUNABLE_KEYS, TrainConfig, incompatible_keys
 from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
 from useg.data_index import write_data_index
+from useg.device import choose_device, compile_model, compute_settings, default_threads, settle_determinism
+from useg.device import describe_compute, to_device, usable_cores
 from useg.distributed import World, any_rank, barrier, broadcast_object, close_world, gather_objects, init_world
 from useg.distributed import mean_over_ranks
 from useg.errors import CheckpointError, ConfigError, DivergedError, UsegError
 from useg.history import append_epoch, log_tensorboard, new_history, new_log_name, open_tensorboard, write_log
 from useg.metrics import segmentation_loss
 from useg.model import build_universeg, load_pretrained, model_config
+from useg.precision import autocast, default_precision, make_scaler, optimizer_step, restore_scaler, scaler_state
 from useg.progress import Progress
 from useg.run_log import describe_data, describe_world, open_log
 from useg.signals import StopRequest, TrainingInterrupted
@@ -72,6 +75,8 @@ class Run:
     log_path: Path
     log: dict[str, Any]
     tensorboard: Any = None
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    skipped_steps: int = 0  # steps the fp16 scaler skipped over the whole run
     start_epoch: int = 0
     start_batch: int = 0
     partial_loss: tuple[float, int] = (0.0, 0)
@@ -105,10 +110,15 @@ def planned_total_epochs(folder: Path) -> int | None:
 
 def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = False, console=None) -> dict[str, Any]:
     """Train (or resume) one run; returns the history. Raises TrainingInterrupted on a signal."""
+    # Before anything touches CUDA: cuBLAS reads its deterministic workspace setting once.
+    threads = cfg.num_threads or default_threads(usable_cores(), getattr(cfg, "data_workers", 0) or 0)
+    with compute_settings(threads, cfg.deterministic):
+        return train_in_settings(cfg, resume, overwrite, console)
+
+
+def train_in_settings(cfg: TrainConfig, resume: str | None, overwrite: bool, console) -> dict[str, Any]:
     world = init_world()
     progress = Progress(console=console, quiet=cfg.quiet, silent=not world.is_main)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
     try:
         run = prepare_run(cfg, world, resume, overwrite, progress)
         stop = StopRequest()
@@ -172,6 +182,7 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
         cfg.data = os.path.abspath(cfg.data)
     if cfg.batch_size % world.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world.world_size} processes")
+    choose_device(cfg.device, world.local_rank, world.enabled)  # an unavailable device fails before the lock
     created = [folder for folder in (paths.checkpoints, paths.root) if not folder.exists()]
     manager = on_main(world, lambda: open_manager(cfg, paths, resume, overwrite, progress))
     try:
@@ -297,17 +308,14 @@ def same_data(saved: dict, cfg: TrainConfig, state: dict) -> bool:
     return bool((state.get("split") or {}).get("fingerprints"))
 
 
-def choose_device(world: World) -> torch.device:
-    return torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-
-
 def build_run(cfg, paths, world, manager, state, resumed_from, progress) -> Run:
     dataset = load_dataset(cfg.data, image_size=cfg.image_size, seed=cfg.seed, **data_options(cfg))
     split = choose_split(cfg, dataset, state)
     sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
                           samples_per_epoch=cfg.samples_per_epoch)
     val_tasks = validation_tasks(dataset, split.val, split.train, support_size=cfg.support_size, seed=cfg.seed)
-    device = choose_device(world)
+    device = choose_device(cfg.device, world.local_rank, world.enabled)
+    cfg.precision = cfg.precision or default_precision(device)  # saved as chosen: a resume keeps it
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build_universeg(tuple(cfg.widths)).to(device)
     if state is None and cfg.pretrained:
@@ -316,17 +324,22 @@ def build_run(cfg, paths, world, manager, state, resumed_from, progress) -> Run:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = build_scheduler(optimizer, cfg)
     run = Run(cfg, paths, world, device, manager, dataset, split, sampler, val_tasks, model, model, optimizer,
-              scheduler, new_history(), log_path=paths.logs / new_log_name(), log={})
+              scheduler, new_history(), log_path=paths.logs / new_log_name(), log={},
+              scaler=make_scaler(cfg.precision, device))
     if state is not None:
         restore_state(run, state, progress)
-    run.train_model = wrap_distributed(model, world)
+    settle_determinism(model, cfg, device, lambda flag: any_rank(world, flag), progress.warn)
+    if state is not None and not cfg.deterministic:
+        progress.warn("--no-deterministic: the resumed run continues correctly, not bit-identical to an "
+                      "uninterrupted run")
+    run.train_model = wrap_model(model, world, cfg)
     run.log_path = Path(broadcast_object(world, str(run.log_path)))
     if world.is_main:
         open_log(run, state, resumed_from)
         write_data_index(paths.root, cfg.data, dataset)  # id -> file, owner-only (useg.data_index)
         if cfg.tensorboard:
             run.tensorboard = open_tensorboard(paths.logs / "tensorboard", progress.warn)
-    progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device))
+    progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device) + describe_compute(cfg))
     return run
 
 
@@ -353,6 +366,13 @@ def align_schedule(optimizer: torch.optim.Optimizer, scheduler, cfg: TrainConfig
     for group in optimizer.param_groups:
         group["lr"], group["initial_lr"] = replay_optimizer.param_groups[0]["lr"], cfg.lr
     scheduler.load_state_dict(replay.state_dict())
+
+
+def wrap_model(model: torch.nn.Module, world: World, cfg: TrainConfig) -> torch.nn.Module:
+    """What the training steps call: the model, in DistributedDataParallel, compiled with --compile.
+    Checkpoints always save `model` itself, whose parameter names stay plain."""
+    wrapped = wrap_distributed(model, world)
+    return compile_model(wrapped) if cfg.compile else wrapped
 
 
 def wrap_distributed(model: torch.nn.Module, world: World) -> torch.nn.Module:
@@ -392,6 +412,8 @@ def restore_state(run: Run, state: dict[str, Any], progress: Progress) -> None:
     run.start_batch = position["batch_index"]
     run.partial_loss = (position["loss_sum"], position["loss_count"])
     run.step = state["step"]
+    restore_scaler(run.scaler, state.get("grad_scaler_state_dict"))
+    run.skipped_steps = state.get("skipped_steps", 0)
     if state.get("log_file"):
         run.log_path = run.paths.logs / state["log_file"]
 
@@ -421,7 +443,8 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
             run.scheduler.step()
         record = validate(run.model, run.dataset, run.val_tasks, 2 * cfg.batch_size, run.device, run.world)
         train_time = time.perf_counter() - started
-        record.update(train_loss=loss_sum / max(loss_count, 1), lr=run.optimizer.param_groups[0]["lr"],
+        record.update(skipped_steps=run.skipped_steps - sum(n or 0 for n in run.history.get("skipped_steps", [])),
+                      train_loss=loss_sum / max(loss_count, 1), lr=run.optimizer.param_groups[0]["lr"],
                       epoch_time_s=round(train_time, 3),
                       samples_per_s=round(cfg.samples_per_epoch / max(train_time, 1e-9), 2))
         improved = append_epoch(run.history, record)
@@ -462,14 +485,15 @@ def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -
     last_save = time.monotonic()
     with progress.epoch_bar(epoch + 1, cfg.epochs, batches, run.start_batch) as bar:
         for batch_index in range(run.start_batch, batches):
-            batch = local_part(run.sampler.batch(epoch, batch_index, cfg.batch_size), run.world).to(run.device)
-            logits = run.train_model(batch.target_image, batch.support_images, batch.support_labels)
-            loss = segmentation_loss(logits, batch.target_label, cfg.loss)
+            batch = to_device(local_part(run.sampler.batch(epoch, batch_index, cfg.batch_size), run.world), run.device)
+            with autocast(cfg.precision, run.device):
+                logits = run.train_model(batch.target_image, batch.support_images, batch.support_labels)
+                loss = segmentation_loss(logits.float(), batch.target_label, cfg.loss)
             if any_rank(run.world, not math.isfinite(loss.item())):
                 raise divergence(run, epoch, batch_index, loss.item())  # before the step: the weights stay finite
             run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
+            # An fp16 step skipped for inf gradients (finite loss) is counted, never taken for divergence.
+            run.skipped_steps += not optimizer_step(loss, run.optimizer, run.scaler)
             run.step += 1
             if run.manager is not None:
                 run.manager.check()  # a failed background save stops the run now, not an epoch later
@@ -518,6 +542,8 @@ def training_state(run: Run, epoch: int, position: tuple[int, int, float, int]) 
         "model_state_dict": run.model.state_dict(),
         "optimizer_state_dict": run.optimizer.state_dict(),
         "scheduler_state_dict": run.scheduler.state_dict(),
+        "grad_scaler_state_dict": scaler_state(run.scaler),
+        "skipped_steps": run.skipped_steps,
         "history": run.history,
         "rng_state": rng_per_rank[0],
         "rng_state_per_rank": rng_per_rank,

@@ -27,7 +27,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                   [("--keep", {"type": int, "required": True, "metavar": "N"}),
                    ("--dry-run", {"action": "store_true", "help": "show what would go, remove nothing"})]),
         "export": ("write the model weights alone (.safetensors or .pt) plus metadata JSON", cmd_export,
-                   [("path", {}), ("out", {})]),
+                   [("path", {}), ("out", {}),
+                    ("--dtype", {"choices": ["fp32", "bf16", "fp16"], "default": "fp32",
+                                 "help": "dtype of the exported weights (default fp32, as checkpoints hold them)"})]),
     }
     for name, (help_text, handler, arguments) in specs.items():
         parser = actions.add_parser(name, help=help_text, description=help_text)
@@ -116,11 +118,12 @@ def cmd_clean(args) -> int:
 
 
 def cmd_export(args) -> int:
-    result = manage.export_weights(args.path, args.out)
+    result = manage.export_weights(args.path, args.out, args.dtype)
     if args.json:
         display.print_json(result)
     else:
-        print(f"wrote {result['path']} ({result['parameters']:,} parameters) and {result['metadata_path']}")
+        print(f"wrote {result['path']} ({result['parameters']:,} {result['dtype']} parameters) and "
+              f"{result['metadata_path']}")
     return 0
 
 

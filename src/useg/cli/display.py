@@ -73,6 +73,8 @@ def info_lines(details: dict[str, Any]) -> list[str]:
         f"best so far:   {format_number(details['best_val_dice'])} at epoch {details['best_epoch']}",
         f"created:       {details['created']}",
         f"config:        {summary or '-'}",
+        f"precision:     {config.get('precision') or 'fp32 (before mixed precision existed)'}",
+        f"deterministic: {determinism_text(config)}",
     ]
     if details["resume_command"]:
         lines.append(f"resume with:   {details['resume_command']}")
@@ -81,6 +83,15 @@ def info_lines(details: dict[str, Any]) -> list[str]:
     if details["resumes_from"]:
         lines.append(f"note:          latest is invalid; resuming falls back to {details['resumes_from']}")
     return lines
+
+
+def determinism_text(config: dict[str, Any]) -> str:
+    """Whether resuming this checkpoint is bit-identical to never stopping."""
+    if "deterministic" not in config:
+        return "not recorded (saved before the setting existed)"
+    if config["deterministic"]:
+        return "yes: a resume is bit-identical to an uninterrupted run"
+    return "no: a resume continues correctly, not bit-identical"
 
 
 def clean_notes(plan: CleanPlan) -> list[str]:

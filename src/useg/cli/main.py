@@ -34,7 +34,12 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--save-every-minutes", dict(type=float, help="also rewrite latest_checkpoint.pt every M minutes")),
     ("--vis-every", dict(type=int, help="write prediction pictures every N epochs (0: never; default 1)")),
     ("--vis-count", dict(type=int, help="validation targets pictured each time (default 3)")),
-    ("--num-threads", dict(type=int, help="CPU threads for torch (default: torch's choice)")),
+    ("--num-threads", dict(type=int, help="CPU threads for torch (default: the usable cores minus one, and minus "
+                                          "the data workers)")),
+    ("--device", dict(help="cpu, cuda or cuda:N (default: CUDA when present); for this session only")),
+    ("--precision", dict(choices=["fp32", "bf16", "fp16"],
+                         help="autocast dtype for forward and loss; weights stay fp32 (default: fp32 on the CPU, "
+                              "bf16 on CUDA, fp16 where bf16 is unsupported)")),
 ]
 
 
@@ -46,6 +51,11 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                         help="epoch summaries only (for logs); for this session only: a resume does not inherit it")
     parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                         help="also log to TensorBoard (kept when the run is resumed)")
+    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                        help="deterministic kernels, for bit-identical resume (default on; --no-deterministic "
+                             "trades that for speed on a GPU)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model for training steps (default off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +93,8 @@ def run_train(args: argparse.Namespace) -> int:
     flags = flag_layer(args)
     run_dir = flags["run_dir"] or file_layer.get("run_dir") or "."
     saved = resume_config(run_dir, resume) if resume is not None else {}
-    saved.pop("quiet", None)  # how much a session prints is chosen per session, not inherited from the run
+    for key in ("quiet", "device"):  # what a session prints and where it computes are chosen per session
+        saved.pop(key, None)
     cfg = build_config(saved, file_layer, flags, {"run_dir": run_dir})
     try:
         train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
