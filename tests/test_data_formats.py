@@ -212,11 +212,15 @@ def grouped_root(tmp_path: Path, nested: bool) -> Path:
 
 
 def test_subfolders_of_images_are_patients(tmp_path: Path) -> None:
-    ds = load_dataset(grouped_root(tmp_path, nested=True), image_size=16)
+    root = grouped_root(tmp_path, nested=True)
+    (root / "images" / ".ipynb_checkpoints").mkdir()  # hidden folders and files are not data
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(root / "images" / ".ipynb_checkpoints" / "x.png")
+    ds = load_dataset(root, image_size=16)
     assert ds.patients.tolist() == [0, 0, 1, 1, 2, 2]
     assert ds.ids[:2] == ["p000_i000", "p000_i001"]
     assert "patients by subfolder of images/" in ds.notes
     assert ds.sources[1].image == "images/c01/f1.png"
+    assert "c01" not in " ".join(ds.ids + ds.notes + [str(ds.report)])  # case folders may carry names
 
 
 def test_patient_pattern_groups_flat_files_and_names_a_file_that_does_not_match(tmp_path: Path) -> None:
@@ -240,6 +244,10 @@ def test_an_image_folder_without_readable_images_says_so(tmp_path: Path) -> None
     Image.fromarray(square_mask((16, 16))).save(root / "masks" / "a.png")
     with pytest.raises(DataError, match=r"no readable image in .*images: it holds only \.gif, \.txt files; "
                                         r"useg reads .*\.bmp"):
+        load_dataset(root, image_size=16)
+    (root / "images" / "a.png").write_bytes((root / "masks" / "a.png").read_bytes())
+    (root / "masks" / "a.png").rename(root / "masks" / "a.gif")
+    with pytest.raises(DataError, match=r"no readable mask in .*masks: it holds only \.gif files"):
         load_dataset(root, image_size=16)
 
 

@@ -45,6 +45,9 @@ def test_label_list_picks_values_and_class_names_name_them(tmp_path: Path) -> No
     ds = load_dataset(root, image_size=48, label=[255, 7], class_names={"255": "nucleus"})
     assert ds.classes == ["nucleus", "label_7"]  # an explicit value is kept, however rare
     assert ds.masks[0, 1].sum() == 2 and not ds.masks[1, 1].any()
+    assert "classes from --label (255=nucleus, 7=label_7)" in ds.notes
+    with pytest.raises(DataError, match=r"no mask holds the value 9 of --label 255,9; check the values"):
+        load_dataset(root, image_size=48, label=[255, 9])
     named = load_dataset(root, image_size=48, class_names={"128": "cytoplasm", "255": "nucleus"})
     assert named.classes == ["cytoplasm", "nucleus"]
     assert "128=cytoplasm, 255=nucleus" in " ".join(named.notes)

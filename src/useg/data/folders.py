@@ -66,7 +66,8 @@ def images_by_stem(folder: Path, what: str, recursive: bool = False) -> dict[str
     found: dict[str, Path] = {}
     paths = folder.rglob("*") if recursive else folder.iterdir()
     for path in sorted(paths, key=lambda p: p.relative_to(folder).as_posix()):
-        if not is_image_file(path):
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)  # .ipynb_checkpoints, ._a.png
+        if hidden or not is_image_file(path):
             continue
         key = (path.parent.relative_to(folder) / file_stem(path)).as_posix()
         if key in found:
@@ -81,6 +82,8 @@ def find_pairs(root: Path) -> tuple[list[Pair], int]:
     if not image_files:
         raise no_images(root / "images")
     mask_files = images_by_stem(root / "masks", "masks", recursive=True)
+    if not mask_files:
+        raise no_images(root / "masks", "mask")
     pairs = []
     for key, path in image_files.items():
         if key not in mask_files:
@@ -92,10 +95,10 @@ def find_pairs(root: Path) -> tuple[list[Pair], int]:
     return pairs, len(set(mask_files) - set(image_files))
 
 
-def no_images(folder: Path) -> DataError:
+def no_images(folder: Path, kind: str = "image") -> DataError:
     others = sorted({path.suffix.lower() or path.name for path in folder.rglob("*") if path.is_file()})
     found = f"it holds only {', '.join(others[:6])} files" if others else "it is empty"
-    return DataError(f"no readable image in {folder}: {found}; useg reads {', '.join(IMAGE_SUFFIXES)} "
+    return DataError(f"no readable {kind} in {folder}: {found}; useg reads {', '.join(IMAGE_SUFFIXES)} "
                      f"and suffix-less DICOM files")
 
 
@@ -203,12 +206,22 @@ def load_folders(root: Path, *, image_size: int, options: FolderOptions | None =
     kept = [plane for position, plane in enumerate(planes) if plane.masks.any() or position in extra]
     if not any(plane.masks.any() for plane in kept):
         raise no_usable_images(str(root / "images"), _why_empty(plan))
+    _check_every_label_found(plan, kept)
     keys, how = patient_keys(pairs, options.patient_pattern)
     dataset = folder_dataset(kept, pairs, keys, root, plan)
     dataset.report.update(_counts(planes, kept, pairs, orphan_masks))
     dataset.notes.extend([how, *plan.notes(), *_empty_notes(planes, kept, options.keep_empty),
                           *_volume_notes(planes, kept, options.slice_axis), *_coverage_notes(kept)])
     return dataset
+
+
+def _check_every_label_found(plan: ClassPlan, kept: list[Plane]) -> None:
+    """A `--label` value that no mask holds is a typo, not an empty class."""
+    present = np.any([plane.masks.any(axis=(1, 2)) for plane in kept], axis=0)
+    missing = [values[0] for values, found in zip(plan.values, present) if not found]
+    if plan.kind == "label" and missing:
+        given = ",".join(str(values[0]) for values in plan.values)
+        raise DataError(f"no mask holds the value {missing[0]} of --label {given}; check the values in the masks")
 
 
 def _why_empty(plan: ClassPlan) -> str:

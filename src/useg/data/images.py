@@ -65,8 +65,17 @@ def is_medical(path: Path) -> bool:
 
 def unreadable(kind: str, name: str, error: BaseException) -> DataError:
     """The one line for a file that cannot be decoded: which file, and why."""
-    reason = _REASONS.get(type(error).__name__) or (str(error).splitlines() or [""])[0][:120] or type(error).__name__
-    return DataError(f"cannot read {kind} {name} ({reason}); replace or remove the file")
+    return DataError(f"cannot read {kind} {name} ({error_reason(error)}); replace or remove the file")
+
+
+def error_reason(error: BaseException, path: Path | None = None, name: str = "") -> str:
+    """A short reason without folders (a folder name may be a patient's name); `path` is shown as `name`."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return error.strerror or type(error).__name__
+    reason = _REASONS.get(type(error).__name__) or (str(error).splitlines() or [""])[0][:160]
+    if path is not None:
+        reason = reason.replace(str(path), name)
+    return type(error).__name__ if not reason or "/" in reason or "\\" in reason else reason
 
 
 _REASONS = {

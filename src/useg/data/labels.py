@@ -80,9 +80,11 @@ class ClassPlan:
     def notes(self) -> list[str]:
         """What the data line says about the classes (nothing for plain binary masks)."""
         lines = []
+        pairs = ", ".join(f"{values[0]}={name}" for name, values in zip(self.names, self.values))
         if self.kind == "label map":
-            pairs = ", ".join(f"{values[0]}={name}" for name, values in zip(self.names, self.values))
             lines.append(f"label map: one class per mask value ({pairs})")
+        elif self.kind == "label" and len(self.names) > 1:
+            lines.append(f"classes from --label ({pairs})")
         if self.ignored:
             shown = ", ".join(f"{value} ({share:.2%})" for value, share in self.ignored.items())
             lines.append(f"ignored mask values {shown}: under {NOISE_SHARE:.1%} of the labelled pixels counts as "

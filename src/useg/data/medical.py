@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from useg.data.images import file_suffix, robust_unit
+from useg.data.images import error_reason, file_suffix, robust_unit
 from useg.errors import DataError
 
 
@@ -88,8 +88,8 @@ def _dicom_axes(pixels: np.ndarray, dataset, as_mask: bool) -> np.ndarray:
 
 
 def _unreadable(kind: str, name: str, format_name: str, error: BaseException, path: Path) -> DataError:
-    reason = (str(error).splitlines() or [""])[0].replace(str(path), name)[:160] or type(error).__name__
-    return DataError(f"cannot read {kind} {name} as {format_name} ({reason}); replace or remove the file")
+    return DataError(f"cannot read {kind} {name} as {format_name} ({error_reason(error, path, name)}); replace or "
+                     f"remove the file")
 
 
 def slices(volume: np.ndarray, axis: int) -> list[np.ndarray]:
