@@ -78,6 +78,26 @@ def test_other_data_scores_every_image_once_per_class_of_its_own_names(run, fold
     assert report["mean_dice"] == pytest.approx(np.mean([row["dice"] for row in report["rows"]]))
 
 
+def test_label_map_folder_scores_each_named_class(run, folders, capsys, tmp_path):
+    labelled = tmp_path / "labelled"
+    for kind in ("images", "masks"):
+        (labelled / kind).mkdir(parents=True)
+    for image in sorted((folders["data"] / "images").iterdir()):
+        (labelled / "images" / image.name).write_bytes(image.read_bytes())
+        lesion = native_mask(folders["data"], image.stem)
+        values = np.where(lesion, 200, 0).astype(np.uint8)
+        values[:, :6] = 100  # a band on the left: a second class in every image
+        Image.fromarray(values).save(labelled / "masks" / image.name)
+    report = evaluate_json(capsys, run, "--data", str(labelled), "--class-names", "100=band,200=lesion")
+    assert report["classes"] == {"band": "held-out", "lesion": "held-out"}
+    assert {row["class"] for row in report["rows"]} == {"band", "lesion"} and len(report["rows"]) == 16
+    picked = evaluate_json(capsys, run, "--data", str(labelled), "--label", "200")
+    assert list(picked["per_class"]) == ["label_200"] and len(picked["rows"]) == 8
+    by_name = evaluate_json(capsys, run, "--data", str(labelled), "--class-names", "100=band,200=lesion",
+                            "--classes", "lesion")
+    assert list(by_name["per_class"]) == ["lesion"]
+
+
 def test_class_the_model_was_trained_on_is_marked_trained(folder_run, folders, capsys):
     report = evaluate_json(capsys, folder_run, "--data", str(folders["other"]))
     assert report["classes"] == {"foreground": "trained"} and len(report["rows"]) == 6
@@ -128,11 +148,40 @@ def test_ensemble_sweep_averages_more_draws(run, folders, capsys, tmp_path):
         [report["sweep"][0]["mean_dice"], report["sweep"][2]["mean_dice"]])
 
 
+def test_scores_are_at_each_images_native_size(run, folders, capsys):
+    report = evaluate_json(capsys, run, "--data", str(folders["data"]), "--with-paths")
+    for row in report["rows"]:
+        truth = native_mask(folders["data"], Path(row["file"]).stem)
+        assert truth.shape == (WIDE[1], WIDE[0])
+        assert row["truth_pixels"] == int(truth.sum())  # not the 32x32 resized count
+        assert row["predicted_pixels"] <= WIDE[0] * WIDE[1]
+
+
+
+def test_run_folder_index_is_owner_only_and_names_the_files(folder_run, folders, capsys, tmp_path):
+    index_path = folder_run / INDEX_NAME
+    assert stat.S_IMODE(index_path.stat().st_mode) == 0o600
+    index = json.loads(index_path.read_text())
+    assert index["data"] == str(folders["data"].resolve())
+    files = {entry["image"] for entry in index["images"].values()}
+    assert files == {f"images/scan{i}.png" for i in range(8)}
+    csv_path = tmp_path / "paths.csv"
+    assert main(["evaluate", "--run-dir", str(folder_run), "--with-paths", "--csv", str(csv_path)]) == 0
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and list(rows[0])[-1] == "file"
+    for row in rows:  # one numbering: the CSV's id and the index agree on the file
+        assert row["file"] == index["images"][row["image"]]["image"]
+    with open(folder_run / "evaluation_test.csv", newline="") as handle:
+        assert "file" not in next(csv.reader(handle))  # paths only when asked
+
+
 @pytest.mark.parametrize("args, expected", [
     (["--ensembles", "0"], "--ensembles must be at least 1"),
     (["--ensembles", "1..x"], "--ensembles 1..x is not a number"),
     (["--support-size", "0,2"], "--support-size must be at least 1"),
-    (["--label", "-3"], "--label -3"),
+    (["--label", "-3"], "--label must be an integer >= 0"),
+    (["--class-names", "128"], "--class-names must be comma-separated VALUE=NAME pairs"),
     (["--support-size", "64,128"], "every --support-size (64, 128) is larger than the 7 supports"),
     (["--support", "{nowhere}"], "does not exist"),
 ])

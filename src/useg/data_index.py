@@ -24,14 +24,9 @@ INDEX_MODE = 0o600
 
 def index_record(data: str | Path | None, dataset) -> dict[str, Any]:
     """The index as a plain dict: the data folder and, per image id, its image/mask files and slice."""
-    sources = list(getattr(dataset, "sources", None) or [])
-    images = {image_id: source_dict(source) for image_id, source in zip(dataset.ids, sources)}
+    images = {image_id: source.to_dict() for image_id, source in zip(dataset.ids, dataset.sources)}
     return {"data": None if data is None else str(Path(data).expanduser().resolve()), "source": dataset.source,
             "images": images}
-
-
-def source_dict(source: Any) -> dict[str, Any]:
-    return source.to_dict() if hasattr(source, "to_dict") else {"image": str(source), "mask": None, "slice": None}
 
 
 def write_data_index(run_dir: str | Path, data: str | Path | None, dataset) -> Path | None:
@@ -81,5 +76,4 @@ def file_label(entry: dict[str, Any]) -> str:
 
 def dataset_files(dataset) -> list[str]:
     """Per image of a loaded dataset, `file_label` of its source ("" where the loader recorded none)."""
-    sources = list(getattr(dataset, "sources", None) or [])
-    return [file_label(source_dict(source)) for source in sources] or [""] * len(dataset)
+    return [file_label(source.to_dict()) for source in dataset.sources] or [""] * len(dataset)

@@ -12,7 +12,7 @@ patient) covers both cases.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,15 @@ class EvalSet:
     support_data: str | None
     files: list[str]  # per dataset image: its file relative to its data folder ("" when unknown)
 
+    _native: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def native_masks(self, index: int) -> np.ndarray:
+        """(C, H, W) truth of a target at the size it has on disk (read once, then kept)."""
+        if index not in self._native:
+            read = self.dataset.read_native_masks
+            self._native[index] = self.dataset.masks[index] if read is None else read(index)
+        return self._native[index]
+
     def class_status(self, trained_classes: list[str]) -> dict[str, str]:
         """Per class of the data: `trained` when the model was trained on it, else `held-out`."""
         return {name: "trained" if name in trained_classes else "held-out" for name in self.dataset.classes}
@@ -53,28 +62,36 @@ def is_run_data(trained: TrainedModel, data: str | None) -> bool:
 
 
 def load_eval_set(trained: TrainedModel, *, data: str | None, annotations: str | None, split: str,
-                  support: str | None = None, label=None, classes: list[str] | None = None) -> EvalSet:
-    """The targets and supports to score, following the module docstring's rules."""
+                  support: str | None = None, options: dict | None = None) -> EvalSet:
+    """The targets and supports to score, following the module docstring's rules.
+
+    `options`: the `load_dataset` keywords given on the command line (label, classes, class_names,
+    patient_pattern); None values are left out.
+    """
     if split not in SPLITS:
         raise ConfigError(f"--split {split} is unknown; use val or test")
+    options = {key: value for key, value in (options or {}).items() if value is not None}
     if is_run_data(trained, data):
         if support is not None:
             raise ConfigError("--support applies to data the run was not trained on; the run's own data is "
                               "scored with its saved train split as supports (drop --support or pass --data)")
-        return run_split(trained, data, annotations, split, label, classes)
-    return held_out(trained, data, annotations, support, label, classes)
+        return run_split(trained, data, annotations, split, options)
+    return held_out(trained, data, annotations, support, options)
 
 
-def run_split(trained: TrainedModel, data: str | None, annotations: str | None, split: str, label,
-              classes: list[str] | None) -> EvalSet:
-    """The run's data as it was loaded for training, and its saved split."""
-    cfg = trained.config
-    if label is not None and label != cfg.get("label"):
-        raise ConfigError(f"--label {label} differs from the run's ({cfg.get('label')}); the run's data is read as "
-                          "it was trained, so drop --label (or evaluate a copy of the folder as other data)")
-    data = cfg.get("data") if data is None else data
-    options = {**data_options(cfg), "annotations": annotations or cfg.get("annotations")}
-    dataset = load_dataset(data, image_size=trained.image_size, seed=trained.seed, **options)
+def run_split(trained: TrainedModel, data: str | None, annotations: str | None, split: str,
+              options: dict) -> EvalSet:
+    """The run's data as it was loaded for training, and its saved split; --classes picks classes to score."""
+    saved_options = data_options(trained.config)
+    for key, value in options.items():
+        if key != "classes" and value != saved_options.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"{flag} {value} differs from the run's ({saved_options.get(key)}); the run's data is "
+                              f"read as it was trained, so drop {flag} (or evaluate a copy of the folder as other "
+                              "data)")
+    data = trained.config.get("data") if data is None else data
+    saved_options["annotations"] = annotations or saved_options.get("annotations")
+    dataset = load_dataset(data, image_size=trained.image_size, seed=trained.seed, **saved_options)
     if trained.classes and dataset.classes != trained.classes:
         raise DataError(f"the data has classes {', '.join(dataset.classes)} but {trained.path.name} was trained on "
                         f"{', '.join(trained.classes)}; pass the run's data with --data")
@@ -85,20 +102,22 @@ def run_split(trained: TrainedModel, data: str | None, annotations: str | None, 
     if not len(targets):
         raise DataError(f"the {split} split of {trained.path.name} is empty; evaluate --split "
                         f"{'val' if split == 'test' else 'test'} instead")
-    dataset = only_classes(dataset, classes)
+    dataset = only_classes(dataset, options.get("classes"))
     return EvalSet(dataset, targets, saved.train, split, False, data, None, dataset_files(dataset))
 
 
-def held_out(trained: TrainedModel, data: str, annotations: str | None, support: str | None, label,
-             classes: list[str] | None) -> EvalSet:
+def held_out(trained: TrainedModel, data: str, annotations: str | None, support: str | None,
+             options: dict) -> EvalSet:
     """Every image of `data` as a target; supports from `data` itself or from the `support` folder."""
-    targets = load_dataset(data, image_size=trained.image_size, annotations=annotations, label=label,
-                           classes=classes, seed=trained.seed)
+    targets = load_dataset(data, image_size=trained.image_size, annotations=annotations, seed=trained.seed,
+                           **options)
     files = dataset_files(targets)
     if support is None:
         everything = np.arange(len(targets))
         return EvalSet(targets, everything, everything, "all", True, data, None, files)
-    supports = load_dataset(support, image_size=trained.image_size, label=label, seed=trained.seed)
+    # Classes are matched by name, so --classes applies to the targets only.
+    support_options = {key: value for key, value in options.items() if key != "classes"}
+    supports = load_dataset(support, image_size=trained.image_size, seed=trained.seed, **support_options)
     shared = [name for name in targets.classes if name in supports.classes]
     if not shared:
         raise DataError(f"--support {support} has classes {', '.join(supports.classes)}, none of the classes of "
@@ -117,8 +136,10 @@ def only_classes(dataset: SegDataset, wanted: list[str] | None) -> SegDataset:
     from useg.data.dataset import select_classes
 
     keep = select_classes(dataset.classes, wanted)
+    read = dataset.read_native_masks
     return SegDataset(dataset.images, dataset.masks[:, keep], [dataset.classes[i] for i in keep], dataset.patients,
-                      dataset.ids, dataset.source, dataset.report, dataset.predefined_split)
+                      dataset.ids, dataset.source, dataset.report, dataset.predefined_split, sources=dataset.sources,
+                      read_native_masks=None if read is None else lambda index: read(index)[keep])
 
 
 def stack_datasets(first: SegDataset, second: SegDataset) -> SegDataset:
@@ -133,4 +154,4 @@ def stack_datasets(first: SegDataset, second: SegDataset) -> SegDataset:
         images=np.concatenate([first.images, second.images]), masks=np.concatenate([first.masks, second_masks]),
         classes=list(first.classes), patients=np.concatenate([first.patients, second.patients + offset]),
         ids=list(first.ids) + [f"support_{image}" for image in second.ids], source=first.source,
-        report=dict(first.report))
+        report=dict(first.report), read_native_masks=first.read_native_masks)  # targets are `first`'s only

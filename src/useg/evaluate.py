@@ -119,9 +119,11 @@ class Evaluation:
 
 def evaluate(trained: TrainedModel, *, data: str | None = None, annotations: str | None = None,
              split: str = "test", support_size: int | list[int] | None = None, ensembles: int | list[int] = 1,
-             seed: int | None = None, support: str | None = None, label=None,
-             classes: list[str] | None = None, with_paths: bool = False) -> Evaluation:
+             seed: int | None = None, support: str | None = None, data_options: dict | None = None,
+             with_paths: bool = False) -> Evaluation:
     """Score `trained` on its run's `split`, or on every image of another folder `data` (see eval_data).
+
+    `data_options`: load_dataset keywords from the command line (label, classes, class_names, patient_pattern).
 
     A list of support sizes or ensemble counts sweeps them; sizes above what every target's
     pool can give are skipped (one warning each) instead of drawing repeated supports.
@@ -131,7 +133,7 @@ def evaluate(trained: TrainedModel, *, data: str | None = None, annotations: str
     seed = trained.seed if seed is None else seed
     check_settings(sizes, counts, seed)
     evalset = load_eval_set(trained, data=data, annotations=annotations, split=split, support=support,
-                            label=label, classes=classes)
+                            options=data_options)
     status = evalset.class_status(trained.classes)
     drawn = {size: draw_tasks(evalset, size, seed) for size in sizes}
     kept = [size for size in sizes if len(sizes) == 1 or drawn[size][1] >= size]
@@ -237,19 +239,13 @@ def score_row(evalset: EvalSet, task: Task, prob: torch.Tensor, with_paths: bool
     """One CSV row: the probability map resized to the target's native size (as predict does), thresholded
     at one half and scored against the native truth; HD95 is in pixels of the original image."""
     dataset = evalset.dataset
-    truth = native_truth(dataset, task.target, task.cls)
+    truth = evalset.native_masks(task.target)[task.cls]
     if tuple(prob.shape) != truth.shape:
         prob = F.interpolate(prob[None, None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0]
     row = {"image": dataset.ids[task.target], "class": dataset.classes[task.cls], **scores(prob.numpy() > 0.5, truth)}
     if with_paths:
         row["file"] = evalset.files[task.target]
     return row
-
-
-def native_truth(dataset: SegDataset, index: int, cls: int) -> np.ndarray:
-    """The (H, W) truth of one image and class at the size it has on disk, when the loader kept it."""
-    native = getattr(dataset, "native_masks", None)
-    return dataset.masks[index, cls] if not native else native[index][cls]
 
 
 def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:

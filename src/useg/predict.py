@@ -168,12 +168,15 @@ def pick_supports(supports: SegDataset, cls: int, members: np.ndarray, support_s
 
 
 def load_supports(trained: TrainedModel, folder: str | Path, wanted: list[str] | None, support_size: int | None,
-                  *, label=None, ensembles: int = 1, seed: int | None = None) -> tuple[list[SupportSet], bool]:
-    """The support sets from a folder in any training layout, at the model's size; and whether it is multi-class."""
+                  *, options: dict | None = None, ensembles: int = 1,
+                  seed: int | None = None) -> tuple[list[SupportSet], bool]:
+    """The support sets from a folder in any training layout, at the model's size; and whether it is multi-class.
+
+    `options`: load_dataset keywords for the folder (label, class_names)."""
     folder = Path(folder)
     if folder.is_dir() and not any(folder.iterdir()):
         raise DataError(f"support folder {folder} is empty; it needs images with masks in a training layout")
-    data = name_like_the_run(load_dataset(folder, image_size=trained.image_size, label=label), trained)
+    data = name_like_the_run(load_dataset(folder, image_size=trained.image_size, **(options or {})), trained)
     size = trained.support_size if support_size is None else support_size
     seed = trained.seed if seed is None else seed
     if seed < 0:

@@ -25,6 +25,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                           help="the Ovatus mapping_normalized4.jsonl when it is not beside US_map4/")
     evaluate.add_argument("--label", metavar="K[,K...]", help="label-map values to score as classes, as in useg train")
     evaluate.add_argument("--classes", metavar="A,B", help="comma-separated classes to score (default: all)")
+    evaluate.add_argument("--class-names", metavar="V=NAME,...",
+                          help="names of label-map values of other data, e.g. 128=cytoplasm,255=nucleus")
+    evaluate.add_argument("--patient-pattern", metavar="REGEX",
+                          help="group other data's files into patients (first group = patient), as in useg train")
     evaluate.add_argument("--split", choices=["val", "test"], default="test",
                           help="targets on the run's own data (default test)")
     evaluate.add_argument("--ensembles", metavar="K", default="1",
@@ -48,6 +52,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                          help="comma-separated classes to predict (default: every support class)")
     predict.add_argument("--label", metavar="K[,K...]",
                          help="label-map values of the support masks to predict as classes, as in useg train")
+    predict.add_argument("--class-names", metavar="V=NAME,...",
+                         help="names of the support label-map values, e.g. 128=cytoplasm,255=nucleus")
     predict.add_argument("--ensembles", metavar="K", default="1",
                          help="average the probabilities of K seeded support draws (default 1)")
     predict.add_argument("--seed", type=int, metavar="N", help="seed of the support draws (default: the run's seed)")
@@ -71,7 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     trained = load_trained(args.run_dir, args.checkpoint)
     result = evaluate(trained, data=args.data, annotations=args.annotations, split=args.split,
                       support_size=sizes, ensembles=counts, seed=args.seed, support=args.support,
-                      label=label_values(args.label), classes=class_list(args.classes), with_paths=args.with_paths)
+                      data_options=data_flags(args), with_paths=args.with_paths)
     default_name = f"evaluation_{args.split}.csv" if not result.data.held_out else "evaluation_held_out.csv"
     csv_path = Path(args.csv) if args.csv else Path(args.run_dir) / default_name
     return report_evaluation(result, csv_path, as_json=args.json, with_paths=args.with_paths)
@@ -100,18 +106,12 @@ def one_number(text: str, flag: str) -> int:
     return values[0]
 
 
-def label_values(text: str | None):
-    """`--label 255` as 255 (what older loaders take), `--label 128,255` as [128, 255]."""
-    if text is None:
-        return None
-    values = number_list(text, "--label")
-    if ".." in text or min(values) < 0:
-        raise ConfigError(f"--label {text}: give mask values as whole numbers >= 0, e.g. --label 128,255")
-    return values[0] if len(values) == 1 else values
+def data_flags(args: argparse.Namespace) -> dict:
+    """The data flags given (--label, --classes, --class-names, --patient-pattern), checked as useg train checks them."""
+    from useg.config import check_value
 
-
-def class_list(text: str | None) -> list[str] | None:
-    return [name.strip() for name in text.split(",") if name.strip()] if text else None
+    keys = ("label", "classes", "class_names", "patient_pattern")
+    return {key: check_value(key, getattr(args, key)) for key in keys if getattr(args, key, None) is not None}
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -120,9 +120,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     trained = load_trained(args.run_dir, args.checkpoint)
     size = None if args.support_size is None else one_number(args.support_size, "--support-size")
-    sets, multi_class = load_supports(trained, args.support, class_list(args.classes), size,
-                                      label=label_values(args.label), seed=args.seed,
-                                      ensembles=one_number(args.ensembles, "--ensembles"))
+    flags = data_flags(args)
+    sets, multi_class = load_supports(trained, args.support, flags.pop("classes", None), size, options=flags,
+                                      seed=args.seed, ensembles=one_number(args.ensembles, "--ensembles"))
     files = input_files(args.images)
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -47,6 +47,9 @@ class SegDataset:
     predefined_split: dict[str, list[int]] | None = None
     notes: list[str] = field(default_factory=list)  # what the data line adds: how patients and classes were found
     sources: list[ImageSource] = field(default_factory=list)  # per image, or empty (synthetic)
+    # (C, H, W) bool masks of image i at the size it has on disk (evaluation scores there);
+    # None where the loaded masks are the stored ones (synthetic).
+    read_native_masks: Callable[[int], np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n, c = len(self.images), len(self.classes)

@@ -141,6 +141,14 @@ def load_planes(pair: Pair, index: int, root: Path, plan: ClassPlan, size: int, 
             for number, (grey, mask) in enumerate(zip(greys, planes))]
 
 
+def native_masks(root: Path, source: ImageSource, plan: ClassPlan, axis: int) -> np.ndarray:
+    """(C, H, W) class masks of one loaded image (a file or a volume's slice) at its stored size."""
+    values = read_mask_volume(root / source.mask, source.mask)
+    if source.slice is not None:
+        values = slices(values, axis)[source.slice]
+    return plan.native_masks(values)
+
+
 def _shape(shape: tuple[int, ...]) -> str:
     if len(shape) == 2:
         return f"{shape[1]}x{shape[0]}"  # width x height, as image viewers say it
@@ -209,6 +217,7 @@ def load_folders(root: Path, *, image_size: int, options: FolderOptions | None =
     _check_every_label_found(plan, kept)
     keys, how = patient_keys(pairs, options.patient_pattern)
     dataset = folder_dataset(kept, pairs, keys, root, plan)
+    dataset.read_native_masks = lambda index: native_masks(root, dataset.sources[index], plan, options.slice_axis)
     dataset.report.update(_counts(planes, kept, pairs, orphan_masks))
     dataset.notes.extend([how, *plan.notes(), *_empty_notes(planes, kept, options.keep_empty),
                           *_volume_notes(planes, kept, options.slice_axis), *_coverage_notes(kept)])

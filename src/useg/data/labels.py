@@ -67,15 +67,15 @@ class ClassPlan:
 
     def masks(self, values: np.ndarray, size: int) -> np.ndarray:
         """(C, size, size) bool masks of one stored mask."""
-        planes = np.zeros((len(self.names), size, size), dtype=bool)
+        return np.stack([resize_mask(plane, size) for plane in self.native_masks(values)])
+
+    def native_masks(self, values: np.ndarray) -> np.ndarray:
+        """(C, H, W) bool masks of one stored (H, W) mask, at its own size."""
         soft = self.kind == "binary" and len(np.unique(values)) > SOFT_MASK_VALUES
-        for index, class_values in enumerate(self.values):
-            if soft:
-                chosen = values >= (128 if values.max() <= 255 else 32768)
-            else:
-                chosen = np.isin(values, class_values)
-            planes[index] = resize_mask(chosen, size)
-        return planes
+        if soft:
+            chosen = values >= (128 if values.max() <= 255 else 32768)
+            return np.repeat(chosen[None], len(self.names), axis=0)
+        return np.stack([np.isin(values, class_values) for class_values in self.values])
 
     def notes(self) -> list[str]:
         """What the data line says about the classes (nothing for plain binary masks)."""

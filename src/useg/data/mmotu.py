@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from useg.data.dataset import ImageSource, SegDataset, no_usable_images, single_class_name
 from useg.data.folders import images_by_stem, pair_dataset, read_pair
-from useg.data.images import resize_mask
+from useg.data.images import read_mask_values, resize_mask
 from useg.errors import DataError
 
 SPLIT_FILES = {"train": "train.txt", "val": "val.txt"}
@@ -78,7 +80,14 @@ def load_mmotu(root: Path, *, image_size: int, classes: list[str] | None) -> Seg
             str(root / "images"), "every image needs an annotations/<id>_binary.PNG with tumour pixels"
         )
     split, not_found = predefined_split(root, stems)
-    return pair_dataset(kept, class_name, "mmotu", predefined_split=split, sources=sources, extra_report={
+    dataset = pair_dataset(kept, class_name, "mmotu", predefined_split=split, sources=sources, extra_report={
         "images_without_labels": len(image_files) - len(kept),
         "split_ids_not_found": not_found,
     })
+    dataset.read_native_masks = lambda index: native_masks(root, sources[index])
+    return dataset
+
+
+def native_masks(root: Path, source: ImageSource) -> np.ndarray:
+    """(1, H, W) tumour mask of one image at its stored size."""
+    return (read_mask_values(root / source.mask, source.mask) > 0)[None]

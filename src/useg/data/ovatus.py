@@ -175,11 +175,16 @@ def load_masks(
     declared: tuple[int, int] | None, size: int,
 ) -> np.ndarray:
     """(C, size, size) masks drawn at the image's own size, then resized."""
+    return np.stack([resize_mask(drawn, size) for drawn in native_masks(by_class, num_classes, actual, declared)])
+
+
+def native_masks(by_class: dict[int, list[np.ndarray]], num_classes: int, actual: tuple[int, int],
+                 declared: tuple[int, int] | None) -> np.ndarray:
+    """(C, height, width) masks drawn at the image's own (width, height)."""
     scale = np.ones(2) if declared is None else np.asarray(actual, float) / np.asarray(declared, float)
-    masks = np.zeros((num_classes, size, size), dtype=bool)
+    masks = np.zeros((num_classes, actual[1], actual[0]), dtype=bool)
     for index, polygons in by_class.items():
-        drawn = rasterise([points * scale for points in polygons], *actual)
-        masks[index] = resize_mask(drawn, size)
+        masks[index] = rasterise([points * scale for points in polygons], *actual)
     return masks
 
 
@@ -210,7 +215,7 @@ def load_ovatus(
     annotated = read_annotations(annotation_path)
     folders = {nfc(path.name): path for path in image_root.iterdir() if path.is_dir()}
     counts: Counter = Counter(folders_without_annotations=len(set(folders) - set(annotated)))
-    images, masks, patients, ids, sources = [], [], [], [], []
+    images, masks, patients, ids, drawings = [], [], [], [], []
     for name in sorted(annotated):
         if name not in folders:
             counts["missing_patient_folders"] += 1
@@ -218,12 +223,12 @@ def load_ovatus(
             continue
         patient = len(set(patients))
         loaded = _load_patient(folders[name], annotated[name], patient, class_names, image_size, counts)
-        for number, (grey, mask, path) in enumerate(loaded):
+        for number, (grey, mask, drawing) in enumerate(loaded):
             images.append(grey)
             masks.append(mask)
             patients.append(patient)
             ids.append(image_id(patient, number))
-            sources.append(ImageSource(path.relative_to(root).as_posix()))
+            drawings.append(drawing)
     if not images:
         raise no_usable_images(
             str(image_root),
@@ -231,12 +236,28 @@ def load_ovatus(
             f"{counts['missing_images']} were not found and {counts['images_without_labels']} "
             f"had no usable polygon of the classes {', '.join(class_names)}",
         )
-    return _dataset(images, masks, patients, ids, class_names, counts, sources)
+    sources = [ImageSource(drawing.path.relative_to(root).as_posix()) for drawing in drawings]
+    dataset = _dataset(images, masks, patients, ids, class_names, counts, sources)
+    dataset.read_native_masks = lambda index: drawings[index].masks(len(class_names))
+    return dataset
+
+
+@dataclass
+class Drawing:
+    """What it takes to draw one image's masks again at its own size (for native-resolution scores)."""
+
+    path: Path
+    by_class: dict[int, list[np.ndarray]]
+    actual: tuple[int, int]
+    declared: tuple[int, int] | None
+
+    def masks(self, num_classes: int) -> np.ndarray:
+        return native_masks(self.by_class, num_classes, self.actual, self.declared)
 
 
 def _load_patient(
     folder: Path, entries: list[AnnotatedImage], patient: int, class_names: list[str], size: int, counts: Counter
-) -> list[tuple[np.ndarray, np.ndarray, Path]]:
+) -> list[tuple[np.ndarray, np.ndarray, Drawing]]:
     files = _FolderFiles(folder, patient)
     loaded = []
     for entry in entries:
@@ -256,7 +277,7 @@ def _load_patient(
                 continue
             mask = load_masks(by_class, len(class_names), actual, entry.declared_size, size)
             if mask.any():
-                loaded.append((grey, mask, path))
+                loaded.append((grey, mask, Drawing(path, by_class, actual, entry.declared_size)))
             else:
                 counts["images_empty_after_resize"] += 1
     return loaded
