@@ -172,7 +172,8 @@ def test_run_folder_index_is_owner_only_and_names_the_files(folder_run, folders,
     assert rows and list(rows[0])[-1] == "file"
     for row in rows:  # one numbering: the CSV's id and the index agree on the file
         assert row["file"] == index["images"][row["image"]]["image"]
-    with open(folder_run / "evaluation_test.csv", newline="") as handle:
+    assert main(["evaluate", "--run-dir", str(folder_run), "--csv", str(tmp_path / "plain.csv")]) == 0
+    with open(tmp_path / "plain.csv", newline="") as handle:
         assert "file" not in next(csv.reader(handle))  # paths only when asked
 
 
