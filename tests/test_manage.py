@@ -122,10 +122,12 @@ def test_list_from_the_shell_does_not_import_torch(trained):
 def test_latest_shows_progress_best_config_and_the_resume_command(trained, capsys):
     code, out, _ = useg_text(capsys, "checkpoints", "latest", "--run-dir", str(trained))
     assert code == 0
-    assert "epoch:         5 of 5" in out and "best so far:" in out and "widths=[8, 8]" in out
+    assert "position:      5 of 5 epochs complete" in out and "best so far:" in out and "widths=[8, 8]" in out
     assert f"resume with:   useg resume latest --run-dir {trained}" in out
     code, details = useg_json(capsys, "checkpoints", "latest", "--run-dir", str(trained))
-    assert set(RECORD_KEYS) | {"sha256", "config", "resume_command", "resumes_from"} == set(details)
+    assert set(RECORD_KEYS) | {"sha256", "config", "batch", "batches_per_epoch", "resume_command",
+                               "resumes_from"} == set(details)
+    assert (details["batch"], details["batches_per_epoch"]) == (0, 3)  # 6 samples per epoch, batches of 2
     assert details["epoch"] == 5 and details["total_epochs"] == 5 and details["valid"] is True
     assert details["best_epoch"] == details["epoch"] or details["best_val_dice"] >= details["val_dice"]
     assert details["config"]["widths"] == [8, 8]

@@ -99,9 +99,28 @@ def describe(path: str | Path, run_dir: str | Path | None = None) -> dict[str, A
     if info.status == "missing-checksum" and result.status == "corrupt":
         raise CheckpointError(f"{path} is not a useg checkpoint (no sidecar {path.name}.json and {result.reason})")
     run_dir = run_dir if run_dir is not None else run_dir_of(path, info.config)
+    batch, batches = batch_position(info)
     return {**record(info, result), "sha256": (result.metadata or {}).get("sha256"), "config": info.config or {},
+            "batch": batch, "batches_per_epoch": batches,
             "resume_command": resume_command(run_dir, path, info.kind, info.epoch),
             "resumes_from": resume_target(run_dir, path, result.ok)}
+
+
+def batch_position(info: CheckpointInfo) -> tuple[int | None, int | None]:
+    """(batches done in the epoch in progress, batches per epoch) of a file useg's trainer wrote.
+
+    The sidecar has no batch of its own, but the trainer takes one step per batch and cannot be
+    resumed with another batch size or epoch length, so step = epoch * batches + batch; (None, None)
+    when the sidecar lacks a number or they disagree (a file from another training loop).
+    """
+    config = info.config or {}
+    numbers = (info.step, info.epoch, config.get("samples_per_epoch"), config.get("batch_size"))
+    if not all(type(number) is int for number in numbers) or numbers[3] <= 0:
+        return None, None
+    step, epoch, samples, batch_size = numbers
+    batches = -(-samples // batch_size)
+    batch = step - epoch * batches
+    return (batch, batches) if 0 <= batch <= batches else (None, None)
 
 
 def run_dir_of(path: Path, config: dict | None) -> Path | str:

@@ -13,34 +13,70 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 
 
+def plural(count: int, noun: str) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def position_text(epochs_done: int, batch: int = 0, batches: int | None = None, total: int | None = None) -> str:
+    """Where a run stands, said the same way by every message, `checkpoints latest/info` and the menu.
+
+    A checkpoint's `epoch` counts complete epochs; mid-epoch the epoch in progress is the next one:
+    `epoch 4 of 8, batch 82 of 128 (3 epochs complete)`, and at an epoch's end `3 of 8 epochs complete`.
+    """
+    of_total = f" of {total}" if total else ""
+    if batch:
+        of_batches = f" of {batches}" if batches else ""
+        return f"epoch {epochs_done + 1}{of_total}, batch {batch}{of_batches} ({plural(epochs_done, 'epoch')} complete)"
+    if total:
+        return f"{epochs_done} of {plural(total, 'epoch')} complete"
+    return f"{plural(epochs_done, 'epoch')} complete"
+
+
 class Progress:
-    """Training output; `quiet` keeps only epoch summaries and warnings."""
+    """Training output; `quiet` keeps only epoch summaries, outcomes (`notice`) and warnings."""
 
     def __init__(self, console: Console | None = None, quiet: bool = False, silent: bool = False):
         # silent: ranks other than 0 of a distributed run print nothing, so output appears once.
         self.console = console or Console(highlight=False, quiet=silent)
         self.errors = Console(stderr=True, highlight=False, quiet=silent)
         self.quiet = quiet or silent
+        self.live: RichProgress | None = None  # the bar being drawn, if any
 
     def line(self, text: str) -> None:
         if not self.quiet:
             self.console.print(text, markup=False, soft_wrap=True)
 
+    def notice(self, text: str) -> None:
+        """An outcome the user must see even with --quiet (e.g. that there was nothing to train)."""
+        self.console.print(text, markup=False, soft_wrap=True)
+
     def warn(self, text: str) -> None:
+        live = self.live
+        if live is not None and self.errors.is_terminal:
+            # The bar and stderr share the screen: print above the bar, on a line of its own,
+            # instead of after the bar's last character. (May be called from the writer thread;
+            # rich's console print takes the live display's lock.)
+            live.console.print(f"warning: {text}", markup=False, soft_wrap=True)
+            return
         self.errors.print(f"warning: {text}", markup=False, soft_wrap=True)
 
     @contextmanager
-    def epoch_bar(self, epoch: int, epochs: int, batches: int, start: int):
-        """A live bar (batches, loss, speed, ETA) in a terminal; a few plain lines otherwise."""
+    def epoch_bar(self, epoch: int, epochs: int, batches: int, start: int, samples_per_batch: int = 1):
+        """A live bar (batches, loss, samples/s, elapsed and remaining time) in a terminal; a few plain lines otherwise."""
         if self.quiet or not self.console.is_terminal:
             yield PlainBar(self, epoch, epochs, batches, start)
             return
         columns = (TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
-                   TimeElapsedColumn(), TimeRemainingColumn())
+                   TextColumn("elapsed"), TimeElapsedColumn(), TextColumn("remaining"), TimeRemainingColumn())
         with RichProgress(*columns, console=self.console, transient=True) as bar:
             task = bar.add_task("train", total=batches, completed=start, loss="-", speed="")
-            yield RichBar(bar, task, start)
+            self.live = bar
+            try:
+                yield RichBar(bar, task, start, samples_per_batch)
+            finally:
+                self.live = None
 
     def epoch_summary(self, epoch: int, epochs: int, record: dict[str, Any], improved: bool,
                       history: dict[str, Any]) -> None:
@@ -71,14 +107,16 @@ def slowdown_note(samples_per_s: list) -> str:
 
 
 class RichBar:
-    def __init__(self, bar: RichProgress, task, start: int):
+    """Advances the live bar; its speed is in samples/s, like the epoch summary lines."""
+
+    def __init__(self, bar: RichProgress, task, start: int, samples_per_batch: int):
         self.bar, self.task, self.done, self.started = bar, task, start, time.perf_counter()
-        self.first = start
+        self.first, self.samples_per_batch = start, samples_per_batch
 
     def advance(self, loss: float) -> None:
         self.done += 1
-        rate = (self.done - self.first) / max(time.perf_counter() - self.started, 1e-9)
-        self.bar.update(self.task, advance=1, loss=f"{loss:.4f}", speed=f"{rate:.2f} it/s")
+        rate = (self.done - self.first) * self.samples_per_batch / max(time.perf_counter() - self.started, 1e-9)
+        self.bar.update(self.task, advance=1, loss=f"{loss:.4f}", speed=f"{rate:.1f} samples/s")
 
 
 class PlainBar:

@@ -21,7 +21,7 @@ import torch
 from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, lock_owner
 from useg.checkpoint import read_metadata, resolve_checkpoint, restore_rng_state
 from useg.checkpoint.atomic import fsync_directory
-from useg.checkpoint.faults import kill_point
+from useg.checkpoint.faults import kill_point, kill_point_named
 from useg.checkpoint.layout import LOCK_NAME
 from useg.config import RETUNABLE_KEYS, TrainConfig, incompatible_keys
 from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
@@ -35,7 +35,7 @@ from useg.history import append_epoch, log_tensorboard, new_history, new_log_nam
 from useg.metrics import segmentation_loss
 from useg.model import build_universeg, load_pretrained, model_config
 from useg.precision import autocast, default_precision, make_scaler, optimizer_step, restore_scaler, scaler_state
-from useg.progress import Progress
+from useg.progress import Progress, plural, position_text
 from useg.run_log import describe_data, describe_world, open_log
 from useg.signals import StopRequest, TrainingInterrupted
 from useg.validation import picture_tasks, save_pictures, validate
@@ -120,7 +120,10 @@ def train_in_settings(cfg: TrainConfig, resume: str | None, overwrite: bool, con
     world = init_world()
     progress = Progress(console=console, quiet=cfg.quiet, silent=not world.is_main)
     try:
-        run = prepare_run(cfg, world, resume, overwrite, progress)
+        try:
+            run = prepare_run(cfg, world, resume, overwrite, progress)
+        except RunComplete as complete:  # nothing was trained or written
+            return complete.history
         stop = StopRequest()
         stop.install()
         together = False
@@ -139,7 +142,7 @@ def train_in_settings(cfg: TrainConfig, resume: str | None, overwrite: bool, con
         close_world(world)
     history = run.history
     untrained = history.get("initial_val_dice")
-    progress.line(f"Done: {cfg.epochs} epochs, best val Dice {history['best_val_dice']:.4f} at epoch "
+    progress.line(f"Done: {plural(cfg.epochs, 'epoch')}, best val Dice {history['best_val_dice']:.4f} at epoch "
                   f"{history['best_epoch']}" + (f" (untrained {untrained:.4f})" if untrained is not None else "")
                   + f"; checkpoints in {run.paths.checkpoints}")
     return run.history
@@ -175,8 +178,18 @@ def on_main(world: World, action, share: bool = False):
     return outcome[1] if share else result
 
 
+class RunComplete(Exception):
+    """The checkpoint to resume already has every planned epoch; carries its history."""
+
+    def __init__(self, history: dict[str, Any]):
+        super().__init__("the run is complete")
+        self.history = history
+
+
 def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: bool, progress: Progress) -> Run:
-    """Lock the run folder (rank 0), load data, build the model and restore state when resuming."""
+    """Lock the run folder (rank 0), load data, build the model and restore state when resuming.
+
+    Raises RunComplete (after saying so) when the checkpoint resumed has every epoch already."""
     paths = run_paths(cfg.run_dir)
     if cfg.data:  # saved absolute, so the run resumes from any working directory
         cfg.data = os.path.abspath(cfg.data)
@@ -188,6 +201,8 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
     try:
         path, state = load_resume_state(world, manager, resume)
         state = check_resume_state(state, path, cfg, progress) if path is not None else None
+        if state is not None and run_is_complete(state, cfg, progress):
+            raise RunComplete(state.get("history") or {})
         return build_run(cfg, paths, world, manager, state, path.name if path else None, progress)
     except BaseException:
         if manager is not None:
@@ -291,11 +306,30 @@ def check_resume_state(state: dict, path: Path, cfg: TrainConfig, progress: Prog
         details = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in retuned.items())
         progress.warn(f"resuming with {details}: the run continues, but no longer as originally planned "
                       "(the change is recorded in the log's sessions)")
-    batch = state["sampler_state"]["batch_index"]
-    progress.line(f"Resuming from {path} (epoch {state['epoch']}" + (f", batch {batch})" if batch else ")"))
-    if state["epoch"] >= cfg.epochs:
-        progress.line(f"The run already has {state['epoch']} of {cfg.epochs} epochs; pass --epochs N to extend it")
+    progress.line(f"Resuming from {path} at {saved_position_text(state, cfg.epochs)}")
     return state
+
+
+def saved_position_text(state: dict, total: int) -> str:
+    """A checkpoint's position in the words every message uses (see progress.position_text)."""
+    position = state["sampler_state"]
+    batches = -(-position["samples_per_epoch"] // position["batch_size"]) if "samples_per_epoch" in position else None
+    return position_text(state["epoch"], position["batch_index"], batches, total)
+
+
+def run_is_complete(state: dict, cfg: TrainConfig, progress: Progress) -> bool:
+    """True (and said, even with --quiet) when the checkpoint already has cfg.epochs complete epochs."""
+    done = state["epoch"]
+    if done < cfg.epochs or state["sampler_state"]["batch_index"]:
+        return False
+    history = state.get("history") or {}
+    best = history.get("best_val_dice")
+    best_text = f", best val Dice {best:.4f} at epoch {history.get('best_epoch')}" if best is not None else ""
+    planned = f"{done} of {plural(cfg.epochs, 'epoch')}" if done == cfg.epochs else f"{plural(done, 'epoch')} (--epochs {cfg.epochs})"
+    progress.notice(f"The run is complete: {planned} trained{best_text}; nothing to do. To train further, "
+                    f"resume with a larger total, e.g.: useg resume latest --run-dir {shlex.quote(str(cfg.run_dir))} "
+                    f"--epochs {done + max(done // 2, 1)}")
+    return True
 
 
 def same_data(saved: dict, cfg: TrainConfig, state: dict) -> bool:
@@ -441,6 +475,7 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
             # epoch's scheduler step, which torch warns about; the order is right for the run.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             run.scheduler.step()
+        kill_point("validation")
         record = validate(run.model, run.dataset, run.val_tasks, 2 * cfg.batch_size, run.device, run.world)
         train_time = time.perf_counter() - started
         record.update(skipped_steps=run.skipped_steps - sum(n or 0 for n in run.history.get("skipped_steps", [])),
@@ -449,16 +484,35 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
                       samples_per_s=round(cfg.samples_per_epoch / max(train_time, 1e-9), 2))
         improved = append_epoch(run.history, record)
         save_epoch_checkpoint(run, epoch + 1, record)
-        kill_point("epoch-end")
+        epoch_end_kill_point(run)
         progress.epoch_summary(epoch + 1, cfg.epochs, record, improved, run.history)
         # Pictures after the checkpoint: a picture that cannot be written must not cost the epoch.
         if cfg.vis_every and (epoch + 1) % cfg.vis_every == 0:
             on_main(run.world, lambda: save_pictures(run.model, run.dataset, pictured, run.paths.visualizations,
                                                      epoch + 1, run.device))
         run.start_batch, run.partial_loss = 0, (0.0, 0)
-        if any_rank(run.world, stop.signum is not None) and epoch + 1 < cfg.epochs:
-            # The signal came during validation or the save: the epoch checkpoint is the position.
-            raise TrainingInterrupted(stop.exit_code, resume_hint(run))
+        if any_rank(run.world, stop.signum is not None):
+            # The signal came during validation, the save or the pictures: the epoch checkpoint is
+            # the position, also after the last epoch (a Ctrl+C is never ignored).
+            stop_after_epoch(run, stop, epoch + 1, progress)
+
+
+def epoch_end_kill_point(run: Run) -> None:
+    """The `epoch-end` fault point means what its name says: the epoch's checkpoint is durable."""
+    if run.manager is not None and kill_point_named("epoch-end"):
+        run.manager.wait()  # only under USEG_KILL_AT: a normal run keeps writing in the background
+    kill_point("epoch-end")
+
+
+def stop_after_epoch(run: Run, stop: StopRequest, epochs_done: int, progress: Progress) -> None:
+    """A signal that came after the epoch's last step: its checkpoint is the position; wait for it and stop."""
+    signals = [s for s in gather_objects(run.world, stop.signum) if s is not None]
+    stop.signum = stop.signum or signals[0]
+    progress.warn(f"{signal.Signals(stop.signum).name} received: stopping at the end of this epoch, "
+                  f"{position_text(epochs_done, total=run.cfg.epochs)} ...")
+    if run.manager is not None:
+        run.manager.wait()
+    raise TrainingInterrupted(stop.exit_code, resume_hint(run, complete=epochs_done >= run.cfg.epochs))
 
 
 def record_untrained_dice(run: Run, progress: Progress) -> None:
@@ -483,7 +537,7 @@ def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -
     loss_sum, loss_count = run.partial_loss
     batches = run.sampler.num_batches(cfg.batch_size)
     last_save = time.monotonic()
-    with progress.epoch_bar(epoch + 1, cfg.epochs, batches, run.start_batch) as bar:
+    with progress.epoch_bar(epoch + 1, cfg.epochs, batches, run.start_batch, cfg.batch_size) as bar:
         for batch_index in range(run.start_batch, batches):
             batch = to_device(local_part(run.sampler.batch(epoch, batch_index, cfg.batch_size), run.world), run.device)
             with autocast(cfg.precision, run.device):
@@ -512,7 +566,8 @@ def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -
 def divergence(run: Run, epoch: int, batch_index: int, loss: float) -> DivergedError:
     """The one line for a non-finite loss: where, which file holds the last finite state, how to go on."""
     lower = f"{run.cfg.lr / 3:.1g}"
-    where = f"training diverged in epoch {epoch + 1}, batch {batch_index + 1} (loss {loss}); nothing was saved from it"
+    at = position_text(epoch, batch_index + 1, run.sampler.num_batches(run.cfg.batch_size), run.cfg.epochs)
+    where = f"training diverged in {at} (loss {loss}); nothing was saved from it"
     run_dir = shlex.quote(str(run.paths.root))
     try:
         if run.manager is None:
@@ -597,8 +652,9 @@ def save_interrupt(run: Run, position, stop: StopRequest, progress: Progress) ->
     """Write the interrupt checkpoint, wait until it is durable, and stop with the signal's exit code (130, 143, 129)."""
     signals = [s for s in gather_objects(run.world, stop.signum) if s is not None]
     stop.signum = stop.signum or signals[0]
-    progress.warn(f"{signal.Signals(stop.signum).name} received: saving the position "
-                  f"(epoch {position[0] + 1}, batch {position[1]}) ...")
+    batches = run.sampler.num_batches(run.cfg.batch_size)
+    progress.warn(f"{signal.Signals(stop.signum).name} received: saving the position at "
+                  f"{position_text(position[0], position[1], batches, run.cfg.epochs)} ...")
     save_checkpoint(run, position[0], position, kind="interrupt")
     if run.manager is not None:
         run.manager.wait()
@@ -606,8 +662,11 @@ def save_interrupt(run: Run, position, stop: StopRequest, progress: Progress) ->
     raise TrainingInterrupted(stop.exit_code, resume_hint(run))
 
 
-def resume_hint(run: Run) -> str:
+def resume_hint(run: Run, complete: bool = False) -> str:
     # The command is meant to be pasted into a shell: a folder with spaces must stay one word.
-
-    return (f"Saved {run.paths.checkpoints / 'latest_checkpoint.pt'}; continue with: "
-            f"useg train --run-dir {shlex.quote(str(run.paths.root))} --resume latest")
+    saved, run_dir = run.paths.checkpoints / "latest_checkpoint.pt", shlex.quote(str(run.paths.root))
+    if complete:
+        epochs = run.cfg.epochs
+        return (f"Saved {saved}; the run is complete ({epochs} of {plural(epochs, 'epoch')}); to train further: "
+                f"useg resume latest --run-dir {run_dir} --epochs N (N > {epochs})")
+    return f"Saved {saved}; continue with: useg train --run-dir {run_dir} --resume latest"

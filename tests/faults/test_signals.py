@@ -37,6 +37,32 @@ def test_sighup_mid_epoch_saves_the_position_and_resume_matches_uninterrupted_ru
     assert_same_run(reference_run, run)
 
 
+def test_ctrl_c_during_the_last_epochs_validation_saves_says_so_and_exits_130(cli, reference_run, tmp_path, ledger):
+    run = tmp_path / "run"
+    stopped = cli("train", "--run-dir", run, *RUN_FLAGS, env={"USEG_KILL_AT": "validation:4:SIGINT"})
+    ledger.faults["SIGINT during the last validation"] += 1
+    assert stopped.returncode == 130, stopped.stderr
+    assert "SIGINT received: stopping at the end of this epoch, 4 of 4 epochs complete" in stopped.stderr
+    assert "the run is complete (4 of 4 epochs)" in stopped.stderr and "--epochs N" in stopped.stderr
+    ledger.files_verified += assert_every_checkpoint_verifies(run)
+    assert_same_run(reference_run, run)  # the last epoch's files are all written, as in a run never stopped
+    resumed = cli("resume", "latest", "--run-dir", run, "--quiet")
+    assert resumed.returncode == 0 and "The run is complete" in resumed.stdout, resumed.stdout + resumed.stderr
+
+
+def test_ctrl_c_during_an_earlier_validation_stops_after_that_epoch_and_resume_matches(cli, reference_run, tmp_path,
+                                                                                      ledger):
+    run = tmp_path / "run"
+    stopped = cli("train", "--run-dir", run, *RUN_FLAGS, env={"USEG_KILL_AT": "validation:2:SIGINT"})
+    ledger.faults["SIGINT during a validation"] += 1
+    assert stopped.returncode == 130, stopped.stderr
+    assert "stopping at the end of this epoch, 2 of 4 epochs complete" in stopped.stderr, stopped.stderr
+    assert "--resume latest" in stopped.stderr
+    assert final_state(run)["epoch"] == 2 and final_state(run)["sampler_state"]["batch_index"] == 0
+    assert cli("resume", "latest", "--run-dir", run).returncode == 0
+    assert_same_run(reference_run, run)
+
+
 def useg_on_a_terminal(run: Path, flags: list[str], **popen) -> tuple[subprocess.Popen, int]:
     """`python -m useg train` with a pseudo-terminal as its controlling terminal, like a shell over SSH."""
     master, slave = os.openpty()

@@ -21,13 +21,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     specs = {
         "list": ("table of every checkpoint (no tensors loaded)", cmd_list, []),
         "latest": ("details of the latest checkpoint and how to resume", cmd_latest, []),
-        "info": ("details of one checkpoint file", cmd_info, [("path", {})]),
-        "verify": ("check one file or all: exit 0 only if all are valid", cmd_verify, [("path", {"nargs": "?"})]),
+        "info": ("details of one checkpoint file", cmd_info, [("path", {"help": "the checkpoint file (.pt)"})]),
+        "verify": ("check one file or all: exit 0 only if all are valid", cmd_verify,
+                   [("path", {"nargs": "?", "help": "one checkpoint file (default: every checkpoint of --run-dir)"})]),
         "clean": ("keep the N newest periodic checkpoints (latest and best always stay)", cmd_clean,
                   [("--keep", {"type": int, "required": True, "metavar": "N"}),
                    ("--dry-run", {"action": "store_true", "help": "show what would go, remove nothing"})]),
         "export": ("write the model weights alone (.safetensors or .pt) plus metadata JSON", cmd_export,
-                   [("path", {}), ("out", {}),
+                   [("path", {"help": "the checkpoint to export (any .pt the run wrote)"}),
+                    ("out", {"help": "output file ending in .safetensors or .pt (its metadata goes to OUT.json)"}),
                     ("--dtype", {"choices": ["fp32", "bf16", "fp16"], "default": "fp32",
                                  "help": "dtype of the exported weights (default fp32, as checkpoints hold them)"})]),
     }

@@ -12,7 +12,8 @@ from useg.checkpoint.atomic import json_text
 from useg.checkpoint.layout import LATEST_NAME
 from useg.checkpoint.resume_points import ResumePoint
 from useg.checkpoint.retention import CleanPlan
-from useg.manage import CONFIG_SUMMARY_KEYS, points_by_path
+from useg.manage import CONFIG_SUMMARY_KEYS, batch_position, points_by_path
+from useg.progress import position_text
 
 
 def format_number(value: float | None, digits: int = 4) -> str:
@@ -33,7 +34,8 @@ def list_table(infos: list[CheckpointInfo], title: str) -> Table:
     """The `checkpoints list` table; best and latest marked, invalid files shown with their reason,
     files sharing latest's bytes and files of an abandoned branch named in the note column."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD,
-                  caption="* best   < latest (resume point)\nsame file as latest: one copy on disk, one damaged "
+                  caption="* best   < latest (resume point)   epoch: epochs complete (+b/B: batches done of the "
+                          "next one)\nsame file as latest: one copy on disk, one damaged "
                           "byte hits both names; the file before it is the backup\nabandoned branch: written "
                           "before the run went back to an earlier checkpoint; resume uses it only as a last resort")
     for name in ("#", "file", "kind", "epoch", "loss", "val Dice", "size", "created", "valid", "note"):
@@ -43,10 +45,32 @@ def list_table(infos: list[CheckpointInfo], title: str) -> Table:
     for number, info in enumerate(infos, 1):
         mark = {"best": " *", "latest": " <", "interrupt": " <"}.get(info.kind, "")
         valid = "yes" if info.valid else "not hashed yet: run verify" if info.status == "unchecked" else f"NO: {info.reason}"
-        table.add_row(str(number), info.name + mark, info.kind, "-" if info.epoch is None else str(info.epoch),
+        table.add_row(str(number), info.name + mark, info.kind, epoch_cell(info),
                       format_number(info.train_loss), format_number(info.val_dice), format_size(info.size_bytes),
                       (info.created or "-")[5:16].replace("T", " "), valid, note(info, points.get(info.path)))
     return table
+
+
+def epoch_cell(info: CheckpointInfo) -> str:
+    """Complete epochs, plus the batches done of the next one for a mid-epoch save: `3 +82/128`."""
+    if info.epoch is None:
+        return "-"
+    batch, batches = batch_position(info)
+    return f"{info.epoch} +{batch}/{batches}" if batch else str(info.epoch)
+
+
+def position_line(details: dict[str, Any]) -> str:
+    """Where the checkpoint stands, in the words of every training message (see progress.position_text)."""
+    if details["epoch"] is None:
+        return "-"
+    return position_text(details["epoch"], details.get("batch") or 0, details.get("batches_per_epoch"),
+                         details["total_epochs"])
+
+
+def best_line(details: dict[str, Any]) -> str:
+    if details["best_val_dice"] is None:
+        return "none yet"
+    return f"{format_number(details['best_val_dice'])} at epoch {details['best_epoch']}"
 
 
 def note(info: CheckpointInfo, point: ResumePoint | None) -> str:
@@ -67,10 +91,10 @@ def info_lines(details: dict[str, Any]) -> list[str]:
     lines = [
         f"file:          {details['path']} ({format_size(details['size_bytes'])}, {status})",
         f"kind:          {details['kind']}",
-        f"epoch:         {details['epoch']} of {details['total_epochs']}",
+        f"position:      {position_line(details)}",
         f"train loss:    {format_number(details['train_loss'])}",
         f"val Dice:      {format_number(details['val_dice'])}",
-        f"best so far:   {format_number(details['best_val_dice'])} at epoch {details['best_epoch']}",
+        f"best so far:   {best_line(details)}",
         f"created:       {details['created']}",
         f"config:        {summary or '-'}",
         f"precision:     {config.get('precision') or 'fp32 (before mixed precision existed)'}",

@@ -60,6 +60,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="useg", description="Train and manage UniverSeg runs.")
+    parser.add_argument("--version", action="version", version=f"useg {installed_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="train UniverSeg (or resume with --resume)")
     add_train_flags(train)
@@ -67,13 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="latest (default), best, an epoch number, or a checkpoint path")
     train.add_argument("--overwrite", action="store_true", help="set existing checkpoints aside and start afresh")
     resume = commands.add_parser("resume", help="resume training: latest, best, EPOCH or PATH")
-    resume.add_argument("which", nargs="?", default="latest")
+    resume.add_argument("which", nargs="?", default="latest", metavar="WHICH",
+                        help="latest (default), best, an epoch number (its epoch_NNN file), or a checkpoint path")
     add_train_flags(resume)
     from useg.cli import apply_commands, checkpoint_commands
 
     checkpoint_commands.add_commands(commands)
     apply_commands.add_commands(commands)
     return parser
+
+
+def installed_version() -> str:
+    """The version pip installed (package metadata), so that it never disagrees with pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("useg")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed; run make install)"
 
 
 def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
