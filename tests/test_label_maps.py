@@ -102,3 +102,14 @@ def test_label_and_class_names_flags_and_old_int_label_config(tmp_path: Path) ->
                 {"slice_axis": 3}):
         with pytest.raises(ConfigError, match="--" + next(iter(bad)).replace("_", "-")):
             build_config(bad)
+
+
+def test_the_data_line_says_how_classes_and_patients_were_found(tmp_path: Path) -> None:
+    from useg.data import split_by_patient
+    from useg.run_log import describe_data
+
+    ds = load_dataset(cells(tmp_path / "cells", count=5), image_size=48)
+    line = describe_data(ds, split_by_patient(ds, seed=0), val_tasks=2)
+    assert line.startswith("Data: folders, 5 images of 5 patients, classes label_128, label_255;")
+    assert "patients: one per file" in line and "label map: one class per mask value" in line
+    assert "ignored mask values 7" in line and "\n" not in line

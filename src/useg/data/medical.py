@@ -10,6 +10,7 @@ whole, so its slices share one scale); masks keep their stored values.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,13 @@ def read_medical_mask(path: Path, name: str) -> np.ndarray:
 
 def read_medical(path: Path, name: str, *, as_mask: bool) -> np.ndarray:
     kind = "mask" if as_mask else "image"
-    values = _read_nifti(path, name, kind) if file_suffix(path) in (".nii", ".nii.gz") else _read_dicom(
-        path, name, kind, as_mask)
+    with warnings.catch_warnings():
+        # nibabel and pydicom warn about header details (qfac, odd VRs) they then handle: not the user's to fix.
+        warnings.simplefilter("ignore")
+        if file_suffix(path) in (".nii", ".nii.gz"):
+            values = _read_nifti(path, name, kind)
+        else:
+            values = _read_dicom(path, name, kind, as_mask)
     values = np.squeeze(values)
     if values.ndim not in (2, 3):
         raise DataError(f"{kind} {name} has shape {values.shape}: useg reads 2-D images and 3-D volumes; "
