@@ -132,6 +132,8 @@ def test_ovatus_loads_polygons_per_class_and_counts_what_it_skipped(ovatus_root:
     assert report["missing_images"] == 1
     assert report["images_without_labels"] == 1
     assert report["masks_u_bi"] == 2 and report["masks_nang_don_thuy"] == 1
+    assert ds.notes == ["patients: one per patient folder",
+                        "1 images without a usable polygon and 0 whose polygons vanish at this size left out"]
 
 
 def test_ovatus_masks_follow_polygons_in_original_coordinates(ovatus_root: Path) -> None:
@@ -153,7 +155,7 @@ def test_ovatus_masks_follow_polygons_in_original_coordinates(ovatus_root: Path)
 def test_ovatus_ids_and_report_carry_no_patient_names(ovatus_root: Path) -> None:
     ds = load_dataset(ovatus_root, image_size=32)
     assert all(re.fullmatch(r"p\d{3}_i\d{3}", image) for image in ds.ids)
-    assert_anonymous(" ".join(ds.ids), json.dumps(ds.report), " ".join(ds.classes))
+    assert_anonymous(" ".join(ds.ids), json.dumps(ds.report), " ".join(ds.classes), " ".join(ds.notes))
 
 
 def test_ovatus_class_subset_keeps_fixed_order_and_rejects_unknown_names(ovatus_root: Path) -> None:
@@ -288,6 +290,7 @@ def test_mmotu_binary_annotations_and_predefined_split(tmp_path: Path) -> None:
     ds = load_dataset(tmp_path / "MMOTU", image_size=16)
     assert ds.source == "mmotu" and ds.classes == ["tumour"]
     assert ds.predefined_split == {"train": [0, 1, 2], "val": [3, 4]}
+    assert ds.notes == ["patients: one per image (MMOTU has no patient ids)"]
     split = split_by_patient(ds, seed=3)
     assert split.train.tolist() == [0, 1, 2] and split.val.tolist() == [3, 4] and split.test.tolist() == []
 

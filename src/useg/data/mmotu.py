@@ -85,6 +85,9 @@ def load_mmotu(root: Path, *, image_size: int, classes: list[str] | None) -> Seg
         "split_ids_not_found": not_found,
     })
     dataset.read_native_masks = lambda index: native_masks(root, sources[index])
+    dataset.notes.append("patients: one per image (MMOTU has no patient ids)")
+    if len(image_files) > len(kept):
+        dataset.notes.append(f"{len(image_files) - len(kept)} images with an empty mask left out")
     return dataset
 
 

@@ -287,6 +287,10 @@ def _dataset(images, masks, patients, ids, class_names, counts: Counter, sources
     mask_array = np.stack(masks)
     report = {"patients": len(set(patients)), "images": len(images), **class_report(mask_array, class_names)}
     report.update({key: int(counts[key]) for key in _COUNTERS})
+    notes = ["patients: one per patient folder"]
+    if counts["images_without_labels"] or counts["images_empty_after_resize"]:
+        notes.append(f"{counts['images_without_labels']} images without a usable polygon and "
+                     f"{counts['images_empty_after_resize']} whose polygons vanish at this size left out")
     return SegDataset(
         images=np.stack(images).astype(np.float32),
         masks=mask_array,
@@ -296,4 +300,5 @@ def _dataset(images, masks, patients, ids, class_names, counts: Counter, sources
         source="ovatus",
         report=report,
         sources=sources,
+        notes=notes,
     )
