@@ -173,6 +173,9 @@ def test_palette_mask_is_read_through_its_palette(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(root / "images" / "p.png")
     ds = load_dataset(root, image_size=20)
     assert ds.masks[0, 0].sum() == 36 and ds.report["masks_mostly_foreground"] == 0
+    mask.putpalette([0, 0, 0, 255, 255, 255])  # index 0 black: the indices are the values, as label tools mean
+    mask.save(root / "masks" / "p.png")
+    assert load_dataset(root, image_size=20, label=1).masks[0, 0].sum() == 400 - 36
 
 
 def test_rgba_mask_with_the_shape_only_in_alpha_is_read_from_alpha(tmp_path: Path) -> None:

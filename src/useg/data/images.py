@@ -224,13 +224,16 @@ def mask_meaning(image: Image.Image) -> np.ndarray:
 
 
 def palette_values(image: Image.Image) -> np.ndarray:
-    """A palette mask's values: black entries are 0; grey palettes give the grey level, colour ones the index.
+    """A palette mask's values: its indices when index 0 is black (the label tools' convention, and
+    what older runs were trained on); otherwise read through the palette, black entries as 0.
 
-    Indices of a colour palette are the class numbers label tools write (VOC style); an adaptive
-    palette of greys (black and white in any order) means what it shows.
+    Through the palette, a grey palette gives the grey level (an adaptive black-and-white palette in
+    either order means what it shows) and a colour palette keeps the index of each non-black colour.
     """
     indices = np.asarray(image if image.mode == "P" else image.convert("P")).astype(np.int64)
     palette = np.asarray(image.getpalette("RGB") or [0, 0, 0], dtype=np.int64).reshape(-1, 3)
+    if not palette[0].any():
+        return indices
     used = np.unique(indices)
     rgb = palette[np.minimum(used, len(palette) - 1)]
     grey = bool((rgb == rgb[:, :1]).all())
