@@ -30,6 +30,7 @@ FLAGS = [*TINY, "--vis-every", "0"]  # 6 samples per epoch in batches of 2: 3 ba
     ((3, 0, 3, 8), "3 of 8 epochs complete"),
     ((1, 0, None, 1), "1 of 1 epoch complete"),
     ((2, 0, None, None), "2 epochs complete"),
+    ((4, 0, None, 3), "4 epochs complete"),  # resumed with a smaller --epochs
 ])
 def test_position_text_names_the_epoch_in_progress_and_counts_complete_epochs(args, text):
     assert position_text(*args) == text

@@ -24,6 +24,8 @@ def position_text(epochs_done: int, batch: int = 0, batches: int | None = None, 
     A checkpoint's `epoch` counts complete epochs; mid-epoch the epoch in progress is the next one:
     `epoch 4 of 8, batch 82 of 128 (3 epochs complete)`, and at an epoch's end `3 of 8 epochs complete`.
     """
+    if total and epochs_done + (1 if batch else 0) > total:
+        total = None  # past the planned total (resumed with a smaller --epochs): "of N" would be nonsense
     of_total = f" of {total}" if total else ""
     if batch:
         of_batches = f" of {batches}" if batches else ""

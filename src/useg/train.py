@@ -320,15 +320,17 @@ def saved_position_text(state: dict, total: int) -> str:
 def run_is_complete(state: dict, cfg: TrainConfig, progress: Progress) -> bool:
     """True (and said, even with --quiet) when the checkpoint already has cfg.epochs complete epochs."""
     done = state["epoch"]
-    if done < cfg.epochs or state["sampler_state"]["batch_index"]:
+    if done < cfg.epochs:
         return False
-    history = state.get("history") or {}
-    best = history.get("best_val_dice")
-    best_text = f", best val Dice {best:.4f} at epoch {history.get('best_epoch')}" if best is not None else ""
-    planned = f"{done} of {plural(cfg.epochs, 'epoch')}" if done == cfg.epochs else f"{plural(done, 'epoch')} (--epochs {cfg.epochs})"
-    progress.notice(f"The run is complete: {planned} trained{best_text}; nothing to do. To train further, "
-                    f"resume with a larger total, e.g.: useg resume latest --run-dir {shlex.quote(str(cfg.run_dir))} "
-                    f"--epochs {done + max(done // 2, 1)}")
+    if done == cfg.epochs and not state["sampler_state"]["batch_index"]:
+        history = state.get("history") or {}
+        best = history.get("best_val_dice")
+        best_text = f", best val Dice {best:.4f} at epoch {history.get('best_epoch')}" if best is not None else ""
+        said = f"The run is complete: {done} of {plural(done, 'epoch')} trained{best_text}"
+    else:
+        said = f"The checkpoint is at {saved_position_text(state, None)}, beyond --epochs {cfg.epochs}"
+    progress.notice(f"{said}; nothing to do. To train further, resume with a larger total, e.g.: "
+                    f"useg resume latest --run-dir {shlex.quote(str(cfg.run_dir))} --epochs {done + max(done // 2, 1)}")
     return True
 
 

@@ -23,14 +23,6 @@ import faultkit  # noqa: E402
 _LEDGER: dict[str, dict] = {}
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--long", action="store_true", default=False,
-                     help="also run the long fault-injection mode (300+ kills); same as USEG_LONG_FAULTS=1")
-    parser.addoption("--fault-tables", action="store_true", default=False,
-                     help="print the full fault-injection tables (always written to "
-                          ".pytest_cache/d/faults/fault_injection.txt)")
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "long: long fault-injection runs, skipped unless --long or USEG_LONG_FAULTS=1")
 
