@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import stat
 from pathlib import Path
 
@@ -175,6 +176,21 @@ def test_run_folder_index_is_owner_only_and_names_the_files(folder_run, folders,
     assert main(["evaluate", "--run-dir", str(folder_run), "--csv", str(tmp_path / "plain.csv")]) == 0
     with open(tmp_path / "plain.csv", newline="") as handle:
         assert "file" not in next(csv.reader(handle))  # paths only when asked
+
+
+def test_a_changed_image_is_named_by_the_id_the_index_maps_to_its_file(folder_run, folders, capsys):
+    index = json.loads((folder_run / INDEX_NAME).read_text())
+    changed = folders["data"] / "images" / "scan5.png"
+    original = changed.read_bytes()
+    pixels = np.asarray(Image.open(changed)).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    try:
+        Image.fromarray(pixels).save(changed)
+        assert main(["evaluate", "--run-dir", str(folder_run)]) == 2
+        named = re.search(r"image (p\d{3}_i\d{3}) ", error_line(capsys)).group(1)
+    finally:
+        changed.write_bytes(original)
+    assert index["images"][named]["image"] == "images/scan5.png"  # one numbering: the error, the index
 
 
 @pytest.mark.parametrize("args, expected", [
