@@ -11,13 +11,13 @@ import time
 import traceback
 from pathlib import Path
 
-from . import checkpoint_io, compile_step, demo, listing, model_step, resume, training
+from . import checkpoint_io, compile_step, demo, evaluation, listing, model_step, resume, training
 from .common import REPO, Section, Settings, machine
 from .report import render
 
 # name -> module with run(settings) -> list[Section]; in this order (training uses the model's numbers)
 DEFAULT = {"checkpoint": checkpoint_io, "resume": resume, "listing": listing, "model": model_step,
-           "training": training, "demo": demo}
+           "training": training, "demo": demo, "evaluation": evaluation}
 OPTIONAL = {"compile": compile_step}
 
 

@@ -35,6 +35,7 @@ __all__ = ["SPLITS", "Evaluation", "evaluate", "hausdorff95", "scores", "describ
 CSV_COLUMNS = ("image", "class", "dice", "iou", "hd95_px", "truth_pixels", "predicted_pixels")
 SWEEP_COLUMNS = ("support_size", "ensembles")
 TASKS_PER_BATCH = 16
+SUPPORTS_PER_BATCH = 128  # bounds a forward's memory: (tasks, supports, channels, H, W) activations
 
 
 @dataclass
@@ -206,8 +207,9 @@ def score_tasks(trained: TrainedModel, evalset: EvalSet, tasks: list[Task], size
     """One point per ensemble count: member k averages the first k support draws of each task."""
     points = {count: SweepPoint(size, count, []) for count in counts}
     members = class_members(evalset.dataset, evalset.pool)
-    for start in range(0, len(tasks), TASKS_PER_BATCH):
-        chunk = tasks[start:start + TASKS_PER_BATCH]
+    step = max(1, min(TASKS_PER_BATCH, SUPPORTS_PER_BATCH // size))
+    for start in range(0, len(tasks), step):
+        chunk = tasks[start:start + step]
         total = None
         for member in range(counts[-1]):
             draw = chunk if member == 0 else [redraw(evalset.dataset, members, task, seed, member) for task in chunk]
