@@ -24,7 +24,7 @@ from useg.data import (
     split_by_patient,
     validation_tasks,
 )
-from useg.errors import DataError
+from useg.errors import ConfigError, DataError
 
 # ---------------------------------------------------------------- helpers
 
@@ -482,3 +482,52 @@ def test_images_kept_empty_are_negative_targets_and_never_supports() -> None:
     batch = make_batch(ds, negatives[:2])
     assert batch.target_label.sum() == 0 and batch.support_labels.flatten(1).amax(1).eq(1).all()
     assert all(task.target < 8 for task in validation_tasks(ds, np.arange(12), np.arange(12), support_size=3, seed=0))
+
+
+def test_draw_version_2_flips_and_turns_exactly_as_version_1_and_changes_only_the_noise(synthetic: SegDataset) -> None:
+    # Version 2 draws the same tasks, flips, turns, contrasts and brightnesses from the same
+    # generators as version 1; only the noise comes from a bank. Over 40 tasks every flip and
+    # turn occurs, so the labels (no noise) must be bit-identical and the images close.
+    old = sampler_for(synthetic, draw_version=1, samples_per_epoch=40)
+    new = sampler_for(synthetic, samples_per_epoch=40)
+    assert new.draw_version == 2
+    for batch_index in range(10):
+        before, after = old.batch(1, batch_index, 4), new.batch(1, batch_index, 4)
+        for name in ("target_label", "support_labels", "targets", "supports", "classes"):
+            assert torch.equal(getattr(before, name), getattr(after, name)), name
+        for name in ("target_image", "support_images"):
+            difference = (getattr(before, name) - getattr(after, name)).abs()
+            assert difference.max() < 0.3 and difference.mean() < 0.03, name
+            assert getattr(after, name).is_contiguous() and 0 <= getattr(after, name).min() <= 1
+    again = sampler_for(synthetic, samples_per_epoch=40).batch(1, 3, 4)
+    for name, tensor in vars(new.batch(1, 3, 4)).items():
+        assert torch.equal(tensor, vars(again)[name]), name
+
+
+def test_version_2_noise_is_gaussian_with_the_drawn_strength(synthetic: SegDataset) -> None:
+    from useg.data.augment import MAX_NOISE_STD, noise_bank
+
+    bank = noise_bank(seed=7, pixels=24 * 24)
+    assert len(bank) == 2**20 and abs(bank.mean()) < 0.01 and abs(bank.std() - 1) < 0.01
+    assert np.array_equal(bank, noise_bank(seed=7, pixels=24 * 24))
+    flat = np.full((8, 24, 24), 0.5, np.float32)  # a mid-grey image shows the noise alone (no clipping)
+    rng = np.random.default_rng(3)
+    images, labels = np.empty((1, 24, 24), np.float32), np.empty((7, 24, 24), np.float32)
+    masks = np.zeros((8, 24, 24), bool)
+    supports_out, labels_out = np.empty((7, 24, 24), np.float32), np.empty((7, 24, 24), np.float32)
+    from useg.data.augment import augment_into
+
+    augment_into(rng, lambda mirrored: flat.copy(), lambda mirrored: masks, bank, [images, supports_out],
+                 [labels, labels_out])
+    spread = np.concatenate([images, supports_out]).std(axis=(1, 2))
+    assert (spread > 0).all() and (spread < 1.2 * MAX_NOISE_STD).all()
+
+
+def test_an_unknown_draw_version_is_refused_and_old_checkpoints_keep_version_1(synthetic: SegDataset) -> None:
+    from useg.data.tasks import DRAW_VERSION, draw_version_to_resume
+
+    with pytest.raises(ConfigError, match="version 3"):
+        sampler_for(synthetic, draw_version=3)
+    assert draw_version_to_resume(None) == DRAW_VERSION == 2
+    assert draw_version_to_resume({"sampler_state": {"batch_index": 2}}) == 1  # written before versions
+    assert draw_version_to_resume({"sampler_state": {"draw_version": 2}}) == 2

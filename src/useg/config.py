@@ -51,6 +51,7 @@ class TrainConfig:
     precision: str | None = None  # None: fp32 on the CPU, bf16 (else fp16) on CUDA; saved as chosen
     deterministic: bool = True  # exact resume is the promise; False after a start-up fallback too
     compile: bool = False
+    data_workers: int | None = None  # threads building batches ahead; None: from the usable cores
     pretrained: str | None = None
     tensorboard: bool = False
     quiet: bool = False
@@ -64,7 +65,7 @@ class TrainConfig:
 # without changing what the model computes at each step.
 HARMLESS_KEYS = frozenset(
     {"epochs", "run_dir", "vis_every", "vis_count", "save_every_steps", "save_every_minutes",
-     "num_threads", "pretrained", "tensorboard", "quiet", "periodic_percentages",
+     "num_threads", "data_workers", "pretrained", "tensorboard", "quiet", "periodic_percentages",
      "device", "deterministic", "compile"}
 )
 # Keys that change the optimisation but not the model or the data: a resume may change them
@@ -304,6 +305,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "precision": (optional(choice("fp32", "bf16", "fp16")), "fp32, bf16 or fp16"),
     "deterministic": (boolean, "true or false"),
     "compile": (boolean, "true or false"),
+    "data_workers": (optional(integer(0)), "an integer >= 0 (0: build batches on the training thread)"),
     "pretrained": (optional(path_text), "a file path"),
     "tensorboard": (boolean, "true or false"),
     "quiet": (boolean, "true or false"),

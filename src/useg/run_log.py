@@ -54,6 +54,14 @@ def open_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
     write_log(run.log_path, run.log, run.history)
 
 
+def record_saves(run: Run) -> None:
+    """This session's checkpoint saves in its log entry: how many were asked for, and how many
+    routine mid-epoch saves a newer save replaced while an earlier one was still being written."""
+    if run.manager is not None and run.log.get("sessions"):
+        run.log["sessions"][-1]["checkpoint_saves"] = {"asked": run.manager.saves_asked,
+                                                       "coalesced": run.manager.coalesced_saves}
+
+
 def environment(run: Run) -> dict[str, Any]:
     return {"useg": useg.__version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),

@@ -25,6 +25,8 @@ from useg.checkpoint.faults import kill_point, kill_point_named
 from useg.checkpoint.layout import LOCK_NAME
 from useg.config import RETUNABLE_KEYS, TrainConfig, incompatible_keys
 from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
+from useg.data.prefetch import Prefetcher, data_workers
+from useg.data.tasks import draw_version_to_resume
 from useg.data_index import write_data_index
 from useg.device import choose_device, compile_model, compute_settings, default_threads, settle_determinism
 from useg.device import describe_compute, to_device, usable_cores
@@ -36,7 +38,7 @@ from useg.metrics import segmentation_loss
 from useg.model import build_universeg, load_pretrained, model_config
 from useg.precision import autocast, default_precision, make_scaler, optimizer_step, restore_scaler, scaler_state
 from useg.progress import Progress, plural, position_text
-from useg.run_log import describe_data, describe_world, open_log
+from useg.run_log import describe_data, describe_world, open_log, record_saves
 from useg.signals import StopRequest, TrainingInterrupted
 from useg.validation import picture_tasks, save_pictures, validate
 
@@ -111,7 +113,7 @@ def planned_total_epochs(folder: Path) -> int | None:
 def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = False, console=None) -> dict[str, Any]:
     """Train (or resume) one run; returns the history. Raises TrainingInterrupted on a signal."""
     # Before anything touches CUDA: cuBLAS reads its deterministic workspace setting once.
-    threads = cfg.num_threads or default_threads(usable_cores(), getattr(cfg, "data_workers", 0) or 0)
+    threads = cfg.num_threads or default_threads(usable_cores(), data_workers(cfg.data_workers))
     with compute_settings(threads, cfg.deterministic):
         return train_in_settings(cfg, resume, overwrite, console)
 
@@ -348,7 +350,7 @@ def build_run(cfg, paths, world, manager, state, resumed_from, progress) -> Run:
     dataset = load_dataset(cfg.data, image_size=cfg.image_size, seed=cfg.seed, **data_options(cfg))
     split = choose_split(cfg, dataset, state)
     sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
-                          samples_per_epoch=cfg.samples_per_epoch)
+                          samples_per_epoch=cfg.samples_per_epoch, draw_version=draw_version_to_resume(state))
     val_tasks = validation_tasks(dataset, split.val, split.train, support_size=cfg.support_size, seed=cfg.seed)
     device = choose_device(cfg.device, world.local_rank, world.enabled)
     cfg.precision = cfg.precision or default_precision(device)  # saved as chosen: a resume keeps it
@@ -539,9 +541,14 @@ def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -
     loss_sum, loss_count = run.partial_loss
     batches = run.sampler.num_batches(cfg.batch_size)
     last_save = time.monotonic()
-    with progress.epoch_bar(epoch + 1, cfg.epochs, batches, run.start_batch, cfg.batch_size) as bar:
-        for batch_index in range(run.start_batch, batches):
-            batch = to_device(local_part(run.sampler.batch(epoch, batch_index, cfg.batch_size), run.world), run.device)
+
+    def build(index: int):
+        return local_part(run.sampler.batch(epoch, index, cfg.batch_size), run.world)
+
+    ahead = Prefetcher(build, range(run.start_batch, batches), data_workers(cfg.data_workers))
+    with progress.epoch_bar(epoch + 1, cfg.epochs, batches, run.start_batch, cfg.batch_size) as bar, ahead:
+        for batch_index, batch in ahead:
+            batch = to_device(batch, run.device)
             with autocast(cfg.precision, run.device):
                 logits = run.train_model(batch.target_image, batch.support_images, batch.support_labels)
                 loss = segmentation_loss(logits.float(), batch.target_label, cfg.loss)
@@ -560,7 +567,7 @@ def run_one_epoch(run: Run, epoch: int, stop: StopRequest, progress: Progress) -
             if any_rank(run.world, stop.signum is not None):
                 save_interrupt(run, position, stop, progress)
             if mid_epoch_save_due(cfg, run.step, last_save) and batch_index + 1 < batches:
-                save_checkpoint(run, position[0], position, kind="interrupt")
+                save_checkpoint(run, position[0], position, kind="interrupt", routine=True)
                 last_save = time.monotonic()
     return loss_sum, loss_count
 
@@ -606,7 +613,8 @@ def training_state(run: Run, epoch: int, position: tuple[int, int, float, int]) 
         "rng_state_per_rank": rng_per_rank,
         "sampler_state": {"seed": run.cfg.seed, "epoch": data_epoch, "batch_index": batch_index,
                           "loss_sum": loss_sum, "loss_count": loss_count, "world_size": run.world.world_size,
-                          "samples_per_epoch": run.cfg.samples_per_epoch, "batch_size": run.cfg.batch_size},
+                          "samples_per_epoch": run.cfg.samples_per_epoch, "batch_size": run.cfg.batch_size,
+                          "draw_version": run.sampler.draw_version},
         "config": run.cfg.to_dict(),
         "model_config": model_config(run.model),
         "split": run.split.to_dict(),
@@ -646,6 +654,7 @@ def save_epoch_checkpoint(run: Run, epoch: int, record: dict[str, Any]) -> None:
     save_checkpoint(run, epoch, (epoch, 0, 0.0, 0), val_dice=record["val_dice"], train_loss=record["train_loss"])
     run.history["checkpoint_time_s"][-1] = round(time.perf_counter() - started, 4)
     if run.world.is_main:
+        record_saves(run)
         write_log(run.log_path, run.log, run.history)
         log_tensorboard(run.tensorboard, epoch, record)
 
@@ -660,6 +669,7 @@ def save_interrupt(run: Run, position, stop: StopRequest, progress: Progress) ->
     save_checkpoint(run, position[0], position, kind="interrupt")
     if run.manager is not None:
         run.manager.wait()
+        record_saves(run)
         write_log(run.log_path, run.log, run.history)
     raise TrainingInterrupted(stop.exit_code, resume_hint(run))
 

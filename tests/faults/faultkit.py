@@ -101,13 +101,14 @@ class Cli:
         self._numbers = itertools.count()
 
     def start(self, *args: str, env: dict[str, str] | None = None, stdin: str = "",
-              uid: int | None = None, stop_after: str | None = None) -> Child:
+              uid: int | None = None, stop_after: str | None = None, slow_writes: float = 0.0) -> Child:
         """Start `useg ARGS`; `uid`: run as that user; `stop_after="module:function"`: SIGSTOP
-        the child right after that function returns (to pause it at an exact instant)."""
+        the child right after that function returns (to pause it at an exact instant);
+        `slow_writes`: every checkpoint write takes that many seconds longer (so saves overlap)."""
         out_dir = self._out_root / f"call_{next(self._numbers):05d}"
         out_dir.mkdir(parents=True)
         (out_dir / "stdin").write_text(stdin)
-        options = {"uid": uid, "stop_after": stop_after}
+        options = {"uid": uid, "stop_after": stop_after, "slow_writes": slow_writes}
         process = self._context.Process(target=child_main, args=([str(a) for a in args], env or {}, str(out_dir), options))
         process.start()
         return Child(process, out_dir)
@@ -142,6 +143,8 @@ def child_main(argv: list[str], env: dict[str, str], out_dir: str, options: dict
     _count_steps(out / "steps")
     if options["stop_after"]:
         _stop_after(options["stop_after"])
+    if options.get("slow_writes"):
+        _slow_writes(options["slow_writes"])
     if options["uid"] is not None:
         os.setgid(options["uid"])
         os.setuid(options["uid"])
@@ -216,6 +219,18 @@ def _stop_after(target: str) -> None:
         return result
 
     setattr(module, function_name, stopping)
+
+
+def _slow_writes(seconds: float) -> None:
+    from useg.checkpoint import manager
+
+    real = manager.publish_state
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    manager.publish_state = slow
 
 
 def wait_until_stopped(child: Child, timeout: float = 60) -> None:

@@ -57,6 +57,7 @@ class CheckpointManager:
         self.session = secrets.token_hex(6)  # names this process's saves in the run's lineage
         self._lineage: list[list] = []  # [[session, seq], ...] this session descends from
         self._seq = 0  # saves along the lineage; continues from the file a resume loaded
+        self.saves_asked = 0  # save() calls of this manager, coalesced ones included
         with explain_write_errors(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock: RunLock | None = acquire_run_lock(self.directory, self._warn) if lock else None
@@ -91,18 +92,30 @@ class CheckpointManager:
     # --- saving ---------------------------------------------------------------------------
 
     def save(self, state: Mapping[str, Any], epoch: int, val_dice: float | None = None,
-             train_loss: float | None = None, kind: str = "epoch", step: int | None = None) -> None:
+             train_loss: float | None = None, kind: str = "epoch", step: int | None = None,
+             routine: bool = False) -> None:
         """Save `state` (a dict of `state_dict()`-able parts and plain values) after `epoch` completed epochs.
 
         kind="epoch" rewrites latest, plus the periodic file when due and best_model.pt on
         a strictly better `val_dice`; kind="interrupt" (Ctrl+C mid-epoch) rewrites latest only.
         The state is snapshotted now; with async_save the write happens in the background.
+
+        `routine` (kind="interrupt" only) marks a save that may be coalesced: asked for while
+        an earlier save is still being written, it waits as the pending save instead of
+        stalling the caller, and a newer save of any kind replaces it before it starts (the
+        newer state is what latest gets, so latest never goes backwards and the previous
+        latest stays whole until then). Other saves are never skipped. `coalesced_saves`
+        counts the replaced ones.
         """
         if type(epoch) is not int or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0 (completed epochs), got {epoch!r}")
+        if routine and kind != "interrupt":
+            raise ValueError(f"only mid-epoch saves (kind='interrupt') may be routine, not kind={kind!r}")
         val_dice = None if val_dice is None else float(val_dice)
         train_loss = None if train_loss is None else float(train_loss)
         plan = plan_save(kind, epoch, val_dice, self.best_val_dice, self.scheduled_epochs)
+        if self._writer is not None:
+            self._writer.drop_pending()  # superseded by this newer state; the snapshot reuses its host copies
         snapshot = self._snapshot(state, epoch)
         if plan.best:
             self.best_val_dice, self.best_epoch = val_dice, epoch
@@ -111,7 +124,14 @@ class CheckpointManager:
         if self._writer is None:
             self._write_and_release(snapshot, plan, fields)
         else:
-            self._writer.submit(lambda: self._write_and_release(snapshot, plan, fields))
+            self._writer.submit(lambda: self._write_and_release(snapshot, plan, fields), coalesce=routine,
+                                discard=lambda: self._staging.give_back(snapshot))
+        self.saves_asked += 1
+
+    @property
+    def coalesced_saves(self) -> int:
+        """Routine saves replaced by a newer save before they were written (see `save`)."""
+        return 0 if self._writer is None else self._writer.coalesced
 
     def planned_files(self, epoch: int, val_dice: float | None = None, kind: str = "epoch") -> list[str]:
         """The names of the files `save()` with these arguments would write now, by the same policy."""

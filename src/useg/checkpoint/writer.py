@@ -1,4 +1,5 @@
-"""One background writer: at most one save in flight, its error re-raised on the next call."""
+"""One background writer: at most one save in flight (plus one waiting, when it may be coalesced),
+its error re-raised on the next call."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 import threading
 import weakref
 from typing import Callable
+
+from .faults import kill_point
 
 _WRITERS: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
 _exit_hook_registered = False
@@ -23,15 +26,45 @@ class BackgroundWriter:
     """
 
     def __init__(self) -> None:
-        self._done: threading.Event | None = None
+        self._done: threading.Event | None = None  # set once the job in flight and the pending one are done
         self._error: BaseException | None = None
+        self._lock = threading.Lock()  # guards _pending and the decision to set _done
+        self._pending: tuple[Callable[[], None], Callable[[], None] | None] | None = None
+        self.coalesced = 0  # jobs replaced by a newer one before they started
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Wait for the previous job (re-raising its error), then start `job`."""
+    def submit(self, job: Callable[[], None], *, coalesce: bool = False,
+               discard: Callable[[], None] | None = None) -> None:
+        """Wait for the previous job (re-raising its error), then start `job`.
+
+        With `coalesce`, a job submitted while another is running does not wait: it becomes
+        the pending job, run as soon as the running one ends, and a newer coalescible job
+        replaces it (its `discard` is called instead, on this thread, and it counts in
+        `coalesced`). Submitting a job that may not be coalesced waits as before.
+        """
+        if coalesce:
+            replaced, queued = None, False
+            with self._lock:
+                if self._done is not None and not self._done.is_set():
+                    replaced, self._pending, queued = self._pending, (job, discard), True
+                    self.coalesced += replaced is not None
+            if replaced is not None and replaced[1] is not None:
+                replaced[1]()
+            if queued:
+                kill_point("save-coalesced")  # a write in flight and this one waiting: the fault tests kill here
+                return
         self.wait()
         _wait_at_exit(self)
         self._done = threading.Event()
         _worker().put((job, self, self._done))
+
+    def drop_pending(self) -> bool:
+        """Give up the pending job (a newer save supersedes it), calling its `discard`; True when there was one."""
+        with self._lock:
+            dropped, self._pending = self._pending, None
+            self.coalesced += dropped is not None
+        if dropped is not None and dropped[1] is not None:
+            dropped[1]()
+        return dropped is not None
 
     @property
     def busy(self) -> bool:
@@ -55,12 +88,21 @@ class BackgroundWriter:
             raise error
 
     def _run(self, job: Callable[[], None], done: threading.Event) -> None:
-        try:
-            job()
-        except BaseException as error:  # handed to the training thread, which decides
-            self._error = error
-        finally:
-            done.set()
+        while job is not None:
+            try:
+                job()
+            except BaseException as error:  # handed to the training thread, which decides
+                self._error = error
+            with self._lock:  # under the lock, so that a job submitted now is either taken here or started anew
+                pending, self._pending = self._pending, None
+                if pending is None or self._error is not None:
+                    done.set()
+            job = None
+            if pending is not None:
+                if self._error is None:
+                    job = pending[0]
+                elif pending[1] is not None:
+                    pending[1]()  # after a failed write the newer state is not written either: the error stops the run
 
 
 class _Worker:

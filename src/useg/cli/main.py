@@ -40,6 +40,8 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--precision", dict(choices=["fp32", "bf16", "fp16"],
                          help="autocast dtype for forward and loss; weights stay fp32 (default: fp32 on the CPU, "
                               "bf16 on CUDA, fp16 where bf16 is unsupported)")),
+    ("--data-workers", dict(type=int, help="threads building batches ahead of training (0: on the training "
+                                           "thread; default: from the usable cores)")),
 ]
 
 

@@ -6,19 +6,30 @@ answer); supports are drawn without replacement when there are enough
 candidates, else with replacement. Training images without any class (kept
 with `--keep-empty`) are negative targets of every class: the model learns to
 predict nothing when the target lacks what the supports show. Every random choice comes from a generator
-seeded by the task's own coordinates, so any batch can be rebuilt exactly.
+seeded by the task's own coordinates, so any batch can be rebuilt exactly, on
+any thread and in any order (which the background batch builders rely on).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from useg.data.augment import augment_task
+from useg.data.augment import augment_into, augment_task, noise_bank
 from useg.data.dataset import SegDataset
 from useg.errors import ConfigError, DataError
+
+
+DRAW_VERSION = 2  # what new runs draw; see useg.data.augment for what version 1 drew
+DRAW_VERSIONS = (1, 2)
+
+
+def draw_version_to_resume(state: dict | None) -> int:
+    """The draw version a run continues with: its checkpoint's, 1 for files written before versions."""
+    return DRAW_VERSION if state is None else state["sampler_state"].get("draw_version", 1)
 
 
 @dataclass
@@ -97,14 +108,19 @@ class TaskSampler:
 
     def __init__(
         self, ds: SegDataset, train_idx, *, support_size: int, seed: int, samples_per_epoch: int,
-        exclude_same_patient: bool = True, augment: bool = True,
+        exclude_same_patient: bool = True, augment: bool = True, draw_version: int = DRAW_VERSION,
     ) -> None:
         _check_settings(support_size, seed)
+        if draw_version not in DRAW_VERSIONS:
+            raise ConfigError(f"this useg cannot draw batches of version {draw_version} (it knows "
+                              f"{', '.join(map(str, DRAW_VERSIONS))}); resume with the useg that wrote the checkpoint")
         if samples_per_epoch < 1:
             raise ConfigError(f"samples per epoch must be at least 1, not {samples_per_epoch}")
         self.ds, self.support_size, self.seed = ds, support_size, seed
         self.samples_per_epoch, self.augment = samples_per_epoch, augment
-        self.exclude_same_patient = exclude_same_patient
+        self.exclude_same_patient, self.draw_version = exclude_same_patient, draw_version
+        self._source: AugmentationSource | None = None
+        self._source_lock = threading.Lock()
         self._members = class_members(ds, train_idx)
         self._negatives = negative_images(ds, train_idx)
         self._targets, largest = self._eligible_targets()
@@ -151,7 +167,15 @@ class TaskSampler:
             )
         rngs = [self._rng(epoch, index) for index in range(start, stop)]
         tasks = [self._draw(rng) for rng in rngs]
+        if self.augment and self.draw_version >= 2:
+            return augmented_batch(self._augmentation_source(), tasks, rngs)
         return make_batch(self.ds, tasks, rngs if self.augment else None)
+
+    def _augmentation_source(self) -> AugmentationSource:
+        with self._source_lock:  # built once, by whichever batch builder gets here first
+            if self._source is None:
+                self._source = AugmentationSource.of(self.ds, self.seed)
+            return self._source
 
     def _rng(self, epoch: int, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch, index])
@@ -192,13 +216,8 @@ def validation_tasks(
 
 
 def make_batch(ds: SegDataset, tasks: list[Task], rngs: list[np.random.Generator] | None = None) -> Batch:
-    """Stack tasks into tensors; `rngs` (one per task) turns augmentation on."""
-    if not tasks or len({len(task.supports) for task in tasks}) != 1:
-        raise ValueError("make_batch needs at least one task, all with the same number of supports")
-    targets = np.asarray([task.target for task in tasks], dtype=np.int64)
-    classes = np.asarray([task.cls for task in tasks], dtype=np.int64)
-    supports = np.stack([np.asarray(task.supports, dtype=np.int64) for task in tasks])
-    members = np.concatenate([targets[:, None], supports], axis=1)  # (B, 1 + S)
+    """Stack tasks into tensors; `rngs` (one per task) turns augmentation on (draw version 1)."""
+    targets, classes, supports, members = _task_indices(tasks)
     images = ds.images[members]  # (B, 1 + S, H, W)
     labels = ds.masks[members, classes[:, None]].astype(np.float32)
     if rngs is not None:
@@ -213,3 +232,53 @@ def make_batch(ds: SegDataset, tasks: list[Task], rngs: list[np.random.Generator
         targets=torch.from_numpy(targets),
         supports=torch.from_numpy(supports),
     )
+
+
+@dataclass(frozen=True)
+class AugmentationSource:
+    """What draw version 2 reads: the dataset, its left-right mirror image, and the noise bank."""
+
+    images: np.ndarray  # (N, H, W) float32
+    masks: np.ndarray  # (N, C, H, W) bool
+    mirrored_images: np.ndarray
+    mirrored_masks: np.ndarray
+    bank: np.ndarray
+
+    @classmethod
+    def of(cls, ds: SegDataset, seed: int) -> AugmentationSource:
+        height, width = ds.images.shape[1:]
+        return cls(ds.images, ds.masks, np.ascontiguousarray(ds.images[..., ::-1]),
+                   np.ascontiguousarray(ds.masks[..., ::-1]), noise_bank(seed, height * width))
+
+
+def augmented_batch(source: AugmentationSource, tasks: list[Task], rngs: list[np.random.Generator]) -> Batch:
+    """Draw version 2 of an augmented `make_batch`: each task is augmented straight into the batch's arrays."""
+    targets, classes, supports, members = _task_indices(tasks)
+    count, height, width = len(tasks), *source.images.shape[1:]
+    shape = (count, supports.shape[1], 1, height, width)
+    target_image, target_label = (np.empty((count, 1, height, width), np.float32) for _ in range(2))
+    support_images, support_labels = (np.empty(shape, np.float32) for _ in range(2))
+    for b, rng in enumerate(rngs):
+        def images(mirrored: bool, rows=members[b]) -> np.ndarray:
+            return (source.mirrored_images if mirrored else source.images)[rows]
+
+        def labels(mirrored: bool, rows=members[b], cls=classes[b]) -> np.ndarray:
+            return (source.mirrored_masks if mirrored else source.masks)[rows, cls]
+
+        augment_into(rng, images, labels, source.bank,
+                     [target_image[b], support_images[b, :, 0]], [target_label[b], support_labels[b, :, 0]])
+    return Batch(
+        target_image=torch.from_numpy(target_image), target_label=torch.from_numpy(target_label),
+        support_images=torch.from_numpy(support_images), support_labels=torch.from_numpy(support_labels),
+        classes=torch.from_numpy(classes), targets=torch.from_numpy(targets), supports=torch.from_numpy(supports),
+    )
+
+
+def _task_indices(tasks: list[Task]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """targets (B,), classes (B,), supports (B, S) and members (B, 1 + S): the target first."""
+    if not tasks or len({len(task.supports) for task in tasks}) != 1:
+        raise ValueError("make_batch needs at least one task, all with the same number of supports")
+    targets = np.asarray([task.target for task in tasks], dtype=np.int64)
+    classes = np.asarray([task.cls for task in tasks], dtype=np.int64)
+    supports = np.stack([np.asarray(task.supports, dtype=np.int64) for task in tasks])
+    return targets, classes, supports, np.concatenate([targets[:, None], supports], axis=1)
