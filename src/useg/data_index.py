@@ -16,7 +16,6 @@ from typing import Any
 
 from useg.checkpoint.atomic import explain_file_errors, remove_quietly, replace_durably, write_all
 from useg.checkpoint.layout import TEMP_SUFFIX
-from useg.errors import DataError
 
 INDEX_NAME = "data_index.json"
 INDEX_MODE = 0o600
@@ -48,24 +47,6 @@ def write_data_index(run_dir: str | Path, data: str | Path | None, dataset) -> P
         os.close(fd)
         replace_durably(Path(temp), path)
     return path
-
-
-def read_data_index(run_dir: str | Path) -> dict[str, Any] | None:
-    """The index of a run folder, or None when the run has none (older runs, the synthetic set)."""
-    path = Path(run_dir) / INDEX_NAME
-    if not path.is_file():
-        return None
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"cannot read the image index {path} ({type(error).__name__}); start the run again "
-                        "(useg train --resume latest rewrites it)") from None
-    return index if isinstance(index, dict) else None
-
-
-def file_of(index: dict[str, Any] | None, image_id: str) -> str:
-    """The image file behind `image_id` (relative to the data folder), or "" when the index lacks it."""
-    return file_label(((index or {}).get("images") or {}).get(image_id) or {})
 
 
 def file_label(entry: dict[str, Any]) -> str:
