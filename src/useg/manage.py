@@ -18,6 +18,8 @@ from useg.checkpoint.faults import kill_point
 from useg.checkpoint.layout import TEMP_SUFFIX, kind_from_name, pending_path, sidecar_path
 from useg.checkpoint.layout import LATEST_NAME
 from useg.checkpoint.listing import checkpoint_info
+from useg.checkpoint.lock import acquire_run_lock
+from useg.checkpoint.replaced import ReplacedFolder, remove_replaced, replaced_folders
 from useg.checkpoint.resume_points import ResumePoint, resume_points
 from useg.checkpoint.retention import CleanPlan
 from useg.errors import CheckpointError, UsegError
@@ -174,6 +176,26 @@ def clean_with_plan(run_dir: str | Path, keep: int, dry_run: bool) -> tuple[Clea
         manager.clean(keep, dry_run=dry_run, plan=plan)
     return plan, bytes_freed(plan.remove)
 
+
+
+def clean_replaced(run_dir: str | Path, dry_run: bool) -> list[ReplacedFolder]:
+    """Remove (or with dry_run, list) the folders `--overwrite` set aside; the live checkpoints/ stays.
+
+    A real removal takes the run lock, as `clean --keep` does: no `--overwrite` is filling a
+    set-aside folder while it goes.
+    """
+    folder = checkpoints_dir(run_dir)
+    doomed = replaced_folders(folder.parent)
+    if dry_run or not doomed:
+        return doomed
+    lock = acquire_run_lock(folder, warn=lambda message: None) if folder.is_dir() else None
+    try:
+        doomed = replaced_folders(folder.parent)  # as they are now that no trainer can add one
+        remove_replaced(folder.parent, doomed)
+    finally:
+        if lock is not None:
+            lock.release()
+    return doomed
 
 
 def export_weights(path: str | Path, out: str | Path, dtype: str = "fp32") -> dict[str, Any]:

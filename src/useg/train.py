@@ -23,6 +23,7 @@ from useg.checkpoint import read_metadata, resolve_checkpoint, restore_rng_state
 from useg.checkpoint.atomic import fsync_directory
 from useg.checkpoint.faults import kill_point, kill_point_named
 from useg.checkpoint.layout import LOCK_NAME
+from useg.checkpoint.replaced import replaced_name
 from useg.config import RETUNABLE_KEYS, TrainConfig, incompatible_keys
 from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
 from useg.data.prefetch import Prefetcher, data_workers
@@ -275,10 +276,10 @@ def set_aside_checkpoints(paths: RunPaths, manager: CheckpointManager, progress:
     """
     kill_point("overwrite-set-aside")
     stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
-    kept, number = paths.root / f"checkpoints_replaced_{stamp}", 1
+    kept, number = paths.root / replaced_name(stamp), 1
     while kept.exists():  # a second --overwrite within the same second
         number += 1
-        kept = paths.root / f"checkpoints_replaced_{stamp}_{number}"
+        kept = paths.root / replaced_name(stamp, number)
     kept.mkdir()
     for entry in sorted(paths.checkpoints.iterdir()):
         if entry.name != LOCK_NAME:

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from useg import manage
+from useg.checkpoint.replaced import replaced_folders
 from useg.cli import display
 from useg.errors import UsegError
 
@@ -24,8 +25,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "info": ("details of one checkpoint file", cmd_info, [("path", {"help": "the checkpoint file (.pt)"})]),
         "verify": ("check one file or all: exit 0 only if all are valid", cmd_verify,
                    [("path", {"nargs": "?", "help": "one checkpoint file (default: every checkpoint of --run-dir)"})]),
-        "clean": ("keep the N newest periodic checkpoints (latest and best always stay)", cmd_clean,
-                  [("--keep", {"type": int, "required": True, "metavar": "N"}),
+        "clean": ("keep the N newest periodic checkpoints (latest and best always stay); --replaced removes "
+                  "the folders --overwrite set aside", cmd_clean,
+                  [("--keep", {"type": int, "metavar": "N", "help": "periodic checkpoints to keep (at least 1)"}),
+                   ("--replaced", {"action": "store_true",
+                                   "help": "remove the checkpoints_replaced_<time>/ folders (old runs and their "
+                                           "pictures) that --overwrite set aside; checkpoints/ is never touched"}),
                    ("--dry-run", {"action": "store_true", "help": "show what would go, remove nothing"})]),
         "export": ("write the model weights alone (.safetensors or .pt) plus metadata JSON", cmd_export,
                    [("path", {"help": "the checkpoint to export (any .pt the run wrote)"}),
@@ -64,6 +69,8 @@ def cmd_list(args) -> int:
         display.print_json([manage.record(info, point=points.get(info.path)) for info in infos])
     else:
         console().print(display.list_table(infos, f"Checkpoints in {Path(args.run_dir) / 'checkpoints'}"))
+        for line in display.replaced_lines(replaced_folders(args.run_dir), args.run_dir):
+            print(line)
     return 0
 
 
@@ -100,23 +107,42 @@ def cmd_verify(args) -> int:
 
 
 def cmd_clean(args) -> int:
+    if args.keep is None and not args.replaced:
+        raise UsegError("checkpoints clean needs --keep N (periodic checkpoints to keep) or --replaced "
+                        "(remove the folders --overwrite set aside), or both")
+    report: dict = {}
+    if args.keep is not None:
+        report = clean_periodic(args)
+    if args.replaced:
+        folders = manage.clean_replaced(args.run_dir, args.dry_run)
+        report.update(dry_run=args.dry_run, replaced=[folder.to_dict() for folder in folders],
+                      replaced_freed_bytes=sum(folder.size_bytes for folder in folders))
+        if not args.json:
+            for line in display.clean_replaced_lines(folders, args.dry_run, args.run_dir):
+                print(line)
+    if args.json:
+        display.print_json(report)
+    return 0
+
+
+def clean_periodic(args) -> dict:
+    """`clean --keep N`: print what goes (unless --json) and return the JSON report."""
     plan, freed = manage.clean_with_plan(args.run_dir, args.keep, args.dry_run)
     removed = plan.remove
-    if args.json:
-        display.print_json({"dry_run": args.dry_run, "keep": args.keep,
-                           "removed": [manage.record(info) for info in removed], "freed_bytes": freed,
-                           "kept": [info.name for info in plan.keep],
-                           "left_invalid": [{"name": info.name, "reason": reason} for info, reason in plan.invalid],
-                           "resume_point": plan.newest.path.name if plan.newest else None,
-                           "fallback": plan.fallback.path.name if plan.fallback else None})
-        return 0
-    verb = "would remove" if args.dry_run else "removed"
-    for info in removed:
-        print(f"{verb} {info.path}")
-    for line in display.clean_notes(plan):
-        print(line)
-    print(f"{verb} {len(removed)} checkpoint(s), {'would free' if args.dry_run else 'freed'} {display.format_size(freed)}")
-    return 0
+    if not args.json:
+        verb = "would remove" if args.dry_run else "removed"
+        for info in removed:
+            print(f"{verb} {info.path}")
+        for line in display.clean_notes(plan):
+            print(line)
+        print(f"{verb} {len(removed)} checkpoint(s), {'would free' if args.dry_run else 'freed'} "
+              f"{display.format_size(freed)}")
+    return {"dry_run": args.dry_run, "keep": args.keep,
+            "removed": [manage.record(info) for info in removed], "freed_bytes": freed,
+            "kept": [info.name for info in plan.keep],
+            "left_invalid": [{"name": info.name, "reason": reason} for info, reason in plan.invalid],
+            "resume_point": plan.newest.path.name if plan.newest else None,
+            "fallback": plan.fallback.path.name if plan.fallback else None}
 
 
 def cmd_export(args) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from rich import box
@@ -10,6 +11,7 @@ from rich.table import Table
 from useg.checkpoint import CheckpointInfo
 from useg.checkpoint.atomic import json_text
 from useg.checkpoint.layout import LATEST_NAME
+from useg.checkpoint.replaced import ReplacedFolder
 from useg.checkpoint.resume_points import ResumePoint
 from useg.checkpoint.retention import CleanPlan
 from useg.manage import CONFIG_SUMMARY_KEYS, batch_position, points_by_path
@@ -129,6 +131,27 @@ def clean_notes(plan: CleanPlan) -> list[str]:
     if plan.fallback is not None:
         lines.append(f"kept {plan.fallback.path.name}: what resume falls back to if {plan.newest.path.name} is lost")
     return lines
+
+
+def replaced_lines(folders: list[ReplacedFolder], run_dir: str) -> list[str]:
+    """The note under `checkpoints list`: folders --overwrite set aside (no part of the run) and their size."""
+    if not folders:
+        return []
+    total = sum(folder.size_bytes for folder in folders)
+    lines = [f"set aside by --overwrite (old runs, not resumable from here): {len(folders)} folder(s), "
+             f"{format_size(total)}; remove with: useg checkpoints clean --replaced --run-dir {shlex.quote(str(run_dir))}"]
+    lines += [f"  {folder.path.name}/  {format_size(folder.size_bytes)}, {folder.files} file(s)" for folder in folders]
+    return lines
+
+
+def clean_replaced_lines(folders: list[ReplacedFolder], dry_run: bool, run_dir: str) -> list[str]:
+    """What `clean --replaced` removed (or would remove), one line per folder and a total."""
+    if not folders:
+        return [f"no folders set aside by --overwrite in {run_dir}"]
+    verb = "would remove" if dry_run else "removed"
+    lines = [f"{verb} {folder.path}/ ({folder.files} file(s), {format_size(folder.size_bytes)})" for folder in folders]
+    freed = format_size(sum(folder.size_bytes for folder in folders))
+    return lines + [f"{verb} {len(folders)} set-aside folder(s), {'would free' if dry_run else 'freed'} {freed}"]
 
 
 def print_json(value: Any) -> None:

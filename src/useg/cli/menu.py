@@ -305,7 +305,7 @@ def confirm_going_back(points: list[ResumePoint], chosen: ResumePoint, console: 
             fate = ("kept, as an abandoned branch: resume uses it only as a last resort, clean --keep removes it "
                     "first, and training rewrites it when it reaches that epoch again")
         say(console, f"  {info.name} ({where}): {fate}")
-    return ask(f"Go back to epoch {chosen.info.epoch}? [y/N] ").lower() in ("y", "yes")
+    return yes(f"Go back to epoch {chosen.info.epoch}? [y/N] ")
 
 
 # --- 4 to 6 ------------------------------------------------------------------------------------
@@ -330,7 +330,7 @@ def view_info(run_dir: str, console: Console) -> None:
 
 
 def clean_old(run_dir: str, console: Console) -> None:
-    """Ask N, show what would go, and remove it only after a yes."""
+    """Ask N, show what would go, and remove it only after a yes; then the same for set-aside runs."""
     def parse(answer: str) -> int:
         if not answer.isdigit() or int(answer) < 1:
             raise ValueError(f"Please give a whole number of at least 1 (got {answer!r}), or Enter to go back.")
@@ -339,6 +339,11 @@ def clean_old(run_dir: str, console: Console) -> None:
     keep = ask_until_valid("Keep how many periodic checkpoints? ", parse, console)
     if keep is None:
         return
+    clean_periodic(run_dir, keep, console)
+    clean_set_aside(run_dir, console)
+
+
+def clean_periodic(run_dir: str, keep: int, console: Console) -> None:
     plan, freed = manage.clean_with_plan(run_dir, keep, dry_run=True)
     doomed = plan.remove
     for line in display.clean_notes(plan):  # a damaged latest, files left in place, the fallback kept
@@ -348,11 +353,30 @@ def clean_old(run_dir: str, console: Console) -> None:
         return
     for info in doomed:
         say(console, f"  will remove {info.name}")
-    if ask(f"Remove these {len(doomed)} file(s), freeing {display.format_size(freed)}? [y/N] ").lower() not in ("y", "yes"):
+    if not yes(f"Remove these {len(doomed)} file(s), freeing {display.format_size(freed)}? [y/N] "):
         console.print("Nothing removed.")
         return
     removed, freed = manage.clean_run(run_dir, keep, dry_run=False)
     console.print(f"Removed {len(removed)} file(s), freed {display.format_size(freed)}.")
+
+
+def clean_set_aside(run_dir: str, console: Console) -> None:
+    """Offer to remove the folders --overwrite set aside (old runs; the live checkpoints/ stays)."""
+    folders = manage.clean_replaced(run_dir, dry_run=True)
+    if not folders:
+        return
+    for line in display.replaced_lines(folders, run_dir)[1:]:
+        say(console, line)
+    size = display.format_size(sum(folder.size_bytes for folder in folders))
+    if not yes(f"Also remove these {len(folders)} folder(s) that --overwrite set aside, freeing {size}? [y/N] "):
+        console.print("Set-aside folders kept.")
+        return
+    removed = manage.clean_replaced(run_dir, dry_run=False)
+    console.print(f"Removed {len(removed)} set-aside folder(s).")
+
+
+def yes(prompt: str) -> bool:
+    return ask(prompt).lower() in ("y", "yes")
 
 
 def show_history(run_dir: str, console: Console) -> None:
