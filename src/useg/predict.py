@@ -30,8 +30,9 @@ from useg.data.dataset import select_classes
 from useg.data.images import is_image_file, open_image, open_upright, read_grey, to_grey
 from useg.errors import CheckpointError, DataError
 from useg.model import UniverSeg, build_from_config, infer_widths
+from useg.viz import contrasting_tints
 
-# Overlay tints per class (RGB), in the support set's class order.
+# Overlay tints per class (RGB) on grey images, in the support set's class order (colour images: viz.contrasting_tints).
 OVERLAY_COLOURS = [(255, 64, 64), (64, 200, 255), (255, 210, 0), (120, 255, 120), (255, 100, 255), (255, 150, 60)]
 OVERLAY_ALPHA = 0.35
 
@@ -315,11 +316,12 @@ def outline(mask: np.ndarray, thickness: int) -> np.ndarray:
 
 
 def overlay_picture(rgb: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
-    """The image tinted inside each mask, with the mask's outline in full colour."""
+    """The image tinted inside each mask, with the mask's outline in full colour (tints chosen to contrast)."""
     picture = rgb.astype(np.float32)
     thickness = max(1, min(rgb.shape[:2]) // 200)  # visible on large scans, thin on small ones
-    for index, mask in enumerate(masks):
-        colour = np.asarray(OVERLAY_COLOURS[index % len(OVERLAY_COLOURS)], dtype=np.float32)
+    tints = contrasting_tints(rgb, len(masks), for_grey=OVERLAY_COLOURS)  # not red on purple-stained cells
+    for mask, tint in zip(masks, tints):
+        colour = np.asarray(tint, dtype=np.float32)
         picture[mask] = (1 - OVERLAY_ALPHA) * picture[mask] + OVERLAY_ALPHA * colour
         picture[outline(mask, thickness)] = colour
     return picture.round().astype(np.uint8)

@@ -12,7 +12,7 @@ import torch
 from useg.data import make_batch
 from useg.distributed import World, gather_objects
 from useg.metrics import hard_dice
-from useg.viz import save_prediction_figure
+from useg.viz import class_display_name, colour_input_note, save_prediction_figure
 
 
 @torch.no_grad()
@@ -56,9 +56,10 @@ def save_pictures(model, dataset, tasks: list, folder: Path, epoch: int, device)
         logits = model(batch.target_image, batch.support_images, batch.support_labels)
         dice = float(hard_dice(logits, batch.target_label)[0])
         batch, logits = batch.to("cpu"), logits.cpu()
-        title = (f"epoch {epoch} · {dataset.ids[task.target]} · class {dataset.classes[task.cls]} · "
-                 f"Dice {dice:.3f}")
+        title = (f"epoch {epoch} · {dataset.ids[task.target]} · class {class_display_name(dataset.classes[task.cls])}"
+                 f" · Dice {dice:.3f}")
         save_prediction_figure(folder / f"epoch_{epoch:03d}_batch_{number:03d}.png",
                                batch.target_image[0, 0].numpy(), batch.target_label[0, 0].numpy(),
                                (logits[0, 0] > 0).float().numpy(), batch.support_images[0, :, 0].numpy(),
-                               batch.support_labels[0, :, 0].numpy(), title, then=then)
+                               batch.support_labels[0, :, 0].numpy(), title, then=then,
+                               note=colour_input_note(folder.parent, dataset.ids[task.target]))
