@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def run_menu(run_dir: str) -> int:
 
 def run_useg(arguments: list[str]) -> int:
     """Run training as a child process, so Ctrl+C there stops training, not the menu."""
-    print("$ useg " + " ".join(arguments))
+    print("$ " + shlex.join(["useg", *arguments]))  # a line that can be pasted into a shell
     with subprocess.Popen([sys.executable, "-m", "useg", *arguments]) as child:
         while True:
             try:
@@ -175,7 +176,7 @@ def describe_latest(folder: Path) -> str:
     latest = next((info for info in list_checkpoints(folder) if info.name == LATEST_NAME), None)
     if latest is None or latest.epoch is None:
         return f"{len(list(folder.glob('*.pt')))} checkpoint file(s)"
-    return f"latest: epoch {latest.epoch} of {latest.total_epochs or '?'}"
+    return f"latest: {latest.epoch} of {latest.total_epochs or '?'} epochs done"
 
 
 def ask_run_settings(console: Console) -> list[str]:
@@ -213,9 +214,11 @@ def checked_setting(key: str, text: str, file_layer: dict[str, Any], answers: di
     size the model's levels divide); a ConfigError names the flag and the rule."""
     from useg.config import build_config, check_value
 
-    if key == "data" and not Path(text).expanduser().is_dir():
-        raise ValueError(f"{text} is not a folder; give the folder that holds your images "
-                         "(Enter for the synthetic set)")
+    if key == "data":
+        if not Path(text).expanduser().is_dir():
+            raise ValueError(f"{text} is not a folder; give the folder that holds your images "
+                             "(Enter for the synthetic set)")
+        text = str(Path(text).expanduser())  # no shell expands ~ for the training process
     value = text
     if key in INTEGER_KEYS:
         try:
