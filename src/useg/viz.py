@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -102,12 +103,13 @@ COLOUR_NOTE = "colour input, shown and trained on in grey (mean of R, G and B)"
 def colour_input_note(run_dir: Path, image_id: str) -> str | None:
     """COLOUR_NOTE when the file behind `image_id` (found through the run's data_index.json) is a colour
     image, which the loaders turn into grey; None for grey files, the synthetic set, or an unknown file."""
-    from useg.data_index import read_data_index
-    from useg.errors import DataError
+    from useg.data_index import INDEX_NAME
 
     try:
-        index = read_data_index(run_dir) or {}
-    except DataError:
+        index = json.loads((Path(run_dir) / INDEX_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no index (the synthetic set, an older run) or an unreadable one
+        return None
+    if not isinstance(index, dict):
         return None
     entry = (index.get("images") or {}).get(image_id) or {}
     if not index.get("data") or not entry.get("image") or entry.get("slice") is not None:
