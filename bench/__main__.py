@@ -1,5 +1,5 @@
-"""python -m bench [--quick] [--only NAME,...] [--dir DIR] [--output FILE]: run the benchmarks, print
-the report and write it to BENCHMARKS.md."""
+"""python -m bench [--quick] [--only NAME,...] [--merge] [--dir DIR] [--output FILE]: run the benchmarks,
+print the report and write it to BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import time
 import traceback
 from pathlib import Path
 
-from . import checkpoint_io, compile_step, demo, evaluation, listing, model_step, resume, training
+from . import checkpoint_io, compile_step, demo, evaluation, listing, model_step, resume, sampler, save_overhead, training
 from .common import REPO, Section, Settings, machine
-from .report import render
+from .report import merge, render
 
 # name -> module with run(settings) -> list[Section]; in this order (training uses the model's numbers)
 DEFAULT = {"checkpoint": checkpoint_io, "resume": resume, "listing": listing, "model": model_step,
-           "training": training, "demo": demo, "evaluation": evaluation}
+           "training": training, "sampler": sampler, "saves": save_overhead, "demo": demo, "evaluation": evaluation}
 OPTIONAL = {"compile": compile_step}
 
 
@@ -28,6 +28,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                        f"(default: {', '.join(DEFAULT)})")
     parser.add_argument("--dir", help="where to write scratch files: the disk to benchmark (default: the system temp folder)")
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"), help="report file (default BENCHMARKS.md)")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the sections this run measures in the existing report file, keeping "
+                             "the others (each replaced section names the command and time that measured it)")
     args = parser.parse_args(argv)
     names = args.only.split(",") if args.only else list(DEFAULT)
     unknown = [name for name in names if name not in {**DEFAULT, **OPTIONAL}]
@@ -60,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     command = " ".join(["python -m bench", *argv])
     text = render(sections, command, args.quick, time.perf_counter() - started, workdir, machine_info)
+    output = Path(args.output)
+    if args.merge and output.exists():
+        text = merge(output.read_text(encoding="utf-8"), sections, command, machine_info)
     print(text)
     Path(args.output).write_text(text, encoding="utf-8")
     print(f"[bench] wrote {args.output}", file=sys.stderr)

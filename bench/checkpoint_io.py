@@ -29,7 +29,8 @@ from .common import (MIB, Row, Section, Settings, available_memory, free_bytes, 
                      rate, seconds, spread, verdict)
 from .states import TrainingState, training_state
 
-STALL_GOAL = 0.10  # async stall / sync torch.save
+STALL_GOAL = 0.10  # async stall / sync torch.save ...
+STALL_FLOOR_S = 0.002  # ... or this many seconds, whichever is larger (issue 17)
 THROUGHPUT_GOAL = 0.80  # writer / dd
 # Rounds run and thrown away first. Writing blocks of the disk that were never written is
 # 2-4x slower on our VM's disk; the writer alternates between two files (the new temp and the
@@ -161,9 +162,17 @@ def _stall_row(size_mb: int, state: TrainingState, times: dict[str, list[float]]
         case=f"{mib(state.nbytes)} state (UniverSeg widths {state.width} + Adam)",
         command="`manager.save(state, epoch)` vs `torch.save(state, DIR/'sync.pt')`",
         ours=spread(times["async"]), baseline=spread(times["sync"]),
-        ratio=f"{ratio:.1%} of sync", goal=f"<= {STALL_GOAL:.0%}",
-        verdict=_judged(ratio <= STALL_GOAL, times["sync"]),
+        ratio=f"{ratio:.1%} of sync", goal=f"<= {STALL_GOAL:.0%} or <= {seconds(STALL_FLOOR_S)}",
+        verdict=_stall_verdict(times),
     )
+
+
+def _stall_verdict(times: dict[str, list[float]]) -> str:
+    """Met within 10% of torch.save or within 2 ms, whichever allows more; a stall under the floor needs no baseline."""
+    stall = median(times["async"])
+    if stall <= STALL_FLOOR_S:
+        return verdict(True)
+    return _judged(stall <= STALL_GOAL * median(times["sync"]), times["sync"])
 
 
 def _throughput_row(size_mb: int, times: dict[str, list[float]], file_bytes: int) -> Row:
@@ -214,7 +223,7 @@ def _stall_reading(measured) -> list[str]:
         ratio = median(times["async"]) / median(times["sync"])
         lines.append(
             f"{size_mb} MiB: save() returns after {seconds(median(times['async']))}, {ratio:.1%} of a plain "
-            f"torch.save ({_judged(ratio <= STALL_GOAL, times['sync'])}); that is {_gib_per_s(file_bytes, times['async'])} "
+            f"torch.save ({_stall_verdict(times)}); that is {_gib_per_s(file_bytes, times['async'])} "
             f"copied against torch.save's {_gib_per_s(file_bytes, times['sync'])}. The first save of the run "
             f"(a warm-up round, not in the median: it allocates the copies) took {seconds(times['first'][0])}.")
     lines.append(

@@ -32,7 +32,7 @@ def render(sections: list[Section], command: str, quick: bool, total_s: float, w
         "Each value is the median of the runs shown in parentheses (min-max, count). The two sides "
         "of a row ran side by side: interleaved in one process with alternating order, or launched "
         "alternately as commands, so background load hits both alike; the ratio compares the "
-        "medians. Goals are from issue 7. DIR/RUN stand for scratch folders on the disk under test.",
+        "medians. Goals are from issues 7 and 17. DIR/RUN stand for scratch folders on the disk under test.",
         "",
     ]
     for section in sections:
@@ -69,3 +69,31 @@ def _disk(workdir: Path) -> dict[str, str]:
     # `discard` matters here: freeing a file then trims its blocks, which both the writer (replacing
     # latest) and dd (truncating its file) pay for.
     return {"Disk under test": f"{workdir.parent} ({best[1]} mounted at {best[0]}, options {best[2]})"}
+
+
+def merge(existing: str, sections: list[Section], command: str, machine_info: dict[str, str]) -> str:
+    """`existing` with the sections of the same title replaced by `sections` (new titles appended).
+
+    Each replaced section says which command measured it, when, and the machine's load then,
+    since the rest of the file (its header included) comes from another run.
+    """
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = f"{machine_info.get('Load average at start', '?')} -> {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    blocks = _blocks(existing)
+    for section in sections:
+        lines = _section(section)
+        lines[3:3] = ["", f"Measured by `{command}` on {now} (load average {load}), not by the run named at the top."]
+        blocks[f"## {section.title}"] = "\n".join(lines)
+    return "\n".join(block.rstrip() + "\n" for block in blocks.values())
+
+
+def _blocks(text: str) -> dict[str, str]:
+    """The text cut before each `## ` heading, keyed by the heading line (the header under "")."""
+    blocks: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = line
+            blocks[current] = []
+        blocks[current].append(line)
+    return {key: "\n".join(lines) for key, lines in blocks.items()}
