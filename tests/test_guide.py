@@ -40,6 +40,7 @@ def guide_env() -> dict[str, str]:
 
 def test_guide_commands_run_in_order_and_exit_as_marked(tmp_path):
     (tmp_path / "scripts").symlink_to(REPO / "scripts")
+    (tmp_path / "examples").symlink_to(REPO / "examples")
     blocks = bash_blocks(GUIDE.read_text(encoding="utf-8"))
     assert len(blocks) >= 15, "the guide lost its runnable examples"
     for number, block in enumerate(blocks, 1):

@@ -48,6 +48,7 @@ def test_tiny_run_writes_the_run_layout(tmp_path, capsys):
     assert state["epoch"] == 2 and len(state["history"]["train_loss"]) == 2
     best = torch.load(run / "checkpoints" / "best_model.pt", weights_only=True)
     assert "optimizer_state_dict" not in best and best["epoch"] == best["history"]["best_epoch"]
+    assert not {"scheduler_state_dict", "rng_state", "rng_state_per_rank", "sampler_state"} & best.keys()
     [log_path] = (run / "logs").glob("training_*.json")
     log = json.loads(log_path.read_text())
     assert [row["epoch"] for row in log["epochs"]] == [1, 2]

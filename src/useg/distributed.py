@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from useg.errors import UsegError
 
 
 @dataclass(frozen=True)
@@ -92,3 +96,56 @@ def mean_over_ranks(world: World, value: float) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=collective_device())
     dist.all_reduce(tensor)
     return float(tensor.item() / world.world_size)
+
+
+def on_main(world: World, action, share: bool = False):
+    """Run `action` on rank 0 only; a user error there is raised on every rank.
+
+    Returns its result on rank 0 (and on every rank with `share`), None elsewhere.
+    """
+    result, outcome = None, ("ok", None)
+    if world.is_main:
+        try:
+            result = action()
+        except UsegError as error:
+            if not world.enabled:
+                raise
+            outcome = ("error", (type(error), str(error)))
+    if not world.enabled:
+        return result
+    outcome = broadcast_object(world, outcome if not share or outcome[0] == "error" else ("ok", result))
+    if outcome[0] == "error":
+        kind, message = outcome[1]
+        raise kind(message)
+    return outcome[1] if share else result
+
+
+def local_part(batch, world: World):
+    """This rank's share of the global batch (the batch is the same definition at any world size)."""
+    if not world.enabled:
+        return batch
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name)[world.rank::world.world_size]
+                                         for f in dataclasses.fields(batch)})
+
+
+def check_replicas_agree(world: World, model: torch.nn.Module) -> None:
+    """With several processes, every rank must hold the same weights, or the checkpoint is a lie."""
+    if not world.enabled:
+        return
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    fingerprints = gather_objects(world, digest.hexdigest())
+    if len(set(fingerprints)) != 1:
+        raise RuntimeError(f"model replicas diverged across ranks: {fingerprints}")
+
+
+def wrap_distributed(model: torch.nn.Module, world: World) -> torch.nn.Module:
+    """The model in DistributedDataParallel when several processes train it; as it is otherwise."""
+    if not world.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # The last decoder block's support conv is never used (its output is discarded), hence unused parameters.
+    device_ids = [world.local_rank] if torch.cuda.is_available() else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)

@@ -11,7 +11,7 @@ from typing import Any
 from rich.table import Table
 
 from useg.checkpoint import atomic_write_json
-from useg.checkpoint.policy import is_improvement
+from useg.checkpoint.policy import BestRule
 
 # Per-epoch lists; index i holds epoch i + 1. The first four are the seed's names.
 EPOCH_KEYS = (
@@ -27,16 +27,17 @@ def new_history() -> dict[str, Any]:
     return history
 
 
-def append_epoch(history: dict[str, Any], record: dict[str, Any]) -> bool:
-    """Add one epoch's numbers; returns True when its val Dice is a new best."""
+def append_epoch(history: dict[str, Any], record: dict[str, Any], rule: BestRule = BestRule()) -> bool:
+    """Add one epoch's numbers; returns True when it is a new best by `rule` (the checkpoint
+    manager's rule, so that the history's best epoch is the epoch best_model.pt holds)."""
     done = len(history["train_loss"])
     for key in EPOCH_KEYS:
         history.setdefault(key, [None] * done).append(record.get(key))  # a key newer than the run: None before
     epoch = len(history["train_loss"])
-    val_dice = record["val_dice"]
-    improved = is_improvement(val_dice, history["best_val_dice"])  # the checkpoint manager's rule: NaN never wins
+    value = record[rule.metric]
+    improved = rule.improves(value, history["best_val_dice"])
     if improved:
-        history["best_val_dice"], history["best_epoch"] = val_dice, epoch
+        history["best_val_dice"], history["best_epoch"] = value, epoch
     return improved
 
 

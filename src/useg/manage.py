@@ -16,18 +16,20 @@ from useg.checkpoint.atomic import explain_write_errors, fsync_directory, remove
 from useg.checkpoint.atomic import write_temp_file
 from useg.checkpoint.faults import kill_point
 from useg.checkpoint.layout import TEMP_SUFFIX, kind_from_name, pending_path, sidecar_path
-from useg.checkpoint.layout import LATEST_NAME
+from useg.checkpoint.layout import LATEST_NAME, checkpoints_folder, is_checkpoints_folder
 from useg.checkpoint.listing import checkpoint_info
 from useg.checkpoint.lock import acquire_run_lock
 from useg.checkpoint.replaced import ReplacedFolder, remove_replaced, replaced_folders
 from useg.checkpoint.resume_points import ResumePoint, resume_points
 from useg.checkpoint.retention import CleanPlan
 from useg.errors import CheckpointError, UsegError
+from useg import training_state
 from useg.history import latest_log, read_log
 
 # The `--json` schema of one checkpoint (documented in CHECKPOINT_GUIDE.md): change it only deliberately.
 RECORD_KEYS = ("path", "name", "kind", "epoch", "step", "train_loss", "val_dice", "best_val_dice", "best_epoch",
-               "total_epochs", "size_bytes", "created", "valid", "status", "reason", "same_as_latest", "abandoned")
+               "total_epochs", "size_bytes", "created", "valid", "status", "reason", "same_as_latest", "abandoned",
+               "metrics")
 CONFIG_SUMMARY_KEYS = ("data", "image_size", "widths", "support_size", "batch_size", "lr", "seed", "classes")
 
 
@@ -36,7 +38,7 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
     run = Path(run_dir)
     if not run.is_dir():
         raise UsegError(f"run folder {run} does not exist; pass the folder you trained into with --run-dir")
-    return run / "checkpoints"
+    return checkpoints_folder(run)
 
 
 def run_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
@@ -84,9 +86,9 @@ def resume_command(run_dir: str | Path, path: Path, kind: str | None, epoch: int
     """The exact command that resumes from `path`; None for weights-only files (best)."""
     if kind == "best":
         return None
-    if path.name == "latest_checkpoint.pt":
+    if path.name == LATEST_NAME:
         which = "latest"
-    elif kind == "periodic" and epoch is not None and path.parent == Path(run_dir) / "checkpoints":
+    elif kind == "periodic" and epoch is not None and path.parent == checkpoints_folder(run_dir):
         which = str(epoch)
     else:
         which = str(path)
@@ -127,17 +129,17 @@ def batch_position(info: CheckpointInfo) -> tuple[int | None, int | None]:
 
 def run_dir_of(path: Path, config: dict | None) -> Path | str:
     """The run a checkpoint belongs to: its folder's parent, else the run_dir it was trained in."""
-    if path.parent.name == "checkpoints":
+    if is_checkpoints_folder(path.parent):
         return path.parent.parent
     return (config or {}).get("run_dir") or "."
 
 
 def resume_target(run_dir: str | Path, path: Path, valid: bool) -> str | None:
     """Which file `useg resume latest` really loads when latest itself is invalid (its fallback)."""
-    if valid or path.name != "latest_checkpoint.pt":
+    if valid or path.name != LATEST_NAME:
         return None
     try:
-        return str(resolve_checkpoint(Path(run_dir) / "checkpoints", "latest", warn=lambda message: None))
+        return str(resolve_checkpoint(checkpoints_folder(run_dir), "latest", warn=lambda message: None))
     except CheckpointError:
         return None
 
@@ -206,7 +208,7 @@ def export_weights(path: str | Path, out: str | Path, dtype: str = "fp32") -> di
         raise UsegError(f"export target {out} must end in .safetensors or .pt")
     refuse_export_target(path, out)
     state = load_checkpoint(path)
-    weights = state.get("model_state_dict")
+    weights = state.get(training_state.MODEL)
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path} holds no model_state_dict; export a useg checkpoint")
     bad = nonfinite_weights(weights)
@@ -232,7 +234,7 @@ def refuse_export_target(source: Path, out: Path) -> None:
     if out.exists() and os.path.samefile(out, source):
         raise UsegError(f"export target {out} is the checkpoint being exported ({source}); "
                         "nothing was written: choose a new file for the export")
-    if out.parent.name == "checkpoints" and kind_from_name(out.name) != "unknown":
+    if is_checkpoints_folder(out.parent) and kind_from_name(out.name) != "unknown":
         raise UsegError(f"export target {out} is a checkpoint name inside a run's checkpoints folder; "
                         "nothing was written: export to a file outside checkpoints/")
     for sidecar in (export_metadata_path(out), pending_path(out)):
@@ -303,15 +305,12 @@ def export_metadata(state: dict[str, Any], source: Path, out: Path, data: bytes)
 
     sha256 and size_bytes also make it a sidecar that `useg checkpoints verify` and `--pretrained` check.
     """
-    weights = state["model_state_dict"]
-    history = state.get("history") or {}
-    val_dice = state.get("val_dice")  # best_model.pt records it; others have it in their history
-    if val_dice is None:
-        val_dice = (history.get("val_dice") or [None])[-1]
+    weights = training_state.model_weights(state)
     return {"weights": out.name, "format": out.suffix[1:], "sha256": hashlib.sha256(data).hexdigest(),
-            "size_bytes": len(data), "source": source.name, "epoch": state.get("epoch"), "val_dice": val_dice,
-            "model_config": state.get("model_config"), "classes": state.get("classes"),
-            "image_size": (state.get("config") or {}).get("image_size"),
+            "size_bytes": len(data), "source": source.name, "epoch": state.get(training_state.EPOCH),
+            "val_dice": training_state.recorded_val_dice(state),
+            "model_config": state.get(training_state.MODEL_CONFIG), "classes": state.get(training_state.CLASSES),
+            "image_size": training_state.saved_config(state).get("image_size"),
             "parameters": sum(t.numel() for t in weights.values())}
 
 
@@ -336,7 +335,7 @@ def run_history(run_dir: str | Path) -> dict[str, Any]:
     log = read_log(log_path) if log_path else None
     if log and log.get("history"):
         return log["history"]
-    latest = run / "checkpoints" / "latest_checkpoint.pt"
+    latest = checkpoints_folder(run) / LATEST_NAME
     if latest.is_file():
-        return load_checkpoint(latest)["history"]
+        return load_checkpoint(latest)[training_state.HISTORY]
     raise UsegError(f"no training history in {run} (no logs/training_*.json, no checkpoint); train first")

@@ -23,6 +23,7 @@ from torch import nn
 from useg.checkpoint import load_checkpoint, nonfinite_weights
 from useg.checkpoint.layout import sidecar_path
 from useg.errors import CheckpointError, ConfigError
+from useg.training_state import model_weights
 
 CROSS_IMPLS = ("split", "concat")
 
@@ -251,8 +252,7 @@ def _read_state_dict(path: Path) -> Mapping:
     # A file with a useg sidecar (a checkpoint or an export) is verified against it: the one
     # definition of valid. An official weight file has none and is only loaded safely.
     loaded = _load_verified(path) if sidecar_path(path).exists() else _load_plain(path)
-    if isinstance(loaded, Mapping) and isinstance(loaded.get("model_state_dict"), Mapping):
-        loaded = loaded["model_state_dict"]
+    loaded = model_weights(loaded)  # a useg checkpoint holds them under model_state_dict
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise CheckpointError(f"weight file {path} holds no state_dict of tensors; expected a torch.save'd state_dict")
     bad = nonfinite_weights(loaded)

@@ -12,34 +12,34 @@ from __future__ import annotations
 import io
 import json
 import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from useg.checkpoint import load_checkpoint, nonfinite_weights, resolve_checkpoint, verify_checkpoint
+from useg import training_state
+from useg.checkpoint import nonfinite_weights
 from useg.checkpoint.atomic import write_file_atomically
-from useg.checkpoint.loading import checkpoint_path
+from useg.checkpoint.integrity import open_verified
+from useg.checkpoint.layout import checkpoints_folder
+from useg.checkpoint.loading import checkpoint_path, describe_problem, load_verified, open_resolved
+from useg.checkpoint.manager import warn_to_stderr as warn  # to stderr, so `--json` output stays parseable
 from useg.data import SegDataset, load_dataset
 from useg.data.dataset import select_classes
+from useg.data.tasks import check_support_size_setting
 from useg.data.images import is_image_file, open_image, open_upright, read_grey, to_grey
 from useg.errors import CheckpointError, DataError
 from useg.model import UniverSeg, build_from_config, infer_widths
+from useg.scores import boundary
 from useg.viz import contrasting_tints
 
 # Overlay tints per class (RGB) on grey images, in the support set's class order (colour images: viz.contrasting_tints).
 OVERLAY_COLOURS = [(255, 64, 64), (64, 200, 255), (255, 210, 0), (120, 255, 120), (255, 100, 255), (255, 150, 60)]
 OVERLAY_ALPHA = 0.35
-
-
-def warn(message: str) -> None:
-    """Warnings go to stderr, so `--json` output stays parseable."""
-    print(f"warning: {message}", file=sys.stderr)
 
 
 @dataclass
@@ -79,36 +79,44 @@ class SupportSet:
         return self.images.shape[1]
 
 
-def checkpoint_file(run_dir: str | Path, which: str | None) -> Path:
-    """The verified file `which` names (default best): latest, best, an epoch number or a path."""
+def open_checkpoint(run_dir: str | Path, which: str | None) -> tuple[Path, BinaryIO]:
+    """The verified open file `which` names (default best): latest, best, an epoch number or a path.
+
+    Hashed once: the handle returned is the one whose bytes were checked.
+    """
     which = which or "best"
-    folder = Path(run_dir) / "checkpoints"
+    folder = checkpoints_folder(run_dir)
     if which in ("latest", "best") or which.isdigit():
         if not folder.is_dir():
             raise CheckpointError(f"no checkpoints in {folder}: train first (useg train --run-dir {shlex.quote(str(run_dir))}), "
                                   "or pass --run-dir or a checkpoint path")
-    elif verify_checkpoint(checkpoint_path(folder, which)).status == "missing-checksum":
+        return open_resolved(folder, which, warn)
+    path = checkpoint_path(folder, which)
+    result, handle = open_verified(path)
+    if handle is not None:
+        return path, handle
+    if result.status == "missing-checksum":
         raise CheckpointError(f"{which} has no checksum sidecar, so it is no useg checkpoint; a plain weight file "
                               "(such as the official UniverSeg one) starts training with useg train --pretrained FILE")
-    return resolve_checkpoint(folder, which, warn=warn)
+    raise CheckpointError(describe_problem(result))
 
 
 def load_trained(run_dir: str | Path = ".", which: str | None = None) -> TrainedModel:
     """Load a run's checkpoint (verified, weights_only) and rebuild its model in eval mode."""
-    path = checkpoint_file(run_dir, which)
-    state = load_checkpoint(path)
-    missing = [key for key in ("model_state_dict", "model_config", "config") if key not in state]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it was not written by useg train")
-    bad = nonfinite_weights(state["model_state_dict"])
+    path, handle = open_checkpoint(run_dir, which)
+    with handle:
+        state = load_verified(path, handle)
+    training_state.require_model_parts(state, path)
+    weights = training_state.model_weights(state)
+    bad = nonfinite_weights(weights)
     if bad is not None:
         raise CheckpointError(f"{path} holds NaN or inf weights in {bad} (a diverged run); "
                               "use a checkpoint saved before the divergence (see `useg checkpoints list`)")
-    model = build_from_config(state["model_config"])
-    fit_weights(model, state["model_state_dict"], path)
+    model = build_from_config(state[training_state.MODEL_CONFIG])
+    fit_weights(model, weights, path)
     model.eval()
-    classes = list(state.get("classes") or state["config"].get("classes") or [])
-    return TrainedModel(model, path, int(state.get("epoch", 0)), dict(state["config"]), classes, state.get("split"))
+    return TrainedModel(model, path, int(state.get(training_state.EPOCH, 0)), training_state.saved_config(state),
+                        training_state.saved_classes(state), training_state.saved_split(state))
 
 
 def fit_weights(model: UniverSeg, weights: dict, path: Path) -> None:
@@ -134,8 +142,7 @@ def probabilities(model: UniverSeg, targets: torch.Tensor, support_images: torch
 def support_sets(supports: SegDataset, wanted: list[str] | None, support_size: int, seed: int,
                  ensembles: int = 1) -> list[SupportSet]:
     """Per chosen class, `ensembles` seeded draws of up to `support_size` images showing it."""
-    if support_size < 1:
-        raise DataError(f"--support-size must be at least 1, not {support_size}")
+    check_support_size_setting(support_size)
     if ensembles < 1:
         raise DataError(f"--ensembles must be at least 1, not {ensembles}")
     chosen = select_classes(supports.classes, wanted)
@@ -306,15 +313,6 @@ def original_rgb(path: Path) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
-def outline(mask: np.ndarray, thickness: int) -> np.ndarray:
-    """Pixels of the mask within `thickness` of its edge (a 4-neighbour outside counts as edge)."""
-    inner = mask.copy()
-    for _ in range(thickness):
-        padded = np.pad(inner, 1, constant_values=False)
-        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~inner
-
-
 def overlay_picture(rgb: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     """The image tinted inside each mask, with the mask's outline in full colour (tints chosen to contrast)."""
     picture = rgb.astype(np.float32)
@@ -323,5 +321,5 @@ def overlay_picture(rgb: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
     for mask, tint in zip(masks, tints):
         colour = np.asarray(tint, dtype=np.float32)
         picture[mask] = (1 - OVERLAY_ALPHA) * picture[mask] + OVERLAY_ALPHA * colour
-        picture[outline(mask, thickness)] = colour
+        picture[boundary(mask, thickness)] = colour
     return picture.round().astype(np.uint8)

@@ -19,11 +19,14 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
             "hd95_px": hausdorff95(pred, truth), "truth_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum())}
 
 
-def boundary(mask: np.ndarray) -> np.ndarray:
-    """Mask pixels with a 4-neighbour outside the mask; the image border counts as outside."""
-    padded = np.pad(mask, 1, constant_values=False)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return mask & ~interior
+def boundary(mask: np.ndarray, thickness: int = 1) -> np.ndarray:
+    """Mask pixels within `thickness` of its edge: a 4-neighbour outside the mask (the image border
+    counts as outside) makes a pixel edge. Scores use the one-pixel edge, overlays a thicker one."""
+    inner = mask.copy()
+    for _ in range(thickness):
+        padded = np.pad(inner, 1, constant_values=False)
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
 
 
 def nearest_distances(points: torch.Tensor, others: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import importlib
 from typing import Any
 
 _WHERE = {
+    "BestRule": "policy",
     "CheckpointInfo": "listing",
     "CheckpointManager": "manager",
     "DEFAULT_BEST_EXCLUDE": "manager",
@@ -29,8 +30,11 @@ _WHERE = {
     "load_checkpoint": "loading",
     "lock_owner": "lock",
     "nonfinite_weights": "finite",
+    "mid_epoch_save_due": "policy",
     "periodic_epochs": "policy",
+    "Position": "position",
     "read_metadata": "listing",
+    "open_checkpoint": "loading",
     "resolve_checkpoint": "loading",
     "restore_rng_state": "rng",
     "verify_checkpoint": "integrity",

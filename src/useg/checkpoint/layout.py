@@ -63,3 +63,16 @@ def checkpoint_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.glob("*.pt") if not p.name.startswith("."))
+
+
+CHECKPOINTS_DIR = "checkpoints"  # a run folder's checkpoints live in RUN_DIR/checkpoints/
+
+
+def checkpoints_folder(run_dir: str | Path) -> Path:
+    """`RUN_DIR/checkpoints`: where a run's checkpoints live."""
+    return Path(run_dir) / CHECKPOINTS_DIR
+
+
+def is_checkpoints_folder(folder: Path) -> bool:
+    """True for a folder named like a run's checkpoints folder."""
+    return folder.name == CHECKPOINTS_DIR

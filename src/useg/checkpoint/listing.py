@@ -40,10 +40,17 @@ class CheckpointInfo:
     session: str | None = None  # the training session that wrote it
     lineage: list | None = None  # [[session, seq], ...]: the sessions it descends from, and where each left off
     seq: int | None = None  # saves along its lineage so far: grows with every save, across resumes
+    metrics: dict[str, float | None] | None = None  # every metric the save was given, by name
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (path as a string)."""
         return {**asdict(self), "path": str(self.path)}
+
+    def metric(self, name: str) -> float | None:
+        """The save's value of metric `name` (sidecars from before `metrics` only know val_dice and train_loss)."""
+        if self.metrics and name in self.metrics:
+            return self.metrics[name]
+        return {"val_dice": self.val_dice, "train_loss": self.train_loss}.get(name)
 
 
 def list_checkpoints(directory: str | os.PathLike, verify: bool = False) -> list[CheckpointInfo]:
@@ -126,7 +133,14 @@ def _info(path: Path, stat: os.stat_result | None, meta: dict, status: str, reas
         session=_typed(meta.get("session"), str),
         lineage=_lineage(meta.get("lineage")),
         seq=_typed(meta.get("seq"), int),
+        metrics=_metrics(meta.get("metrics")),
     )
+
+
+def _metrics(value: Any) -> dict[str, float | None] | None:
+    if not isinstance(value, dict):
+        return None
+    return {name: _number(number) for name, number in value.items() if isinstance(name, str)}
 
 
 def _typed(value: Any, kind: type, default: Any = None) -> Any:

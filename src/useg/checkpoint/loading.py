@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -78,6 +79,40 @@ def open_resolved(directory: Path, which: Which, warn: Callable[[str], None]) ->
     if handle is None:
         raise CheckpointError(describe_problem(result))
     return path, handle
+
+
+@dataclass
+class OpenCheckpoint:
+    """A resolved and verified checkpoint kept open, so that the command that chose it can load
+    these very bytes later without hashing them again (see `CheckpointManager.load(opened=...)`)."""
+
+    path: Path
+    handle: BinaryIO
+
+    def still_current(self) -> bool:
+        """True while the file at `path` is still the one that was verified (our writers only ever
+        replace a file by renaming a new one over it, which changes the inode)."""
+        try:
+            now, opened = os.stat(self.path), os.fstat(self.handle.fileno())
+        except (OSError, ValueError):  # gone, or the handle was closed
+            return False
+        same = ("st_dev", "st_ino", "st_size", "st_mtime_ns")
+        return all(getattr(now, name) == getattr(opened, name) for name in same)
+
+    def load(self) -> dict[str, Any]:
+        """Load the verified bytes (once: the handle is closed afterwards)."""
+        with self.handle:
+            self.handle.seek(0)
+            return load_verified(self.path, self.handle)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def open_checkpoint(directory: str | os.PathLike, which: Which = "latest",
+                    warn: Callable[[str], None] = print) -> OpenCheckpoint:
+    """Resolve `which` (see `open_resolved`) and keep the verified file open."""
+    return OpenCheckpoint(*open_resolved(Path(directory), which, warn))
 
 
 def resolve_checkpoint(directory: str | os.PathLike, which: Which = "latest",

@@ -16,15 +16,20 @@ from .finite import first_nonfinite
 from .integrity import VerifyResult, open_verified, remember_verified
 from .layout import BEST_NAME, LATEST_NAME, periodic_name
 from .listing import CheckpointInfo, checkpoint_info, list_checkpoints
-from .loading import Which, checkpoint_path, load_verified, open_resolved
+from .loading import OpenCheckpoint, Which, checkpoint_path, load_verified, open_resolved
 from .lock import RunLock, acquire_run_lock, lock_owner
-from .policy import DEFAULT_PERCENTAGES, SavePlan, periodic_epochs, plan_save
+from .policy import DEFAULT_PERCENTAGES, MID_EPOCH_KINDS, BestRule, SavePlan, checked_metrics, periodic_epochs
+from .policy import plan_save
+from .resume_points import resume_points
 from .publish import finalize_pending_sidecars, publish_link, publish_state, remove_orphan_sidecars
 from .retention import CleanPlan, clean_checkpoints, plan_clean
 from .state import StagingPool, check_weights_only_safe, snapshot_state, stamp
 from .writer import BackgroundWriter
 
-DEFAULT_BEST_EXCLUDE = ("optimizer_state_dict", "scheduler_state_dict", "rng_state", "sampler_state")
+# What best_model.pt leaves out unless told otherwise: the parts only resuming needs, under the
+# names this package's own examples use (useg's trainer passes its own list).
+DEFAULT_BEST_EXCLUDE = ("optimizer_state_dict", "scheduler_state_dict", "rng_state", "rng_state_per_rank",
+                        "sampler_state", "position")
 _MAX_SIDECAR_CONFIG_BYTES = 64 * 1024  # the sidecar copy of the config is for `useg checkpoints list`, not a second store
 
 
@@ -34,21 +39,34 @@ def warn_to_stderr(message: str) -> None:
 
 
 class CheckpointManager:
-    """Saves, finds, verifies and cleans the checkpoints of one run folder.
+    """Saves, finds, verifies and cleans the checkpoints of one folder, for any training loop.
 
     Files: `latest_checkpoint.pt` (every save), `epoch_NNN_checkpoint.pt` (epochs from
-    `periodic_epochs`), `best_model.pt` (strictly better val_dice, without training-only
-    parts), each with a `.json` sidecar. With `lock=True` the folder is locked for this
-    process and leftovers of a killed save are cleaned up before anything else happens.
+    `periodic_epochs`), `best_model.pt` (a strictly better `best_metric`, without the
+    `best_exclude` parts), each with a `.json` sidecar that `useg checkpoints list` reads.
+    With `lock=True` the folder is locked for this process and leftovers of a killed save
+    are cleaned up before anything else happens.
+
+        mgr = CheckpointManager("run/checkpoints", total_epochs=20, best_metric="val_dice", mode="max")
+        mgr.save({"model_state_dict": model, "optimizer_state_dict": optimizer}, epoch=1, val_dice=0.71)
+        state = mgr.load("latest")
+
+    `best_metric` / `mode` ("max": higher is better, "min": lower) are the only notion of
+    best: a save whose metrics hold a strictly better value of `best_metric` writes best_model.pt.
     """
 
     def __init__(self, directory: str | os.PathLike, total_epochs: int,
-                 periodic_percentages: Iterable[int] = DEFAULT_PERCENTAGES, *, async_save: bool = True,
-                 lock: bool = True, warn: Callable[[str], None] | None = None,
+                 periodic_percentages: Iterable[int] = DEFAULT_PERCENTAGES, *, best_metric: str = "val_dice",
+                 mode: str = "max", async_save: bool = True, lock: bool = True,
+                 warn: Callable[[str], None] | None = None,
                  best_exclude: Iterable[str] = DEFAULT_BEST_EXCLUDE) -> None:
         self.directory = Path(directory)
         self.periodic_percentages = tuple(periodic_percentages)
         self.total_epochs = total_epochs  # validates both
+        try:
+            self.best_rule = BestRule(best_metric, mode)
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint manager for {self.directory}: {error}") from None
         self.best_exclude = frozenset(best_exclude)
         self._warn = warn or warn_to_stderr
         self._writer = BackgroundWriter() if async_save else None
@@ -64,7 +82,7 @@ class CheckpointManager:
         try:
             if self._lock is not None:
                 self._recover_from_crash()
-            self.best_val_dice, self.best_epoch = self._read_best()
+            self.best_value, self.best_epoch = self._read_best()
         except BaseException:
             self.close()
             raise
@@ -93,34 +111,38 @@ class CheckpointManager:
 
     def save(self, state: Mapping[str, Any], epoch: int, val_dice: float | None = None,
              train_loss: float | None = None, kind: str = "epoch", step: int | None = None,
-             routine: bool = False) -> None:
+             routine: bool | None = None, metrics: Mapping[str, float] | None = None,
+             **named_metrics: float) -> None:
         """Save `state` (a dict of `state_dict()`-able parts and plain values) after `epoch` completed epochs.
 
-        kind="epoch" rewrites latest, plus the periodic file when due and best_model.pt on
-        a strictly better `val_dice`; kind="interrupt" (Ctrl+C mid-epoch) rewrites latest only.
-        The state is snapshotted now; with async_save the write happens in the background.
+        kind="epoch" rewrites latest, plus the periodic file when due and best_model.pt on a
+        strictly better `best_metric`; kind="mid_epoch" (a routine save inside an epoch) and
+        kind="interrupt" (the save on a signal) rewrite latest only. Metrics, given as
+        `metrics={...}` or as keywords (`val_dice=0.71`, `train_loss=...`, any name), go to
+        the sidecar. The state is snapshotted now; with async_save the write happens in the
+        background (`wait()` returns when it is durable).
 
-        `routine` (kind="interrupt" only) marks a save that may be coalesced: asked for while
-        an earlier save is still being written, it waits as the pending save instead of
-        stalling the caller, and a newer save of any kind replaces it before it starts (the
-        newer state is what latest gets, so latest never goes backwards and the previous
-        latest stays whole until then). Other saves are never skipped. `coalesced_saves`
-        counts the replaced ones.
+        `routine` (mid-epoch kinds only; the default for kind="mid_epoch") marks a save that
+        may be coalesced: asked for while an earlier save is still being written, it waits as
+        the pending save instead of stalling the caller, and a newer save of any kind replaces
+        it before it starts (latest never goes backwards and the previous latest stays whole
+        until then). Other saves are never skipped. `coalesced_saves` counts the replaced ones.
         """
         if type(epoch) is not int or epoch < 0:
             raise ValueError(f"epoch must be an int >= 0 (completed epochs), got {epoch!r}")
-        if routine and kind != "interrupt":
-            raise ValueError(f"only mid-epoch saves (kind='interrupt') may be routine, not kind={kind!r}")
-        val_dice = None if val_dice is None else float(val_dice)
-        train_loss = None if train_loss is None else float(train_loss)
-        plan = plan_save(kind, epoch, val_dice, self.best_val_dice, self.scheduled_epochs)
+        routine = kind == "mid_epoch" if routine is None else routine
+        if routine and kind not in MID_EPOCH_KINDS:
+            raise ValueError(f"only mid-epoch saves (kind='mid_epoch' or 'interrupt') may be routine, not kind={kind!r}")
+        metrics = checked_metrics(metrics, named_metrics, val_dice=val_dice, train_loss=train_loss)
+        value = metrics.get(self.best_rule.metric)
+        plan = plan_save(kind, epoch, value, self.best_value, self.scheduled_epochs, self.best_rule)
         if self._writer is not None:
             self._writer.drop_pending()  # superseded by this newer state; the snapshot reuses its host copies
         snapshot = self._snapshot(state, epoch)
         if plan.best:
-            self.best_val_dice, self.best_epoch = val_dice, epoch
+            self.best_value, self.best_epoch = value, epoch
         self._seq += 1
-        fields = self._sidecar_fields(snapshot, epoch, step, val_dice, train_loss)
+        fields = self._sidecar_fields(snapshot, epoch, step, metrics)
         if self._writer is None:
             self._write_and_release(snapshot, plan, fields)
         else:
@@ -133,12 +155,22 @@ class CheckpointManager:
         """Routine saves replaced by a newer save before they were written (see `save`)."""
         return 0 if self._writer is None else self._writer.coalesced
 
-    def planned_files(self, epoch: int, val_dice: float | None = None, kind: str = "epoch") -> list[str]:
+    def planned_files(self, epoch: int, val_dice: float | None = None, kind: str = "epoch",
+                      metrics: Mapping[str, float] | None = None) -> list[str]:
         """The names of the files `save()` with these arguments would write now, by the same policy."""
-        val_dice = None if val_dice is None else float(val_dice)
-        plan = plan_save(kind, epoch, val_dice, self.best_val_dice, self.scheduled_epochs)
+        value = checked_metrics(metrics, {}, val_dice=val_dice).get(self.best_rule.metric)
+        plan = plan_save(kind, epoch, value, self.best_value, self.scheduled_epochs, self.best_rule)
         return [name for name, due in ((BEST_NAME, plan.best), (periodic_name(epoch), plan.periodic),
                                        (LATEST_NAME, True)) if due]
+
+    @property
+    def best_val_dice(self) -> float | None:
+        """The best value so far of `best_metric` (named for the default metric; see `best_value`)."""
+        return self.best_value
+
+    def forget_best(self) -> None:
+        """Let the next save with a metric become best (after the folder's old files were moved away)."""
+        self.best_value, self.best_epoch = None, None
 
     def wait(self) -> None:
         """Return when every save is durable on disk; re-raise a background write's error."""
@@ -181,7 +213,7 @@ class CheckpointManager:
         # files again; written first, latest would move on and those two would never be written.
         with explain_write_errors(self.directory):
             if plan.best:
-                best = self._best_state(snapshot, fields["val_dice"])
+                best = self._best_state(snapshot, fields)
                 self._publish(BEST_NAME, best, {**fields, "kind": "best"})
             latest = self.directory / LATEST_NAME
             latest_fields = {**fields, "kind": plan.latest_kind}
@@ -198,28 +230,32 @@ class CheckpointManager:
         remember_verified(self.directory / name, checksum["sha256"])  # listings need not hash it again
         return checksum
 
-    def _best_state(self, snapshot: dict[str, Any], val_dice: float) -> dict[str, Any]:
+    def _best_state(self, snapshot: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
         best = {key: value for key, value in snapshot.items() if key not in self.best_exclude}
-        best["val_dice"] = val_dice
+        best[self.best_rule.metric] = fields["metrics"][self.best_rule.metric]  # what made it best
         return best
 
     def _sidecar_fields(self, snapshot: dict[str, Any], epoch: int, step: int | None,
-                        val_dice: float | None, train_loss: float | None) -> dict[str, Any]:
-        history = snapshot.get("history") if isinstance(snapshot.get("history"), dict) else {}
+                        metrics: dict[str, float]) -> dict[str, Any]:
+        best_val_dice = self.best_value if self.best_rule.metric == "val_dice" else None
         return {
             "format_version": snapshot["format_version"],
             "created": snapshot["created"],
             "epoch": epoch,
             "step": step,
-            "val_dice": val_dice,
-            "train_loss": train_loss,
-            "best_val_dice": _json_number(_first_set(history.get("best_val_dice"), self.best_val_dice)),
-            "best_epoch": _json_number(_first_set(history.get("best_epoch"), self.best_epoch)),
+            "val_dice": metrics.get("val_dice"),
+            "train_loss": metrics.get("train_loss"),
+            "best_val_dice": _json_number(best_val_dice),
+            "best_epoch": _json_number(self.best_epoch),
             "total_epochs": self._total_epochs,
             "config": _small_config(snapshot.get("config")),
             "session": self.session,
             "lineage": [list(entry) for entry in self._lineage],
             "seq": self._seq,
+            "metrics": metrics,
+            "best_metric": self.best_rule.metric,
+            "best_mode": self.best_rule.mode,
+            "best_value": _json_number(self.best_value),
         }
 
     # --- reading --------------------------------------------------------------------------
@@ -231,11 +267,20 @@ class CheckpointManager:
         handle.close()
         return path
 
-    def load(self, which: Which = "latest") -> dict[str, Any]:
-        """Resolve `which`, then load it with weights_only=True on the CPU; returns the plain dict."""
-        path, handle = self._open(which)
-        with handle:
-            state = load_verified(path, handle)
+    def load(self, which: Which = "latest", opened: OpenCheckpoint | None = None) -> dict[str, Any]:
+        """Resolve `which`, then load it with weights_only=True on the CPU; returns the plain dict.
+
+        `opened`: the file this command already resolved and verified for `which` (from
+        `open_checkpoint`); loaded without hashing it again while it is still the file on disk.
+        """
+        if opened is not None and opened.still_current():
+            path, state = opened.path, opened.load()
+        else:
+            if opened is not None:
+                opened.close()
+            path, handle = self._open(which)
+            with handle:
+                state = load_verified(path, handle)
         self._resumed_from = path
         self._continue_lineage(path)
         return state
@@ -249,6 +294,15 @@ class CheckpointManager:
             return
         self._lineage = [*(info.lineage or []), [info.session, info.seq or 0]]
         self._seq = info.seq or 0
+
+    def can_resume(self) -> bool:
+        """True when the folder holds a file `load("latest")` would try (latest or a periodic file).
+
+        A loop that resumes by itself asks this first; when such files exist but none is
+        valid, `load` raises instead of letting the run start over silently.
+        """
+        self.wait()
+        return bool(resume_points(self.directory))
 
     @property
     def resumed_from(self) -> Path | None:
@@ -338,11 +392,7 @@ class CheckpointManager:
         if not info.valid:
             self._warn(f"ignoring {info.name}: {info.reason}; the next validation result replaces it")
             return None, None
-        return info.val_dice, info.epoch
-
-
-def _first_set(preferred: Any, fallback: Any) -> Any:
-    return fallback if preferred is None else preferred
+        return info.metric(self.best_rule.metric), info.epoch
 
 
 def _json_number(value: Any) -> Any:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Mapping
 
 DEFAULT_PERCENTAGES = (20, 40, 60, 80, 100)
-SAVE_KINDS = ("epoch", "interrupt")
+# "mid_epoch": a routine save every few steps or minutes; "interrupt": the save on a signal.
+# Both refresh latest only; files from before "mid_epoch" existed call every mid-epoch save "interrupt".
+SAVE_KINDS = ("epoch", "mid_epoch", "interrupt")
+MID_EPOCH_KINDS = ("mid_epoch", "interrupt")
+BEST_MODES = ("max", "min")
 
 
 @dataclass(frozen=True)
@@ -29,21 +33,54 @@ def periodic_epochs(total_epochs: int, percentages: Iterable[int] = DEFAULT_PERC
     return frozenset(max(1, -(-total_epochs * p // 100)) for p in _checked_percentages(percentages))
 
 
+@dataclass(frozen=True)
+class BestRule:
+    """What "best" means: the metric's name and whether higher (`max`) or lower (`min`) is better."""
+
+    metric: str = "val_dice"
+    mode: str = "max"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"best_metric must be a metric's name, got {self.metric!r}")
+        if self.mode not in BEST_MODES:
+            raise ValueError(f"mode must be one of {BEST_MODES}, got {self.mode!r}")
+
+    def improves(self, value: float | None, best: float | None) -> bool:
+        """Strictly better than the best so far (a tie keeps the older, already durable best);
+        a missing or NaN value never improves."""
+        if value is None or value != value:
+            return False
+        if best is None:
+            return True
+        return value > best if self.mode == "max" else value < best
+
+
 def is_improvement(val_dice: float | None, best_val_dice: float | None) -> bool:
-    """Strictly better than the best so far (a tie keeps the older, already durable best)."""
-    if val_dice is None or val_dice != val_dice:  # NaN never improves
-        return False
-    return best_val_dice is None or val_dice > best_val_dice
+    """The default rule (higher val_dice is better), strictly better than the best so far."""
+    return BestRule().improves(val_dice, best_val_dice)
 
 
-def plan_save(kind: str, epoch: int, val_dice: float | None, best_val_dice: float | None,
-              scheduled: frozenset[int]) -> SavePlan:
-    """Decide the files for one save; an interrupt (mid-epoch) only refreshes latest."""
+def plan_save(kind: str, epoch: int, value: float | None, best: float | None,
+              scheduled: frozenset[int], rule: BestRule = BestRule()) -> SavePlan:
+    """Decide the files for one save; a mid-epoch save (routine or on a signal) only refreshes latest.
+
+    `value` is this save's value of `rule.metric`, `best` the best value so far.
+    """
     if kind not in SAVE_KINDS:
         raise ValueError(f"save kind must be one of {SAVE_KINDS}, got {kind!r}")
-    if kind == "interrupt":
-        return SavePlan("interrupt", periodic=False, best=False)
-    return SavePlan("latest", periodic=epoch in scheduled, best=is_improvement(val_dice, best_val_dice))
+    if kind in MID_EPOCH_KINDS:
+        return SavePlan(kind, periodic=False, best=False)
+    return SavePlan("latest", periodic=epoch in scheduled, best=rule.improves(value, best))
+
+
+def mid_epoch_save_due(step: int, seconds_since_save: float, every_steps: int | None,
+                       every_minutes: float | None) -> bool:
+    """A routine mid-epoch save is due every `every_steps` optimizer steps, or once
+    `every_minutes` have passed since the last save (either rule off when 0 or None)."""
+    by_steps = bool(every_steps) and step % every_steps == 0
+    by_time = bool(every_minutes) and seconds_since_save >= every_minutes * 60
+    return by_steps or by_time
 
 
 def _checked_percentages(percentages: Iterable[int]) -> tuple[int, ...]:
@@ -51,4 +88,19 @@ def _checked_percentages(percentages: Iterable[int]) -> tuple[int, ...]:
     for p in checked:
         if type(p) is not int or not 0 < p <= 100:
             raise ValueError(f"periodic percentages must be ints in 1..100, got {p!r}")
+    return checked
+
+
+def checked_metrics(metrics: Mapping[str, float] | None, named: Mapping[str, float],
+                    **builtin: float | None) -> dict[str, float]:
+    """Every metric as a float by name; `val_dice` / `train_loss` given as None are left out."""
+    merged = {**(metrics or {}), **named, **{name: value for name, value in builtin.items() if value is not None}}
+    checked = {}
+    for name, value in merged.items():
+        try:
+            if not isinstance(name, str) or isinstance(value, (bool, str, bytes)):
+                raise TypeError
+            checked[name] = float(value)  # numpy and one-element torch numbers too
+        except (TypeError, ValueError):
+            raise ValueError(f"metric {name!r} must be a number, got {value!r}") from None
     return checked

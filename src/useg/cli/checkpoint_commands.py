@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from useg import manage
+from useg.checkpoint.layout import LATEST_NAME, checkpoints_folder
 from useg.checkpoint.replaced import replaced_folders
 from useg.cli import display
 from useg.errors import UsegError
@@ -57,18 +55,13 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output (schema in CHECKPOINT_GUIDE.md)")
 
 
-def console() -> Console:
-    """Rich output; wide enough for the tables when piped into a file or a log."""
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-
-
 def cmd_list(args) -> int:
     infos = manage.run_checkpoints(args.run_dir)
     if args.json:
         points = manage.points_by_path(infos)
         display.print_json([manage.record(info, point=points.get(info.path)) for info in infos])
     else:
-        console().print(display.list_table(infos, f"Checkpoints in {Path(args.run_dir) / 'checkpoints'}"))
+        display.console().print(display.list_table(infos, f"Checkpoints in {checkpoints_folder(args.run_dir)}"))
         for line in display.replaced_lines(replaced_folders(args.run_dir), args.run_dir):
             print(line)
     return 0
@@ -84,7 +77,7 @@ def show_details(details: dict, as_json: bool) -> int:
 
 def cmd_latest(args) -> int:
     manage.run_checkpoints(args.run_dir)  # a clear error when the run has none
-    latest = manage.checkpoints_dir(args.run_dir) / "latest_checkpoint.pt"
+    latest = manage.checkpoints_dir(args.run_dir) / LATEST_NAME
     if not latest.is_file():
         raise UsegError(f"{latest} is missing; see what the run holds with: useg checkpoints list --run-dir {shlex.quote(str(args.run_dir))}")
     return show_details(manage.describe(latest, args.run_dir), args.json)
@@ -166,7 +159,7 @@ def cmd_history(args) -> int:
                            "resumed_at": history.get("resumed_at", []), "epochs": epoch_rows(history),
                            "curves": str(curves)})
     else:  # the table first: a disk too full for the picture still shows the numbers
-        console().print(history_table(history))
+        display.console().print(history_table(history))
         print(f"curves saved to {plot_curves(history, curves_path)}")
     return 0
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from typing import Any
 
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from useg.checkpoint import CheckpointInfo
@@ -16,6 +18,11 @@ from useg.checkpoint.resume_points import ResumePoint
 from useg.checkpoint.retention import CleanPlan
 from useg.manage import CONFIG_SUMMARY_KEYS, batch_position, points_by_path
 from useg.progress import position_text
+
+
+def console() -> Console:
+    """Rich output on stdout; wide enough for the tables when piped into a file or a log."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 
 def format_number(value: float | None, digits: int = 4) -> str:
@@ -45,7 +52,7 @@ def list_table(infos: list[CheckpointInfo], title: str) -> Table:
         table.add_column(name, justify="right" if numeric else "left", no_wrap=name not in ("valid", "note"))
     points = points_by_path(infos)
     for number, info in enumerate(infos, 1):
-        mark = {"best": " *", "latest": " <", "interrupt": " <"}.get(info.kind, "")
+        mark = {"best": " *", "latest": " <", "mid_epoch": " <", "interrupt": " <"}.get(info.kind, "")
         valid = "yes" if info.valid else "not hashed yet: run verify" if info.status == "unchecked" else f"NO: {info.reason}"
         table.add_row(str(number), info.name + mark, info.kind, epoch_cell(info),
                       format_number(info.train_loss), format_number(info.val_dice), format_size(info.size_bytes),

@@ -100,21 +100,26 @@ def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
 def run_train(args: argparse.Namespace) -> int:
     from useg.config import build_config, read_config_file
     from useg.signals import TrainingInterrupted
-    from useg.train import resume_config, train
+    from useg.run_folder import open_resume_point, resume_config
+    from useg.train import train
 
     resume = args.which if args.command == "resume" else args.resume
     file_layer = read_config_file(args.config) if args.config else {}
     flags = flag_layer(args)
     run_dir = flags["run_dir"] or file_layer.get("run_dir") or "."
-    saved = resume_config(run_dir, resume) if resume is not None else {}
-    for key in ("quiet", "device"):  # what a session prints and where it computes are chosen per session
-        saved.pop(key, None)
-    cfg = build_config(saved, file_layer, flags, {"run_dir": run_dir})
+    opened = open_resume_point(run_dir, resume) if resume is not None else None  # the one hash of it
     try:
-        train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False))
+        saved = resume_config(opened, resume) if opened is not None else {}
+        for key in ("quiet", "device"):  # what a session prints and where it computes are chosen per session
+            saved.pop(key, None)
+        cfg = build_config(saved, file_layer, flags, {"run_dir": run_dir})
+        train(cfg, resume=resume, overwrite=getattr(args, "overwrite", False), opened=opened)
     except TrainingInterrupted as stop:
         print(str(stop), file=sys.stderr)
         return stop.exit_code
+    finally:
+        if opened is not None:
+            opened.close()
     return 0
 
 

@@ -86,7 +86,7 @@ def enable_line_editing() -> None:
 
 def run_menu(run_dir: str) -> int:
     """Show the menu until the user quits or input ends; each option reports its own errors."""
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console = display.console()
     enable_line_editing()
     actions = {"1": start_training, "2": resume_latest, "3": resume_specific, "4": view_info,
                "5": clean_old, "6": show_history}

@@ -96,9 +96,14 @@ def check_support_size(largest_pool: int, support_size: int, where: str) -> None
         )
 
 
-def _check_settings(support_size: int, seed: int) -> None:
+def check_support_size_setting(support_size: int) -> None:
+    """The one check of a --support-size value (training, evaluation and prediction)."""
     if support_size < 1:
         raise ConfigError(f"--support-size must be at least 1, not {support_size}")
+
+
+def _check_settings(support_size: int, seed: int) -> None:
+    check_support_size_setting(support_size)
     if seed < 0:
         raise ConfigError(f"--seed must be 0 or more, not {seed}")
 
