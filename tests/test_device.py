@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import useg.device
+import useg.run_setup
 import useg.train
 from tiny import TINY
 from useg.cli import main
@@ -212,7 +213,7 @@ class CompiledStandIn(torch.nn.Module):
 
 
 def test_compile_trains_through_the_wrapper_and_saves_plain_parameter_names(tmp_path, monkeypatch):
-    monkeypatch.setattr(useg.train, "compile_model", CompiledStandIn)
+    monkeypatch.setattr(useg.run_setup, "compile_model", CompiledStandIn)  # where the run is built
     plain, compiled = tmp_path / "plain", tmp_path / "compiled"
     assert main(["train", "--run-dir", str(plain), *FLAGS]) == 0
     assert main(["train", "--run-dir", str(compiled), *FLAGS, "--compile"]) == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import useg.train
+import useg.run_setup
 from tiny import TINY
 from useg.checkpoint import faults
 from useg.cli import main
@@ -75,7 +75,7 @@ def test_cpu_default_is_fp32_with_an_empty_scaler_state(trained):
 
 def test_steps_skipped_by_the_scaler_are_counted_and_are_not_divergence(tmp_path, monkeypatch, capsys):
     # A scale of 2**40 overflows fp16 gradients, so the scaler skips every step and halves the scale.
-    monkeypatch.setattr(useg.train, "make_scaler", lambda precision, device: torch.amp.GradScaler(
+    monkeypatch.setattr(useg.run_setup, "make_scaler", lambda precision, device: torch.amp.GradScaler(
         device.type, init_scale=2.0 ** 40))
     run = tmp_path / "run"
     flags = ["--epochs", "1", *TINY, "--vis-every", "0", "--precision", "fp16"]

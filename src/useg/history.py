@@ -81,8 +81,10 @@ def write_log(path: Path, log: dict[str, Any], history: dict[str, Any]) -> None:
     atomic_write_json(path, log)
 
 
-def format_dice(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+def format_number(value: float | None, digits: int = 4) -> str:
+    """A number for tables and info lines: `digits` decimals; "-" when missing or NaN."""
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "-" if missing else f"{value:.{digits}f}"
 
 
 def history_table(history: dict[str, Any], title: str = "Training history") -> Table:
@@ -98,7 +100,7 @@ def history_table(history: dict[str, Any], title: str = "Training history") -> T
         if row["epoch"] - 1 in resumed and row["epoch"] > 1:
             marks.append("resumed")
         time_s = row["epoch_time_s"]
-        table.add_row(str(row["epoch"]), format_dice(row["train_loss"]), format_dice(row["val_dice"]),
+        table.add_row(str(row["epoch"]), format_number(row["train_loss"]), format_number(row["val_dice"]),
                       "-" if row["lr"] is None else f"{row['lr']:.2e}",
                       "-" if time_s is None else f"{time_s:.1f}", " ".join(marks))
     return table

@@ -16,6 +16,7 @@ from useg.checkpoint.layout import LATEST_NAME
 from useg.checkpoint.replaced import ReplacedFolder
 from useg.checkpoint.resume_points import ResumePoint
 from useg.checkpoint.retention import CleanPlan
+from useg.history import format_number  # the one number formatter (re-exported for the CLI)
 from useg.manage import CONFIG_SUMMARY_KEYS, batch_position, points_by_path
 from useg.progress import position_text
 
@@ -23,10 +24,6 @@ from useg.progress import position_text
 def console() -> Console:
     """Rich output on stdout; wide enough for the tables when piped into a file or a log."""
     return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-
-
-def format_number(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def format_size(size: int | float | None) -> str:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from useg.checkpoint.atomic import json_text
+from useg.cli.display import console as terminal_console
+from useg.cli.display import format_number
 
 
 def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool) -> int:
@@ -23,7 +23,7 @@ def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool
         print(json_text({**result.to_dict(), "csv": str(csv_path), "pictures": [str(path) for path in pictures]}))
         return 0
     # The table first: a CSV the disk cannot take does not cost the user the scores.
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console = terminal_console()
     console.print(evaluation_table(result))
     if result.is_sweep:
         console.print(sweep_table(result))
@@ -50,11 +50,11 @@ def evaluation_table(result) -> Table:
         table.add_column(name, justify="left" if name in ("class", "model") else "right")
     for name, stats in result.per_class.items():
         dice, iou, hd95 = stats["dice"], stats["iou"], stats["hd95_px"]
-        table.add_row(name, result.class_status.get(name, ""), str(dice["n"]), spread(dice), number(dice["median"]),
-                      spread(iou), f"{number(hd95['mean'], 2)} ({hd95['n']})")
+        table.add_row(name, result.class_status.get(name, ""), str(dice["n"]), spread(dice),
+                      format_number(dice["median"]), spread(iou), f"{format_number(hd95['mean'], 2)} ({hd95['n']})")
     summary = result.to_dict()
-    table.add_row("mean over classes", "", "", number(summary["mean_dice"]), "", number(summary["mean_iou"]),
-                  number(summary["mean_hd95_px"], 2), style="bold")
+    table.add_row("mean over classes", "", "", format_number(summary["mean_dice"]), "",
+                  format_number(summary["mean_iou"]), format_number(summary["mean_hd95_px"], 2), style="bold")
     return table
 
 
@@ -67,13 +67,9 @@ def sweep_table(result) -> Table:
     for point in result.points:
         means = [point.per_class.get(name, {}).get("dice", {}).get("mean") for name in classes]
         table.add_row(str(point.support_size), str(point.ensembles), *map(number, means),
-                      number(point.to_dict()["mean_dice"]))
+                      format_number(point.to_dict()["mean_dice"]))
     return table
 
 
-def number(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def spread(stats: dict) -> str:
-    return f"{number(stats['mean'])} ± {number(stats['std'])}"
+    return f"{format_number(stats['mean'])} ± {format_number(stats['std'])}"

@@ -236,7 +236,7 @@ def checked_setting(key: str, text: str, file_layer: dict[str, Any], answers: di
 def ask_total_epochs(run_dir: str, console: Console) -> list[str]:
     """`--epochs N`: the user's new total, or on Enter the run's current total (as its newest save records
     it), so that going back to an older file does not go back to that file's older plan."""
-    from useg.train import planned_total_epochs
+    from useg.run_folder import planned_total_epochs
 
     planned = planned_total_epochs(Path(run_dir) / "checkpoints")
     keep = f"Enter keeps the run's total, {planned}" if planned else "Enter keeps the checkpoint's total"
