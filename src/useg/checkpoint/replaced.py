@@ -18,6 +18,7 @@ from typing import Any
 from useg.errors import CheckpointError
 
 from .atomic import fsync_directory
+from .layout import checkpoints_folder
 
 REPLACED_PREFIX = "checkpoints_replaced_"
 _REPLACED_RE = re.compile(rf"^{REPLACED_PREFIX}\d{{8}}_\d{{6}}(?:_\d+)?$")
@@ -76,7 +77,7 @@ def folder_usage(folder: Path) -> tuple[int, int]:
 def remove_replaced(run_root: str | os.PathLike, folders: list[ReplacedFolder]) -> None:
     """Delete set-aside folders of `run_root`; refuses anything that is not one (see the module doc)."""
     root = Path(run_root)
-    live = root / "checkpoints"
+    live = checkpoints_folder(root)
     for folder in folders:
         path = folder.path
         if path.parent != root or not is_replaced_name(path.name) or path.is_symlink() or not path.is_dir():

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from useg import manage
-from useg.checkpoint.layout import BEST_NAME, LATEST_NAME
+from useg.checkpoint.layout import BEST_NAME, LATEST_NAME, checkpoints_folder
 from useg.checkpoint.resume_points import ResumePoint, left_behind, resume_points
 from useg.cli import display
 from useg.errors import CheckpointError, UsegError
@@ -149,13 +149,13 @@ def start_training(run_dir: str, console: Console) -> None:
 
 def existing_checkpoints(run_dir: str) -> list[Path]:
     """The checkpoint files `useg train` would refuse to start over (the same rule as the trainer's)."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = checkpoints_folder(run_dir)
     return sorted(folder.glob("*.pt")) if folder.is_dir() else []
 
 
 def ask_about_existing_run(run_dir: str, console: Console) -> str | None:
     """'resume', 'overwrite' or None (go back), asked before any other question."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = checkpoints_folder(run_dir)
     say(console, f"{folder} already holds a run ({describe_latest(folder)}).")
     say(console, "  r  resume it (as option 2)\n"
                  "  o  start afresh: move its checkpoints and pictures to checkpoints_replaced_<time>/ "
@@ -238,7 +238,7 @@ def ask_total_epochs(run_dir: str, console: Console) -> list[str]:
     it), so that going back to an older file does not go back to that file's older plan."""
     from useg.run_folder import planned_total_epochs
 
-    planned = planned_total_epochs(Path(run_dir) / "checkpoints")
+    planned = planned_total_epochs(checkpoints_folder(run_dir))
     keep = f"Enter keeps the run's total, {planned}" if planned else "Enter keeps the checkpoint's total"
 
     def parse(answer: str) -> str:
@@ -273,7 +273,7 @@ def resumable_points(run_dir: str, console: Console) -> list[ResumePoint]:
     """Show the run's resume points that can be used (valid, or not hashed yet: resume hashes them),
     in the order resume tries them; name what is left out and why, best_model.pt included."""
     infos = manage.run_checkpoints(run_dir)
-    points = resume_points(Path(run_dir) / "checkpoints", infos)
+    points = resume_points(checkpoints_folder(run_dir), infos)
     usable = [point for point in points if point.info.valid or point.info.status == "unchecked"]
     for point in points:
         if point not in usable:

@@ -1,6 +1,7 @@
 """Datasets (Ovatus, images/ + masks/, MMOTU, synthetic), patient-level splits and in-context tasks."""
 
-from useg.data.dataset import ImageSource, SegDataset, data_options, load_dataset
+from useg.data.dataset import ImageSource, SegDataset
+from useg.data.loading import data_options, load_dataset
 from useg.data.ovatus import OVATUS_CLASSES
 from useg.data.splits import Split, split_by_patient
 from useg.data.synthetic import SYNTHETIC_CLASSES, make_synthetic

@@ -1,21 +1,14 @@
-"""The in-memory dataset every layout loads into, and `load_dataset`, which picks the layout."""
+"""The in-memory dataset every layout loads into, and the helpers the layout readers share."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 
-from useg.errors import ConfigError, DataError
-
-ACCEPTED_LAYOUTS = (
-    "an Ovatus folder (US_map4/ + mapping_normalized4.jsonl), "
-    "images/ + masks/ with matching file names, "
-    "or MMOTU OTU_2d (images/ + annotations/<id>_binary.PNG)"
-)
+from useg.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -109,68 +102,3 @@ def class_report(masks: np.ndarray, classes: list[str]) -> dict[str, int]:
 
 def no_usable_images(where: str, what_to_check: str) -> DataError:
     return DataError(f"no usable images in {where}; {what_to_check}")
-
-
-def load_dataset(
-    data: str | Path | None,
-    *,
-    image_size: int = 128,
-    annotations: str | Path | None = None,
-    label: int | list[int] | None = None,
-    classes: list[str] | None = None,
-    seed: int = 0,
-    class_names: Mapping[str | int, str] | None = None,
-    patient_pattern: str | None = None,
-    keep_empty: float = 0.0,
-    slice_axis: int = 2,
-) -> SegDataset:
-    """Load `data` (a folder, or None for the synthetic set) at `image_size` x `image_size`."""
-    from useg.data import folders, mmotu, ovatus, synthetic
-
-    if image_size < 1:
-        raise ConfigError(f"--image-size must be a positive number of pixels, not {image_size}")
-    if data is None:
-        return synthetic.make_synthetic(image_size=image_size, seed=seed, classes=classes)
-    root = Path(data).expanduser()
-    if not root.exists():
-        raise DataError(f"data folder {root} does not exist; pass --data with {ACCEPTED_LAYOUTS}")
-    if not root.is_dir():
-        raise DataError(f"--data {root} is a file; pass the folder holding {ACCEPTED_LAYOUTS}")
-    if ovatus.is_ovatus(root, annotations):
-        _reject_label(label, "Ovatus")
-        _reject_folder_options(class_names, patient_pattern, keep_empty)
-        return ovatus.load_ovatus(root, image_size=image_size, annotations=annotations, classes=classes)
-    if annotations is not None:
-        raise DataError(f"--annotations applies only to the Ovatus layout, but {root} holds no US_map4/ folder")
-    if folders.is_folders(root):
-        options = folders.FolderOptions(label=label, classes=classes, class_names=class_names,
-                                        patient_pattern=patient_pattern, keep_empty=keep_empty, slice_axis=slice_axis)
-        return folders.load_folders(root, image_size=image_size, options=options)
-    mmotu_root = mmotu.find_mmotu(root)
-    if mmotu_root is not None:
-        _reject_label(label, "MMOTU")
-        _reject_folder_options(class_names, patient_pattern, keep_empty)
-        return mmotu.load_mmotu(mmotu_root, image_size=image_size, classes=classes)
-    raise DataError(f"unknown data layout in {root}; expected {ACCEPTED_LAYOUTS}")
-
-
-DATA_OPTION_KEYS = ("annotations", "label", "classes", "class_names", "patient_pattern", "keep_empty", "slice_axis")
-
-
-def data_options(config: Mapping[str, Any] | Any) -> dict[str, Any]:
-    """The `load_dataset` keywords a run's config holds (a TrainConfig or its saved dict; older runs lack some)."""
-    values = config if isinstance(config, Mapping) else vars(config)
-    options = {key: values.get(key) for key in DATA_OPTION_KEYS if values.get(key) is not None}
-    return options
-
-
-def _reject_folder_options(class_names, patient_pattern, keep_empty) -> None:
-    given = [flag for flag, value in (("--class-names", class_names), ("--patient-pattern", patient_pattern),
-                                      ("--keep-empty", keep_empty or None)) if value is not None]
-    if given:
-        raise DataError(f"{given[0]} applies only to the images/ + masks/ layout")
-
-
-def _reject_label(label: int | list[int] | None, layout: str) -> None:
-    if label is not None:
-        raise DataError(f"--label applies only to the images/ + masks/ layout, not to {layout} data")
