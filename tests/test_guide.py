@@ -65,3 +65,10 @@ def test_guide_covers_every_workflow_of_the_seed():
                   "--dry-run", "verify", "sha256", "weights_only", "export", "--json", "20, 40, 60, 80",
                   "resume_from_checkpoint"):
         assert topic in text, topic
+
+
+def test_guide_pictures_exist_and_are_pngs():
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", GUIDE.read_text(encoding="utf-8"))
+    assert {"docs/guide_training_figure.png", "docs/guide_overlay.png"} <= set(pictures)
+    for picture in pictures:
+        assert (REPO / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", picture
