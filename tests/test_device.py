@@ -222,3 +222,21 @@ def test_compile_trains_through_the_wrapper_and_saves_plain_parameter_names(tmp_
     best = torch.load(compiled / "checkpoints" / "best_model.pt", weights_only=True)
     assert not any(name.startswith("_orig_mod") for name in best["model_state_dict"])
     assert latest(compiled)["config"]["compile"] is True
+
+
+# --- bench/gpu.sh -------------------------------------------------------------------------------------
+
+def test_the_gpu_benchmark_script_parses_and_reports_parts_it_did_not_reach():
+    import subprocess
+
+    from bench.gpu import STEP_CASES, markdown
+
+    repo = Path(__file__).resolve().parents[1]
+    assert subprocess.run(["bash", "-n", str(repo / "bench" / "gpu.sh")]).returncode == 0
+    assert len(STEP_CASES) == 12  # 3 precisions x deterministic on/off x eager/compiled
+    row = {"precision": "fp16", "deterministic": True, "compiled": False, "median_ms": 12.5, "min_ms": 12.0,
+           "max_ms": 13.0, "steps": 10, "first_step_s": 0.5, "peak_mib": 2048.0,
+           "missing_deterministic_kernels": [], "skipped_steps": 0, "status": "ok"}
+    text = markdown({"machine": "test", "dry_run": False, "steps": [row], "seconds": 3})
+    assert "| fp16 | on | no | 12.5 ms (12.0-13.0, 10 steps) | 0.50 s | 2,048 MiB | none | ok |" in text
+    assert "Sampler: not reached" in text and "Kill and resume: not reached" in text
