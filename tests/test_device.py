@@ -185,8 +185,10 @@ def test_num_threads_0_uses_the_detected_default_for_the_run_only(tmp_path, monk
     real = useg.train.build_run
     monkeypatch.setattr(useg.train, "build_run", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
     before = torch.get_num_threads()
-    assert main(["train", "--run-dir", str(tmp_path / "run"), *FLAGS, "--num-threads", "0"]) == 0  # the last wins
-    assert seen == [2] and torch.get_num_threads() == before
+    for workers in ("0", "1"):  # the last --num-threads wins
+        assert main(["train", "--run-dir", str(tmp_path / workers), *FLAGS, "--num-threads", "0",
+                     "--data-workers", workers]) == 0
+    assert seen == [2, 1] and torch.get_num_threads() == before  # 3 cores - the writer's - the workers
 
 
 def test_an_epoch_under_a_third_of_the_runs_median_speed_is_flagged():
