@@ -206,7 +206,7 @@ def test_going_back_after_extending_keeps_the_runs_current_total_on_enter(run, m
 def test_start_option_on_a_run_asks_first_and_offers_to_resume_it(run, monkeypatch, capsys):
     code, out = menu(monkeypatch, capsys, run, "1\nmaybe\n\n1\nr\n")  # input ends at the epochs question
     assert code == 0
-    assert out.count("already holds a run (latest: 3 of 3 epochs done)") == 2
+    assert out.count("already holds a run (latest: 3 of 3 epochs complete)") == 2
     assert "Type r, o, or Enter to go back (got 'maybe')" in out
     assert "Config file" not in out  # no question about a new run before the folder was settled
     assert out.rstrip().endswith("Total epochs (Enter keeps the run's total, 3):")  # option 2's question

@@ -16,6 +16,7 @@ from useg.checkpoint.layout import BEST_NAME, LATEST_NAME, checkpoints_folder
 from useg.checkpoint.resume_points import ResumePoint, left_behind, resume_points
 from useg.cli import display
 from useg.errors import CheckpointError, UsegError
+from useg.progress import position_text
 
 OPTIONS = (
     ("1", "Start new training"),
@@ -176,7 +177,8 @@ def describe_latest(folder: Path) -> str:
     latest = next((info for info in list_checkpoints(folder) if info.name == LATEST_NAME), None)
     if latest is None or latest.epoch is None:
         return f"{len(list(folder.glob('*.pt')))} checkpoint file(s)"
-    return f"latest: {latest.epoch} of {latest.total_epochs or '?'} epochs done"
+    batch, batches = manage.batch_position(latest)
+    return f"latest: {position_text(latest.epoch, batch or 0, batches, latest.total_epochs)}"
 
 
 def ask_run_settings(console: Console) -> list[str]:
