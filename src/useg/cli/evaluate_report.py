@@ -66,7 +66,7 @@ def sweep_table(result) -> Table:
         table.add_column(name, justify="right")
     for point in result.points:
         means = [point.per_class.get(name, {}).get("dice", {}).get("mean") for name in classes]
-        table.add_row(str(point.support_size), str(point.ensembles), *map(number, means),
+        table.add_row(str(point.support_size), str(point.ensembles), *map(format_number, means),
                       format_number(point.to_dict()["mean_dice"]))
     return table
 
