@@ -37,7 +37,7 @@ def open_resume_point(run_dir: str | Path, which: str) -> OpenCheckpoint:
         raise ConfigError(f"{folder} is a file, not a folder; move it away or use another --run-dir")
     if not folder.is_dir():
         raise CheckpointError(f"no checkpoint to resume from: {folder} does not exist; start with useg train")
-    return open_checkpoint(folder, which, warn=lambda message: None)
+    return open_checkpoint(folder, which, warn=None)  # said by the run's own output when it loads it
 
 
 def resume_config(opened: OpenCheckpoint, which: str) -> dict[str, Any]:

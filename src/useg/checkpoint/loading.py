@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -88,6 +88,9 @@ class OpenCheckpoint:
 
     path: Path
     handle: BinaryIO
+    # What resolving it said (a damaged latest skipped, an abandoned branch used): whoever loads
+    # these bytes says it, so the warning reaches the user through the run's own output.
+    warnings: list[str] = field(default_factory=list)
 
     def still_current(self) -> bool:
         """True while the file at `path` is still the one that was verified (our writers only ever
@@ -110,9 +113,18 @@ class OpenCheckpoint:
 
 
 def open_checkpoint(directory: str | os.PathLike, which: Which = "latest",
-                    warn: Callable[[str], None] = print) -> OpenCheckpoint:
-    """Resolve `which` (see `open_resolved`) and keep the verified file open."""
-    return OpenCheckpoint(*open_resolved(Path(directory), which, warn))
+                    warn: Callable[[str], None] | None = print) -> OpenCheckpoint:
+    """Resolve `which` (see `open_resolved`) and keep the verified file open; what resolving said
+    goes to `warn` and is kept in `warnings` (pass `warn=None` to only keep it)."""
+    said: list[str] = []
+
+    def keep(message: str) -> None:
+        said.append(message)
+        if warn is not None:
+            warn(message)
+
+    path, handle = open_resolved(Path(directory), which, keep)
+    return OpenCheckpoint(path, handle, said)
 
 
 def resolve_checkpoint(directory: str | os.PathLike, which: Which = "latest",

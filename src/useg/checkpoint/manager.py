@@ -274,6 +274,8 @@ class CheckpointManager:
         `open_checkpoint`); loaded without hashing it again while it is still the file on disk.
         """
         if opened is not None and opened.still_current():
+            for message in opened.warnings:
+                self._warn(message)
             path, state = opened.path, opened.load()
         else:
             if opened is not None:
