@@ -61,7 +61,7 @@ def test_prediction_pictures_are_pngs_of_the_expected_size(resumed_run):
     # Every epoch in the first session, every 2nd (epoch 4) after the resume.
     assert pictures == [f"epoch_{e:03d}_batch_{b:03d}.png" for e in (1, 2, 3, 4) for b in (0, 1)]
     with Image.open(resumed_run / "visualizations_training" / pictures[0]) as image:
-        assert image.format == "PNG" and image.size == (720, 368)
+        assert image.format == "PNG" and image.size == (720, 400)
 
 
 def test_history_command_prints_table_json_and_curves(resumed_run, capsys):
