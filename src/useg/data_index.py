@@ -9,13 +9,10 @@ its first byte (a temp file made by mkstemp), so no other user ever reads it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from useg.checkpoint.atomic import explain_file_errors, remove_quietly, replace_durably, write_all
-from useg.checkpoint.layout import TEMP_SUFFIX
+from useg.checkpoint.atomic import write_file_atomically
 
 INDEX_NAME = "data_index.json"
 INDEX_MODE = 0o600
@@ -34,18 +31,7 @@ def write_data_index(run_dir: str | Path, data: str | Path | None, dataset) -> P
         return None
     path = Path(run_dir) / INDEX_NAME
     text = json.dumps(index_record(data, dataset), indent=1, sort_keys=True) + "\n"
-    with explain_file_errors(path, then="start the run again"):
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{INDEX_NAME}.", suffix=TEMP_SUFFIX)
-        try:
-            os.fchmod(fd, INDEX_MODE)  # mkstemp's mode already; stated so a changed default cannot widen it
-            write_all(fd, text.encode("utf-8"))
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            remove_quietly(Path(temp))
-            raise
-        os.close(fd)
-        replace_durably(Path(temp), path)
+    write_file_atomically(path, text.encode("utf-8"), then="start the run again", mode=INDEX_MODE)
     return path
 
 

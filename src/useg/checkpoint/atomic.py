@@ -86,8 +86,10 @@ def write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int],
         return _write_temp(directory, name, size_hint, fill)
 
 
-def _write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int], None]) -> Path:
-    """`write_temp` with its OSErrors as they are, for callers that explain them their own way."""
+def _write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int], None],
+                mode: int = FILE_MODE) -> Path:
+    """`write_temp` with its OSErrors as they are, for callers that explain them their own way.
+    mkstemp creates the file 0600, so a narrower `mode` holds from the first byte written."""
     fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=TEMP_SUFFIX)
     try:
         _preallocate(fd, size_hint)
@@ -95,7 +97,7 @@ def _write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int]
         end = os.lseek(fd, 0, os.SEEK_CUR)
         if os.fstat(fd).st_size > end:
             os.ftruncate(fd, end)  # drop the reserved space fill did not use
-        os.fchmod(fd, FILE_MODE)
+        os.fchmod(fd, mode)
         # A failed fsync is not retried: the kernel may already have dropped the dirty
         # pages, so a second fsync can "succeed" over lost data (PostgreSQL's fsyncgate).
         os.fsync(fd)
@@ -182,16 +184,17 @@ def explain_write_errors(directory: Path, nbytes: int | Callable[[], int] | None
 
 
 def write_file_atomically(path: str | os.PathLike, data: bytes, *, create_folder: bool = False,
-                          then: str = "try again") -> Path:
+                          then: str = "try again", mode: int = FILE_MODE) -> Path:
     """Replace `path` with `data` as `atomic_write_bytes` does, for the files that are not checkpoints
     (pictures, curves, CSVs, masks): a full disk, an unwritable, missing or vanished folder or a
     failing disk is one UsegError naming the file, the fix and `then` (what to do after it).
-    No partial file and no temp file is left. `create_folder`: make the missing folders first."""
+    No partial file and no temp file is left. `create_folder`: make the missing folders first;
+    `mode`: the file's permissions (e.g. 0o600 for a file only its owner may read)."""
     path = Path(path)
     with explain_file_errors(path, then, len(data)):
         if create_folder:
             path.parent.mkdir(parents=True, exist_ok=True)
-        temp = _write_temp(path.parent, path.name, len(data), lambda fd: write_all(fd, data))
+        temp = _write_temp(path.parent, path.name, len(data), lambda fd: write_all(fd, data), mode)
         replace_durably(temp, path)
     return path
 
