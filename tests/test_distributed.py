@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,11 +18,42 @@ from test_train import TINY, assert_same_training, final_state, useg
 ARGS = ["--epochs", "3", *TINY, "--quiet", "--vis-every", "0"]  # batch 2: one target per rank
 
 
-def torchrun(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def torchrun(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`useg ARGS` on two ranks; a hang fails with every process's Python stacks (faulthandler on SIGABRT)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "useg", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env or {})})
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stuck = [*descendants(process.pid), process.pid]  # the ranks run in sessions of their own
+        for pid in stuck:
+            os.kill(pid, signal.SIGABRT)  # each prints its stacks, then aborts
+        time.sleep(5)
+        for pid in stuck:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stdout, stderr = process.communicate()
+        pytest.fail(f"useg {' '.join(args)} on two ranks hung for {timeout} s; stacks:\n{stderr[-12000:]}\n"
+                    f"stdout:\n{stdout[-2000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living process below `pid` (from /proc), children before their parents."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    below = [child for child, parent in parents.items() if parent == pid]
+    return [grandchild for child in below for grandchild in descendants(child)] + below
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +110,11 @@ def test_sigterm_on_one_rank_stops_all_with_one_interrupt_checkpoint(two_process
     assert (state["epoch"], state["sampler_state"]["batch_index"]) == (1, 2)
     assert torchrun("resume", "--run-dir", str(run), "--quiet").returncode == 0
     assert_same_training(final_state(straight), final_state(run))
+
+
+def test_a_finished_worker_runs_its_exit_hooks_and_keeps_its_exit_code():
+    # end_worker_process skips interpreter finalization, never the hooks (they wait for writes in flight).
+    code = ("import atexit, sys; atexit.register(lambda: print('hook ran')); sys.stdout.write('said ');"
+            "from useg.distributed import end_worker_process; end_worker_process(3)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (3, "said hook ran\n")

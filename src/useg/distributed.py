@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,28 @@ def init_world() -> World:
 def close_world(world: World) -> None:
     if world.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process torchrun started as one of several ranks."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def end_worker_process(code: int) -> None:
+    """End a torchrun worker with `code` once its work is done, without interpreter finalization.
+
+    The exit hooks run as usual (they wait for a checkpoint write still in flight), and the output
+    is flushed; what is skipped is the teardown of torch's native threads (gloo, autograd engine)
+    racing the interpreter's, which can leave a finished rank hanging forever at exit
+    (pytorch/pytorch#75097, #190489): a job that trained every epoch and never ends.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said on it
+            pass
+    os._exit(code)
 
 
 def barrier(world: World) -> None:

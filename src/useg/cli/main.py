@@ -126,6 +126,16 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `useg` console script."""
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "resume"):
+        from useg.distributed import end_worker_process, launched_by_torchrun
+
+        if launched_by_torchrun():
+            end_worker_process(run_command(args))
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the parsed command; a user error becomes one line on stderr and its exit code."""
     try:
         if args.command in ("train", "resume"):
             return run_train(args)
