@@ -15,8 +15,10 @@ install: $(VENV)/.installed
 demo: install
 	$(VENV)/bin/useg train --run-dir runs/demo --overwrite
 
+# Two workers, a test file each at a time (module fixtures stay shared): the suite is mostly
+# child processes waiting on one core each, so this halves CI's wall time on 2 cores.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: install
 	$(PY) -m bench

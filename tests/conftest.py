@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+import fault_report
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     # The fault-injection suite's options live here, not in tests/faults/conftest.py: pytest reads
@@ -19,3 +21,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def run(trained, tmp_path) -> Path:
     """A private copy of the module's shared `trained` run, for tests that change files."""
     return Path(shutil.copytree(trained, tmp_path / "run"))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    fault_report.collect(report)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    fault_report.summarize(terminalreporter, config)
