@@ -179,12 +179,28 @@ class Lifecycle(RuleBasedStateMachine):
     def advance(self, env: dict[str, str] | None = None) -> Result:
         """What a user does next: `useg train` in a folder without checkpoints, else `resume latest`."""
         if has_checkpoint(self.run_dir):
+            self.follow_the_resume_point()
             result = self.world.cli("resume", "latest", "--run-dir", self.run_dir, env=env)
         else:
             result = self.world.cli("train", "--run-dir", self.run_dir, *RUN_FLAGS, env=env)
             self.use(FRESH)
         self.acknowledge(result)
         return result
+
+    def follow_the_resume_point(self) -> None:
+        """`resume latest` continues the state it resolves to under the run's current total: after
+        a fallback to a file from before the plan's last branch, the run is on a new plan from there
+        (e.g. ((0, 4), (4, 5)) falling back to epoch 2 trains epochs 3 and 4 of ((0, 2), (2, 5)))."""
+        path = self.resume_point()
+        if path is None or self.plan is None:
+            return
+        state = load_plain(path)
+        if state is None or state["sampler_state"]["batch_index"] != 0 or state["epoch"] == 0:
+            return  # a mid-epoch latest is always on the current plan's last command
+        epoch = state["epoch"]
+        source = self.world.references.source_of(state_digest(state), epoch, [self.plan, *self.plans_seen])
+        if source is not None:  # else the invariants have already said which file holds what
+            self.use(branch(source, epoch, plan_total(self.plan)))
 
     def acknowledge(self, result: Result) -> None:
         if result.returncode in (0, 130, 143):
