@@ -29,18 +29,21 @@ def torchrun(*args: str, env: dict | None = None, timeout: float = 300) -> subpr
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         stuck = [*descendants(process.pid), process.pid]  # the ranks run in sessions of their own
-        for pid in stuck:
-            os.kill(pid, signal.SIGABRT)  # each prints its stacks, then aborts
+        signal_each(stuck, signal.SIGABRT)  # each prints its stacks, then aborts
         time.sleep(5)
-        for pid in stuck:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        signal_each(stuck, signal.SIGKILL)
         stdout, stderr = process.communicate()
         pytest.fail(f"useg {' '.join(args)} on two ranks hung for {timeout} s; stacks:\n{stderr[-12000:]}\n"
                     f"stdout:\n{stdout[-2000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def signal_each(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:  # it ended meanwhile
+            pass
 
 
 def descendants(pid: int) -> list[int]:
