@@ -15,8 +15,10 @@ _LEDGER: dict[str, dict] = {}
 
 def collect(report: pytest.TestReport) -> None:
     """Keep the ledger a test's report carries (its teardown report, after the fixture has counted)."""
+    if report.when != "teardown":
+        return
     for name, value in report.user_properties:
-        if name == LEDGER_PROPERTY and report.when == "teardown":
+        if name == LEDGER_PROPERTY:
             _LEDGER[report.nodeid.rsplit("::", 1)[-1]] = value
 
 

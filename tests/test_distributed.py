@@ -48,15 +48,18 @@ def signal_each(pids: list[int], signum: int) -> None:
 
 def descendants(pid: int) -> list[int]:
     """Every living process below `pid` (from /proc), children before their parents."""
-    parents = {}
+    children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    below = [child for child, parent in parents.items() if parent == pid]
-    return [grandchild for child in below for grandchild in descendants(child)] + below
+        children.setdefault(parent, []).append(int(stat.parent.name))
+
+    def below(parent: int) -> list[int]:
+        return [grandchild for child in children.get(parent, []) for grandchild in [*below(child), child]]
+
+    return below(pid)
 
 
 @pytest.fixture(scope="module")

@@ -198,9 +198,13 @@ class Lifecycle(RuleBasedStateMachine):
         if state is None or state["sampler_state"]["batch_index"] != 0 or state["epoch"] == 0:
             return  # a mid-epoch latest is always on the current plan's last command
         epoch = state["epoch"]
-        source = self.world.references.source_of(state_digest(state), epoch, [self.plan, *self.plans_seen])
+        source = self.plan_of(state, epoch)
         if source is not None:  # else the invariants have already said which file holds what
             self.use(branch(source, epoch, plan_total(self.plan)))
+
+    def plan_of(self, state: dict, epoch: int) -> Plan | None:
+        """The plan (current first, then those seen before) whose state of `epoch` this is."""
+        return self.world.references.source_of(state_digest(state), epoch, [self.plan or FRESH, *self.plans_seen])
 
     def acknowledge(self, result: Result) -> None:
         if result.returncode in (0, 130, 143):
@@ -401,8 +405,7 @@ class Lifecycle(RuleBasedStateMachine):
         epoch = int(path.name[6:9])
         source = None
         if verify_checkpoint(path).ok:
-            digest = state_digest(load_plain(path))
-            source = self.world.references.source_of(digest, epoch, [self.plan or FRESH, *self.plans_seen])
+            source = self.plan_of(load_plain(path), epoch)
             assert source is not None, f"{path.name} holds a state of no plan this folder went through"
         result = self.world.cli("resume", epoch, "--epochs", total, "--run-dir", self.run_dir)
         self.count("resume N --epochs M")

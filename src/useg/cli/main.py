@@ -126,12 +126,13 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `useg` console script."""
     args = build_parser().parse_args(argv)
+    code = run_command(args)
     if args.command in ("train", "resume"):
         from useg.distributed import end_worker_process, launched_by_torchrun
 
         if launched_by_torchrun():
-            end_worker_process(run_command(args))
-    return run_command(args)
+            end_worker_process(code)
+    return code
 
 
 def run_command(args: argparse.Namespace) -> int:
