@@ -19,15 +19,18 @@ import torch
 import useg
 
 from .layout import FORMAT_VERSION
+from .walk import leaves
 
 # Leaves the weights_only unpickler rebuilds without any non-allow-listed global.
 _SAFE_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.dtype, torch.device)
 _SAFE_SEQUENCES = (list, tuple, set, torch.Size)
+_SAFE_LEAF_TYPES = frozenset(_SAFE_LEAVES)
 _SAFE_MAPPINGS = (dict, OrderedDict)
 _SAFE_KEY_LEAVES = (type(None), bool, int, float, str)
 # Private but used by torch's own optimisers since 2.1; looked up so that a torch without it still works.
 _foreach_copy = getattr(torch, "_foreach_copy_", None)
 _IMMUTABLE = tuple(kind for kind in _SAFE_LEAVES if kind is not bytearray)  # leaves that need no copy
+_IMMUTABLE_TYPES = frozenset(_IMMUTABLE)
 
 
 def snapshot_state(state: Mapping[str, Any], pool: StagingPool | None = None) -> dict[str, Any]:
@@ -61,6 +64,8 @@ def check_weights_only_safe(value: Any, where: str = "") -> None:
             check_weights_only_safe(item, f"{where}.{key}" if where else str(key))
         return
     if kind in _SAFE_SEQUENCES:
+        if _SAFE_LEAF_TYPES.issuperset(map(type, value)):
+            return  # e.g. Python's random state: one pass in C
         for index, item in enumerate(value):
             check_weights_only_safe(item, f"{where}[{index}]")
         return
@@ -105,6 +110,9 @@ def _copy(value: Any, copies: _Copies) -> Any:
             copied._metadata = _copy_metadata(value._metadata)
         return copied
     if kind in (list, tuple, set):
+        if _IMMUTABLE_TYPES.issuperset(map(type, value)):
+            # e.g. Python's random state, 625 ints: one pass in C instead of a call per item.
+            return value if kind is tuple else kind(value)
         return kind(_copy(item, copies) for item in value)
     return copy.deepcopy(value)
 
@@ -209,14 +217,7 @@ class StagingPool:
 
 def tensors_in(value: Any) -> Iterator[torch.Tensor]:
     """Every tensor inside nested dicts, lists, tuples and sets."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from tensors_in(item)
-    elif isinstance(value, (list, tuple, set)):
-        for item in value:
-            yield from tensors_in(item)
+    return leaves(value, torch.Tensor)
 
 
 def _check_key(key: Any, where: str) -> None:
