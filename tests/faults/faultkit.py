@@ -139,6 +139,9 @@ def child_main(argv: list[str], env: dict[str, str], out_dir: str, options: dict
     for name in ("USEG_KILL_AT", "PYTHONPATH"):
         os.environ.pop(name, None)
     os.environ.update(env)
+    # As started from a terminal, even under `nohup make test` (the forkserver inherits SIG_IGN):
+    # the signal tests send these runs hang-ups.
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     _redirect(out)
     _count_steps(out / "steps")
     if options["stop_after"]:

@@ -15,9 +15,19 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from faultkit import RUN_FLAGS, assert_every_checkpoint_verifies, assert_same_run, checkpoints, final_state
 from useg.checkpoint import verify_checkpoint
 from useg.signals import StopRequest
+
+
+@pytest.fixture(autouse=True, scope="module")
+def hang_ups_reach_the_runs():
+    """The runs started here inherit this process's SIGHUP disposition: under `nohup make test`
+    they would ignore the hang-ups these tests send them, as a run started with nohup should."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGHUP, previous)
 
 
 def test_sighup_mid_epoch_saves_the_position_and_resume_matches_uninterrupted_run(cli, reference_run, tmp_path,
