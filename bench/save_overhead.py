@@ -77,13 +77,13 @@ def _overhead(settings: Settings) -> Section:
     section.reading.append(
         f"With a save after every optimiser step ({SAMPLES // 4} steps) the epoch took "
         f"{section.results[1]:+.1%} against epoch saves only, and {section.results[10]:+.1%} with a save every 10 "
-        "steps, medians of interleaved runs on a 2-core machine (load from other work, when there is any, hits every "
-        "variant alike, but it widens the spread: runs of one variant differ by several % on their own, so compare the "
-        "ranges before reading much into a ratio within them). Each save stalls the step for the snapshot (a few ms at this size, see the stall table), and "
-        "the writer then serialises, hashes and writes on another thread, competing with training for the two "
-        "cores (next table). A routine save asked for while the previous one is still being written waits as the "
-        "pending save instead of stalling the step, and a newer one replaces it; the row's case says how many were "
-        "coalesced so.")
+        "steps, medians of interleaved runs on a 2-core machine (load from other work, when there is any, hits "
+        "every variant alike, but it widens the spread: runs of one variant differ by several % on their own, so "
+        "compare the ranges before reading much into a ratio within them). Each save stalls the step for the "
+        "snapshot (a few ms at this size, see the stall table), and the writer then serialises, hashes and writes "
+        "on another thread, competing with training for the two cores (next table). A routine save asked for while "
+        "the previous one is still being written waits as the pending save instead of stalling the step, and a "
+        "newer one replaces it; the row's case says how many were coalesced so.")
     section.seconds = time.perf_counter() - started
     return section
 

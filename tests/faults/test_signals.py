@@ -15,19 +15,9 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from faultkit import RUN_FLAGS, assert_every_checkpoint_verifies, assert_same_run, checkpoints, final_state
 from useg.checkpoint import verify_checkpoint
 from useg.signals import StopRequest
-
-
-@pytest.fixture(autouse=True, scope="module")
-def hang_ups_reach_the_runs():
-    """The runs started here inherit this process's SIGHUP disposition: under `nohup make test`
-    they would ignore the hang-ups these tests send them, as a run started with nohup should."""
-    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    yield
-    signal.signal(signal.SIGHUP, previous)
 
 
 def test_sighup_mid_epoch_saves_the_position_and_resume_matches_uninterrupted_run(cli, reference_run, tmp_path,
@@ -79,6 +69,8 @@ def useg_on_a_terminal(run: Path, flags: list[str], **popen) -> tuple[subprocess
 
     def take_terminal() -> None:  # in the child: a session of its own, led by useg, on this terminal
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        # As a shell starts it, even under `nohup make test`, whose SIG_IGN the child would inherit.
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
     process = subprocess.Popen([sys.executable, "-m", "useg", "train", "--run-dir", str(run), *flags],
                                stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
