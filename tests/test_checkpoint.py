@@ -6,9 +6,11 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -422,6 +424,23 @@ def test_truncated_file_without_sidecar_is_corrupt_not_just_unchecked(tmp_path):
     os.unlink(tmp_path / (LATEST + ".json"))
     os.truncate(tmp_path / LATEST, 100)
     assert verify_checkpoint(tmp_path / LATEST).status == "corrupt"
+
+
+def test_a_damaged_pickle_without_sidecar_is_corrupt_not_an_exception(tmp_path):
+    # Found by the long lifecycle mode: a sidecar deleted, then a byte flipped inside data.pkl.
+    train(tmp_path, 1)
+    os.unlink(tmp_path / (LATEST + ".json"))
+    with zipfile.ZipFile(tmp_path / LATEST) as archive:
+        entry = next(info for info in archive.infolist() if info.filename.endswith("/data.pkl"))
+    with open(tmp_path / LATEST, "rb") as handle:
+        handle.seek(entry.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+    pickle_start = entry.header_offset + 30 + name_length + extra_length
+    with open(tmp_path / LATEST, "r+b") as handle:
+        handle.seek(pickle_start + 2)  # just past PROTO 2: an opcode no pickler writes
+        handle.write(bytes([252]))
+    result = verify_checkpoint(tmp_path / LATEST)
+    assert result.status == "corrupt" and "pickle is damaged" in result.reason, result
 
 
 def test_missing_sidecar_is_missing_checksum_and_missing_file_is_missing(tmp_path):

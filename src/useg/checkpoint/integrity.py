@@ -193,6 +193,8 @@ def _check_pickle(path: Path, handle: BinaryIO, metadata: dict | None) -> Verify
     except (RuntimeError, ValueError, OSError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         return VerifyResult(path, "corrupt", f"not a complete torch.save zip archive, truncated? ({first_line})")
+    except Exception as error:  # the scan meets bytes no pickler wrote (a flipped byte where no checksum tells)
+        return VerifyResult(path, "corrupt", f"its pickle is damaged ({type(error).__name__}: {error})")
     if names:
         return VerifyResult(path, "unsafe", f"its pickle needs globals outside the weights_only allow-list: {', '.join(names)}")
     return VerifyResult(path, "ok", "", metadata)
