@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from faultkit import RUN_FLAGS, SAVE_POINTS, Kill, Torture, assert_every_checkpoint_verifies, assert_same_run
+from faultkit import MAX_LOST_STEPS, RUN_FLAGS, SAVE_POINTS, Kill, Torture, assert_every_checkpoint_verifies, assert_same_run
 
 # A full run reaches each save point 16 times (4 mid-epoch saves + 4 epochs x latest, periodic, best),
 # "mid-write" (part of the temp file written) and "after-temp-write" 12 times (the periodic file is a
@@ -32,6 +32,14 @@ def test_kill_at_every_save_point_then_resume_matches_uninterrupted_run(cli, ref
     torture.kill_each([Kill(spec) for spec in CI_KILLS])
     torture.complete()
     assert ledger.total == len(CI_KILLS) == 24 and ledger.runs_finished >= 1
+
+
+def test_kills_while_writes_lag_behind_training_lose_at_most_two_epochs(cli, reference_run, tmp_path, ledger):
+    """Every write 0.15 s slower than a tiny step, so saves overlap and coalesce: the case CI met by chance."""
+    torture = Torture(cli, tmp_path, reference_run, ledger, slow_writes=0.15)
+    torture.kill_each([Kill(spec) for spec in ("before-rename:5", "step:5", "step:8", "after-sidecar:3")])
+    torture.complete()
+    assert ledger.total == 4 and max(ledger.lost_steps) <= MAX_LOST_STEPS
 
 
 def test_kill_at_random_moments_then_resume_matches_uninterrupted_run(cli, reference_run, run_seconds, tmp_path,
