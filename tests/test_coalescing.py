@@ -5,6 +5,8 @@ backwards, epoch and interrupt saves are never skipped, and the training log cou
 from __future__ import annotations
 
 import json
+import os
+import sys
 import threading
 import time
 
@@ -14,6 +16,7 @@ import torch
 from tiny import train_tiny
 from useg.checkpoint import CheckpointManager, load_checkpoint
 from useg.checkpoint import manager as manager_module
+from useg.checkpoint.writer import LOW_PRIORITY_NICE
 
 
 class HeldWrites:
@@ -129,3 +132,33 @@ def test_training_with_slow_writes_coalesces_saves_and_the_log_counts_them(tmp_p
     assert 0 < saves["coalesced"] < 11
     state = load_checkpoint(run / "checkpoints" / "latest_checkpoint.pt")
     assert state["epoch"] == 1 and state["step"] == 12 and (run / "checkpoints" / "epoch_001_checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU priorities are Linux's")
+def test_routine_saves_are_written_at_the_lowest_priority_and_other_saves_at_the_processs(tmp_path, monkeypatch):
+    real, seen = manager_module.publish_state, {}
+
+    def publish(path, state, fields):
+        def priority() -> int:
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        helper = threading.Thread(target=lambda: seen.setdefault((fields["kind"], "helper"), priority()))
+        helper.start()  # as the writer starts its hashing thread
+        helper.join()
+        seen[(fields["kind"], "writer")] = priority()
+        return real(path, state, fields)
+
+    monkeypatch.setattr(manager_module, "publish_state", publish)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    state = {"model_state_dict": {"w": torch.ones(3)}}
+    with CheckpointManager(tmp_path / "checkpoints", total_epochs=10, periodic_percentages=()) as manager:
+        manager.save(state, epoch=0, kind="mid_epoch", step=1)
+        manager.wait()
+        manager.save(state, epoch=1, val_dice=0.5, step=2)
+        manager.save(state, epoch=1, kind="interrupt", step=2)
+    low = max(own, LOW_PRIORITY_NICE)  # nice only goes up: a process already at 19 stays there
+    assert seen == {("mid_epoch", "writer"): low, ("mid_epoch", "helper"): low,
+                    ("best", "writer"): own, ("best", "helper"): own,
+                    ("latest", "writer"): own, ("latest", "helper"): own,
+                    ("interrupt", "writer"): own, ("interrupt", "helper"): own}
+    assert load_checkpoint(tmp_path / "checkpoints" / "latest_checkpoint.pt")["epoch"] == 1
