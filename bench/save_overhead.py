@@ -146,7 +146,7 @@ def _contention(settings: Settings) -> Section:
                     f"({median(writes[kind][1:] or writes[kind]):.0f} saves written meanwhile)",
             ours=spread(times[kind]), baseline=spread(times["idle"]),
             ratio=f"{median(times[kind]) / base - 1:+.0%}"))
-    thread_cost, low_cost, process_cost = (median(times[kind]) / base - 1 for kind in cases)
+    thread_cost, process_cost, low_cost = (median(times[kind]) / base - 1 for kind in cases)
     low_writes = median(writes["low-priority thread"][1:] or writes["low-priority thread"])
     section.reading.append(
         f"Training {steps} default steps took {thread_cost:+.0%} with the writer looping on a thread and "

@@ -76,6 +76,35 @@ def test_tensors_in_finds_every_tensor_in_order(state):
     assert [id(t) for t in tensors_in(state)] == [id(t) for t in reference_tensors(state)]
 
 
+class Opaque:
+    """A user object: weights_only refuses it."""
+
+
+# Values the weights_only unpickler refuses or takes that the copy walk does not list as plain.
+unusual = st.sampled_from([np.float32(0.5), np.int64(3), Opaque(), torch.Size([2, 3]), bytearray(b"ab"),
+                           torch.float16, torch.device("cpu"), 1.5 + 2j])
+unusual_states = st.recursive(st.one_of(leaves, unusual), lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.lists(inner, max_size=3).map(tuple),
+    st.dictionaries(st.one_of(st.text(max_size=4), st.integers(), st.tuples(st.integers()),
+                              st.just(np.int64(1)), st.just(frozenset())), inner, max_size=4)), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(unusual_states)
+def test_a_checked_snapshot_refuses_exactly_what_the_weights_only_check_refuses(state):
+    try:
+        check_weights_only_safe({"s": state})
+        expected = None
+    except TypeError as error:
+        expected = str(error)
+    try:
+        snapshot_state({"s": state}, check_safe=True)
+        got = None
+    except TypeError as error:
+        got = str(error)
+    assert got == expected
+
+
 def test_huge_finite_weights_are_finite_and_a_single_nan_is_found():
     state = {"model": {"w": torch.full((1000,), 3e38), "b": torch.zeros(3)}, "opt": [torch.ones(2)]}
     assert first_nonfinite(state) is None  # the batched norm overflows: the exact walk decides

@@ -23,7 +23,7 @@ from .policy import plan_save
 from .resume_points import resume_points
 from .publish import finalize_pending_sidecars, publish_link, publish_state, remove_orphan_sidecars
 from .retention import CleanPlan, clean_checkpoints, plan_clean
-from .state import StagingPool, check_weights_only_safe, snapshot_state, stamp
+from .state import StagingPool, snapshot_state, stamp
 from .writer import BackgroundWriter
 
 # What best_model.pt leaves out unless told otherwise: the parts only resuming needs, under the
@@ -187,13 +187,8 @@ class CheckpointManager:
     def _snapshot(self, state: Mapping[str, Any], epoch: int) -> dict[str, Any]:
         if "epoch" in state and state["epoch"] != epoch:
             raise ValueError(f"save(epoch={epoch}) but state['epoch'] is {state['epoch']}")
-        snapshot = stamp(snapshot_state({**state, "epoch": epoch}, self._staging))
-        try:
-            check_weights_only_safe(snapshot)  # on the caller's thread: a bug surfaces at the line that caused it
-        except BaseException:
-            self._staging.give_back(snapshot)
-            raise
-        return snapshot
+        # Checked on the caller's thread: a value weights_only refuses fails at the line that saved it.
+        return stamp(snapshot_state({**state, "epoch": epoch}, self._staging, check_safe=True))
 
     def _write_and_release(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any]) -> None:
         try:

@@ -27,25 +27,32 @@ _SAFE_SEQUENCES = (list, tuple, set, torch.Size)
 _SAFE_LEAF_TYPES = frozenset(_SAFE_LEAVES)
 _SAFE_MAPPINGS = (dict, OrderedDict)
 _SAFE_KEY_LEAVES = (type(None), bool, int, float, str)
+_SAFE_KEY_TYPES = frozenset(_SAFE_KEY_LEAVES)
 # Private but used by torch's own optimisers since 2.1; looked up so that a torch without it still works.
 _foreach_copy = getattr(torch, "_foreach_copy_", None)
 _IMMUTABLE = tuple(kind for kind in _SAFE_LEAVES if kind is not bytearray)  # leaves that need no copy
 _IMMUTABLE_TYPES = frozenset(_IMMUTABLE)
 
 
-def snapshot_state(state: Mapping[str, Any], pool: StagingPool | None = None) -> dict[str, Any]:
+def snapshot_state(state: Mapping[str, Any], pool: StagingPool | None = None, *,
+                   check_safe: bool = False) -> dict[str, Any]:
     """A copy of `state` that later training steps cannot change.
 
-    Parts with `state_dict()` are converted by calling it; every tensor is detached and
-    copied to the CPU (tensors shared inside the state stay shared); containers are
-    rebuilt and other plain values deep-copied. With a `pool`, tensors are copied into
-    host tensors it keeps from earlier snapshots (see StagingPool).
+    Parts with `state_dict()` are converted by calling it; every tensor is copied to the
+    CPU (tensors shared inside the state stay shared); containers are rebuilt and other
+    plain values deep-copied. With a `pool`, tensors are copied into host tensors it keeps
+    from earlier snapshots (see StagingPool). With `check_safe`, raise the TypeError of
+    `check_weights_only_safe` instead of returning a snapshot that
+    `torch.load(weights_only=True)` would refuse.
     """
     pool = pool or StagingPool()
     copies = _Copies(pool)
     try:
-        snapshot = {key: _copy(_plain(value), copies) for key, value in state.items()}
-        copies.run()
+        with torch.no_grad():  # the copies are plain tensors: no detach() per tensor, no graph
+            snapshot = {key: _copy(_plain(value), copies) for key, value in state.items()}
+            copies.run()
+        if check_safe and copies.unvouched:
+            check_weights_only_safe(snapshot)  # the walk met a value it cannot vouch for: name it, if refused
     except BaseException:  # e.g. Ctrl+C mid-copy: what was taken goes back to the pool
         pool.give_back(copies.targets())
         raise
@@ -99,12 +106,16 @@ def _plain(value: Any) -> Any:
 
 
 def _copy(value: Any, copies: _Copies) -> Any:
+    # Also tells `copies` whether every value met is one the weights_only unpickler takes
+    # (`unvouched` otherwise), so that a save needs no second walk to check it.
     if isinstance(value, torch.Tensor):
         return copies.add(value)
     kind = type(value)
     if kind in _IMMUTABLE:
         return value
     if kind in _SAFE_MAPPINGS:
+        if not _SAFE_KEY_TYPES.issuperset(map(type, value)):
+            copies.unvouched = True
         copied = kind((key, _copy(item, copies)) for key, item in value.items())
         if hasattr(value, "_metadata"):  # nn.Module.state_dict() keeps per-module versions here
             copied._metadata = _copy_metadata(value._metadata)
@@ -114,6 +125,8 @@ def _copy(value: Any, copies: _Copies) -> Any:
             # e.g. Python's random state, 625 ints: one pass in C instead of a call per item.
             return value if kind is tuple else kind(value)
         return kind(_copy(item, copies) for item in value)
+    if kind not in _SAFE_LEAF_TYPES:
+        copies.unvouched = True
     return copy.deepcopy(value)
 
 
@@ -133,26 +146,25 @@ class _Copies:
         self._done: dict[int, torch.Tensor] = {}  # id(source) -> copy: a tensor met twice is copied once
         self._batched: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self._devices: set[torch.device] = set()
+        self.unvouched = False  # set by the walk: a value weights_only may refuse was met
 
     def add(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The host tensor that will hold `tensor`'s values once `run()` has returned."""
-        # Keyed by the state's own tensor, which lives through the walk (a detached view would
-        # not, and its id could come back for another tensor).
+        """The host tensor that will hold `tensor`'s values once `run()` has returned (call under no_grad)."""
+        # Keyed by the state's own tensor, which lives through the walk.
         done = self._done.get(id(tensor))
         if done is not None:
             return done
-        source = tensor.detach()
-        if source.layout != torch.strided or source.is_quantized:
-            target = source.to("cpu", copy=True)  # rare kinds: a plain copy, not pooled
+        if tensor.layout != torch.strided or tensor.is_quantized:
+            target = tensor.detach().to("cpu", copy=True)  # rare kinds: a plain copy, not pooled
         else:
-            target = self._pool.take(source)
-            if source.is_cpu:
+            target = self._pool.take(tensor)
+            if tensor.is_cpu:
                 self._batched[0].append(target)
-                self._batched[1].append(source)
+                self._batched[1].append(tensor)
             else:
                 # Pinned memory (see StagingPool) lets the device copy run without a bounce buffer.
-                target.copy_(source, non_blocking=target.is_pinned())
-                self._devices.add(source.device)
+                target.copy_(tensor, non_blocking=target.is_pinned())
+                self._devices.add(tensor.device)
         self._done[id(tensor)] = target
         return target
 
