@@ -13,7 +13,7 @@ from typing import Any
 from useg import training_state
 from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, lock_owner
 from useg.checkpoint.faults import kill_point, kill_point_named
-from useg.checkpoint.layout import LATEST_NAME
+from useg.checkpoint.layout import LATEST_NAME, is_resume_name
 from useg.checkpoint.loading import OpenCheckpoint
 from useg.checkpoint.policy import BestRule, mid_epoch_save_due
 from useg.config import TrainConfig
@@ -174,7 +174,7 @@ def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, pro
         if resume is None and manager.list():
             if not overwrite:
                 # Another trainer finished here between our check and our lock: never write over its run.
-                raise CheckpointError(f"{paths.checkpoints} already holds checkpoints; continue with --resume latest")
+                raise CheckpointError(already_holds(paths, sorted(paths.checkpoints.glob("*.pt"))))
             set_aside_checkpoints(paths, progress.warn)
             manager.forget_best()  # the best it read from disk was the old run's
     except BaseException:
@@ -192,12 +192,22 @@ def check_run_dir(paths: RunPaths, resume: str | None, overwrite: bool) -> None:
     if resume is not None or not existing:
         return
     if not overwrite:
-        raise CheckpointError(f"{paths.checkpoints} already holds {len(existing)} checkpoint(s); "
-                              "continue with --resume latest, or start afresh with --overwrite")
+        raise CheckpointError(already_holds(paths, existing))
     if is_locked(paths.checkpoints):
         owner = lock_owner(paths.checkpoints) or {}
         raise CheckpointError(f"{paths.root} is being trained by process {owner.get('pid', '?')}; "
                               "it cannot be overwritten now")
+
+
+def already_holds(paths: RunPaths, existing: list[Path]) -> str:
+    """Why a fresh run may not start in this folder, and what to do: resume only when there is a resume point."""
+    if any(is_resume_name(path.name) for path in existing):
+        return (f"{paths.checkpoints} already holds {len(existing)} checkpoint(s); "
+                "continue with --resume latest, or start afresh with --overwrite")
+    # e.g. a first epoch killed after best_model.pt was written but before latest
+    names = ", ".join(path.name for path in existing)
+    return (f"{paths.checkpoints} holds {names} but no checkpoint to resume from; start afresh with --overwrite "
+            "(it sets those files aside) or use another --run-dir")
 
 
 def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:

@@ -355,10 +355,12 @@ class Torture:
         return self.root / f"run_{next(self._folders):03d}"
 
     def command(self) -> list[str]:
-        """Resume when there is anything to resume from, else start the run again in the same folder."""
-        if has_checkpoint(self.run_dir):
+        """Resume when there is anything to resume from, else start the run again in the same folder
+        (over a lone best_model.pt, as the refusal says: a first epoch killed after best, before latest)."""
+        if resume_position(self.run_dir) is not None:
             return ["resume", "latest", "--run-dir", str(self.run_dir)]
-        return ["train", "--run-dir", str(self.run_dir), *RUN_FLAGS]
+        overwrite = ["--overwrite"] if has_checkpoint(self.run_dir) else []
+        return ["train", "--run-dir", str(self.run_dir), *RUN_FLAGS, *overwrite]
 
     def inject(self, kill: Kill) -> bool:
         """Run once with `kill`; True when the fault hit (False: the run finished first)."""

@@ -42,6 +42,24 @@ def test_kills_while_writes_lag_behind_training_lose_at_most_two_epochs(cli, ref
     assert ledger.total == 4 and max(ledger.lost_steps) <= MAX_LOST_STEPS
 
 
+def test_a_first_epoch_killed_after_best_was_written_says_to_start_afresh_not_to_resume(cli, reference_run,
+                                                                                         tmp_path, ledger):
+    run = tmp_path / "run"
+    assert RUN_FLAGS[-2:] == ["--save-every-steps", "2"]
+    flags = RUN_FLAGS[:-2]  # epoch saves only
+    killed = cli("train", "--run-dir", run, *flags, env={"USEG_KILL_AT": "after-sidecar:1"})  # best, before latest
+    ledger.faults["kill -9 after the first best_model.pt"] += 1
+    assert killed.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["best_model.pt"]
+    refused = cli("train", "--run-dir", run, *flags)
+    assert refused.returncode == 2 and refused.error_lines == [
+        f"error: {run / 'checkpoints'} holds best_model.pt but no checkpoint to resume from; start afresh with "
+        "--overwrite (it sets those files aside) or use another --run-dir"]
+    again = cli("train", "--run-dir", run, *flags, "--overwrite")
+    assert again.returncode == 0, again.stderr
+    assert (run / "checkpoints" / "latest_checkpoint.pt").exists()
+
+
 def test_kill_at_random_moments_then_resume_matches_uninterrupted_run(cli, reference_run, run_seconds, tmp_path,
                                                                       ledger):
     chance = random.Random(6)

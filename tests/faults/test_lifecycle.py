@@ -35,6 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from faultkit import RUN_FLAGS, SAVE_POINTS, Cli, Ledger, Result, checkpoints, has_checkpoint
 from useg.checkpoint import resolve_checkpoint, verify_checkpoint
+from useg.checkpoint.layout import is_resume_name
 from useg.errors import CheckpointError
 
 PLANNED_EPOCHS = 4  # RUN_FLAGS' --epochs; resume N --epochs 5 extends a run, --epochs 4 goes back
@@ -177,12 +178,14 @@ class Lifecycle(RuleBasedStateMachine):
         return sorted(self.folder().glob(pattern)) if self.folder().is_dir() else []
 
     def advance(self, env: dict[str, str] | None = None) -> Result:
-        """What a user does next: `useg train` in a folder without checkpoints, else `resume latest`."""
-        if has_checkpoint(self.run_dir):
+        """What a user does next: `useg train` in a folder without checkpoints (`--overwrite` over a
+        lone best_model.pt, as the refusal says), else `resume latest`."""
+        if any(is_resume_name(path.name) for path in self.files()):
             self.follow_the_resume_point()
             result = self.world.cli("resume", "latest", "--run-dir", self.run_dir, env=env)
         else:
-            result = self.world.cli("train", "--run-dir", self.run_dir, *RUN_FLAGS, env=env)
+            overwrite = ["--overwrite"] if self.files() else []
+            result = self.world.cli("train", "--run-dir", self.run_dir, *RUN_FLAGS, *overwrite, env=env)
             self.use(FRESH)
         self.acknowledge(result)
         return result
