@@ -22,8 +22,8 @@ from .faults import kill_point
 
 _WRITERS: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
 _exit_hook_registered = False
-# Measured with `python -m bench --only saves`: a save after every step of a default epoch cost
-# +2.9 % with the writer at normal priority and +0.3 % at nice 19 (2 cores, torch on both).
+# A save after every step of a default epoch (4 interleaved rounds, 2 cores, torch on both) cost
+# +2.9 % with the writer at normal priority and +0.3 % at nice 19; BENCHMARKS.md has the rest.
 LOW_PRIORITY_NICE = 19
 
 
