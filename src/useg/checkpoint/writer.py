@@ -190,7 +190,7 @@ def _finish_writes() -> None:
             # Nobody waited for this save (the program ended without close()): say so, never silently.
             error, writer._error = writer._error, None
             print(f"error: a checkpoint save failed and was never reported: {error}", file=sys.stderr)
-    # End the idle thread too, so that no thread of ours is left running while the interpreter
+    # End the idle threads too, so that no thread of ours is left running while the interpreter
     # and the libraries it loaded (gloo, OpenMP) shut down.
     for worker in list(_WORKERS.values()):
         if worker.pid == os.getpid() and worker.thread.is_alive():
