@@ -212,6 +212,18 @@ def test_start_option_on_a_run_asks_first_and_offers_to_resume_it(run, monkeypat
     assert out.rstrip().endswith("Total epochs (Enter keeps the run's total, 3):")  # option 2's question
 
 
+def test_start_option_on_a_lone_best_model_offers_only_to_start_afresh(tmp_path, monkeypatch, capsys):
+    run = train_tiny(tmp_path / "run", 1)
+    for path in (run / "checkpoints").glob("*.pt*"):
+        if not path.name.startswith("best_model.pt"):
+            path.unlink()  # what a first epoch killed after best, before latest, leaves
+    code, out = menu(monkeypatch, capsys, run, "1\nr\n\nq\n")
+    assert code == 0
+    assert f"{run / 'checkpoints'} holds best_model.pt but no checkpoint to resume from." in out
+    assert "resume it" not in out and "Type o, or Enter to go back (got 'r')" in out
+    assert "Config file" not in out  # Enter went back to the menu
+
+
 def test_start_option_asks_the_settings_of_a_run_and_checks_each(tmp_path, monkeypatch, capfd):
     import torch
 

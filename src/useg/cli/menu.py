@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from useg import manage
-from useg.checkpoint.layout import BEST_NAME, LATEST_NAME, checkpoints_folder
+from useg.checkpoint.layout import BEST_NAME, LATEST_NAME, checkpoints_folder, is_resume_name
 from useg.checkpoint.resume_points import ResumePoint, left_behind, resume_points
 from useg.cli import display
 from useg.errors import CheckpointError, UsegError
@@ -155,20 +155,26 @@ def existing_checkpoints(run_dir: str) -> list[Path]:
 
 
 def ask_about_existing_run(run_dir: str, console: Console) -> str | None:
-    """'resume', 'overwrite' or None (go back), asked before any other question."""
+    """'resume', 'overwrite' or None (go back), asked before any other question; resume only when it can."""
     folder = checkpoints_folder(run_dir)
-    say(console, f"{folder} already holds a run ({describe_latest(folder)}).")
-    say(console, "  r  resume it (as option 2)\n"
-                 "  o  start afresh: move its checkpoints and pictures to checkpoints_replaced_<time>/ "
-                 "(nothing is deleted; `useg checkpoints clean --replaced` removes such folders)")
-    choices = {"r": "resume", "o": "overwrite"}
+    afresh = ("  o  start afresh: move its checkpoints and pictures to checkpoints_replaced_<time>/ "
+              "(nothing is deleted; `useg checkpoints clean --replaced` removes such folders)")
+    files = existing_checkpoints(run_dir)
+    if any(is_resume_name(path.name) for path in files):
+        say(console, f"{folder} already holds a run ({describe_latest(folder)}).")
+        say(console, "  r  resume it (as option 2)\n" + afresh)
+        choices, prompt = {"r": "resume", "o": "overwrite"}, "Resume, overwrite, or Enter to go back? [r/o] "
+    else:  # e.g. a first epoch killed after best_model.pt was written but before latest
+        say(console, f"{folder} holds {', '.join(path.name for path in files)} but no checkpoint to resume from.")
+        say(console, afresh)
+        choices, prompt = {"o": "overwrite"}, "Overwrite, or Enter to go back? [o] "
 
     def parse(answer: str) -> str:
         if answer.lower() not in choices:
-            raise ValueError(f"Type r, o, or Enter to go back (got {answer!r}).")
+            raise ValueError(f"Type {', '.join(choices)}, or Enter to go back (got {answer!r}).")
         return choices[answer.lower()]
 
-    return ask_until_valid("Resume, overwrite, or Enter to go back? [r/o] ", parse, console)
+    return ask_until_valid(prompt, parse, console)
 
 
 def describe_latest(folder: Path) -> str:
