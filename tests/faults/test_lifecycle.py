@@ -458,8 +458,11 @@ class Lifecycle(RuleBasedStateMachine):
         if not self.folder().is_dir():
             return
         listed = self.world.cli("checkpoints", "list", "--json", "--run-dir", self.run_dir)
-        if listed.returncode == 2 and not [p for p in self.files("*.pt*") if not p.name.startswith(".")]:
-            return  # "no checkpoints yet": nothing is called valid
+        if listed.returncode == 2 and not [p for p in self.files("*.pt") if not p.name.startswith(".")]:
+            # Nothing is called valid. A pending sidecar may be left beside no file (a first save
+            # killed before its rename): it describes nothing, and the next locked command removes it.
+            assert "no checkpoints yet" in listed.stderr, listed.stderr[-3000:]
+            return
         assert listed.returncode == 0, listed.stderr[-3000:]
         for entry in json.loads(listed.stdout):
             if entry["valid"]:
