@@ -43,7 +43,8 @@ UNSTEADY_BASELINE = 2.0
 
 def run(settings: Settings) -> list[Section]:
     stall = Section("Checkpoint stall per save (time until save() returns)",
-                    "async `CheckpointManager.save()`", "sync `torch.save`")
+                    "async `CheckpointManager.save()` with `overlap_copies=True`, as `useg train` uses it",
+                    "sync `torch.save`")
     throughput = Section("Background writer throughput (durable bytes per second)",
                          "our writer", "`dd ... conv=fsync`")
     started = time.perf_counter()
@@ -82,11 +83,13 @@ def _fits(workdir: Path, nbytes: int) -> bool:
 def _measure(state: TrainingState, directory: Path, runs: int, warmup: int) -> tuple[dict[str, list[float]], int]:
     directory.mkdir(parents=True)
     sync_path, dd_path = directory / "sync.pt", directory / "dd.bin"
-    manager = CheckpointManager(directory / "checkpoints", total_epochs=10**6, periodic_percentages=(100,))
+    manager = CheckpointManager(directory / "checkpoints", total_epochs=10**6, periodic_percentages=(100,),
+                                overlap_copies=True)
     latest = directory / "checkpoints" / "latest_checkpoint.pt"
     epoch = iter(range(1, 10**6))
     writer_times: list[float] = []
     stalls: list[float] = []  # all of them: the first save of a run (a warm-up round) is reported too
+    fences: list[float] = []
 
     def settle() -> None:
         _settle([sync_path, dd_path, *latest.parent.glob("*.pt")])
@@ -102,6 +105,11 @@ def _measure(state: TrainingState, directory: Path, runs: int, warmup: int) -> t
         begin = time.perf_counter()
         manager.save(state.parts(), epoch=next(epoch))
         returned = time.perf_counter()
+        # The state holds no gradients, so this step changes nothing, but like a training loop's next
+        # step it waits for the copies save() left to the writer: with no forward and backward in
+        # between to hide them, this is the most a step can wait.
+        state.optimizer.step()
+        fences.append(time.perf_counter() - returned)
         manager.wait()
         writer_times.append(time.perf_counter() - returned)
         stalls.append(returned - begin)
@@ -119,6 +127,7 @@ def _measure(state: TrainingState, directory: Path, runs: int, warmup: int) -> t
         times = interleaved({"sync": sync_save, "async": async_save, "dd": dd}, runs, warmup)
         times["writer"] = writer_times[warmup:]
         times["first"] = stalls[:1]
+        times["fence"] = fences[warmup:]
         file_bytes = latest.stat().st_size
     finally:
         manager.close()
@@ -225,23 +234,28 @@ def _stall_reading(measured) -> list[str]:
             f"{size_mb} MiB: save() returns after {seconds(median(times['async']))}, {ratio:.1%} of a plain "
             f"torch.save ({_stall_verdict(times)}); that is {_gib_per_s(file_bytes, times['async'])} "
             f"copied against torch.save's {_gib_per_s(file_bytes, times['sync'])}. The first save of the run "
-            f"(a warm-up round, not in the median: it allocates the copies) took {seconds(times['first'][0])}.")
+            f"(a warm-up round, not in the median: it allocates the copies) took {seconds(times['first'][0])}. "
+            f"An optimizer.step() called at once after save() returned (no forward or backward in between to "
+            f"hide the copy) waited {seconds(median(times['fence']))} more: save() plus that wait is "
+            f"{(median(times['async']) + median(times['fence'])) / median(times['sync']):.1%} of torch.save, "
+            "the most a training step can lose to one save.")
     lines.append(
-        "The stall is the snapshot: every tensor is copied on the training thread so that the next "
-        "optimiser step cannot change what gets written; serialising, hashing and writing happen on the "
-        "writer thread. The copies go into host tensors the manager keeps from its previous save (handed "
-        "back once that save's write is done), in one batched `torch._foreach_copy_`, so after the first "
-        "save there is no allocation and no page fault: the stall of a large state is a memory copy at "
-        "memory bandwidth, so the ratio is the two rates above, copy against serialising into the page cache. "
-        "Small states are bound by fixed costs instead: state_dict() of model and optimiser, walking a few "
-        "hundred tensors and containers (the same walk checks what weights_only will accept), queueing the "
-        "job for the writer (long-lived threads, because starting a thread per save cost more than the whole "
-        "stall does now). "
-        "The spread of the 100 MiB row comes from rounds that run while the kernel is still freeing or "
-        "writing back the previous operation's file: torch splits the copy across both cores and waits for "
-        "the busier one. The baseline does not fsync, so its file may still be in the page cache only. On a 2-core "
-        "machine the writer thread also competes with training for a core (and for the GIL while torch.save "
-        "pickles) while it runs; that cost is not in this number."
+        "The stall is state_dict() of model and optimiser and one walk of the state: it copies on the "
+        "training thread every tensor that something other than the optimiser's step() may change (buffers, "
+        "anything not owned by an Optimizer part), and leaves the copies of the optimiser's tensors (the "
+        "weights it updates and its moments) to the writer thread, which takes them first, while the next "
+        "forward and backward run; the optimiser's next step() waits for them, or takes them itself when "
+        "the writer has not started (a step pre-hook), and a change to them outside step() in that window "
+        "fails the save rather than write a state that never existed. Serialising, hashing and writing "
+        "follow on the writer thread. The copies go into host tensors the manager keeps from its previous "
+        "save (handed back once that save's write is done), in one batched `torch._foreach_copy_`, so after "
+        "the first save there is no allocation and no page fault: the copy is a memory copy at memory "
+        "bandwidth. The fixed costs that remain are walking a few hundred tensors and containers (the same "
+        "walk checks what weights_only will accept) and queueing the job for the writer (long-lived threads, "
+        "because starting a thread per save cost more than the whole stall does now). The baseline does "
+        "not fsync, so its file may still be in the page cache only. On a 2-core machine the writer thread "
+        "also competes with training for a core (and for the GIL while torch.save pickles) while it runs; "
+        "that cost is not in this number (the per-step overhead rows measure it)."
     )
     return lines
 

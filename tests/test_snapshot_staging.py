@@ -73,7 +73,7 @@ def test_checkpoint_of_staged_tensors_loads_back_equal(tmp_path):
 
 
 def test_snapshot_is_exact_without_torch_foreach_copy_too(monkeypatch):
-    monkeypatch.setattr("useg.checkpoint.state._foreach_copy", None)
+    monkeypatch.setattr("useg.checkpoint.overlap._foreach_copy", None)
     sources = {"w": torch.randn(LARGE).t(), "b": torch.arange(7), "step": torch.tensor(3.0)}
     snapshot = snapshot_state({"s": sources})
     for name, tensor in sources.items():

@@ -169,7 +169,7 @@ def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, pro
     manager = CheckpointManager(paths.checkpoints, total_epochs=cfg.epochs,
                                 periodic_percentages=tuple(cfg.periodic_percentages), lock=True, warn=progress.warn,
                                 best_metric=BEST.metric, mode=BEST.mode,
-                                best_exclude=training_state.TRAINING_ONLY_KEYS)
+                                best_exclude=training_state.TRAINING_ONLY_KEYS, overlap_copies=True)
     try:
         if resume is None and manager.list():
             if not overwrite:

@@ -83,12 +83,15 @@ def build_training_state(*, position: TrainingPosition, cfg: TrainConfig, world_
                          rng_per_rank: list[dict[str, Any]],
                          model_config: dict[str, Any], split: dict[str, Any], classes: list[str],
                          log_file: str) -> dict[str, Any]:
-    """The full state a checkpoint holds, after `position.epoch` completed epochs."""
+    """The full state a checkpoint holds, after `position.epoch` completed epochs (the
+    optimizer as a part: `CheckpointManager.save` calls its state_dict())."""
     return {
         EPOCH: position.epoch,
         STEP: position.step,
         MODEL: model.state_dict(),
-        OPTIMIZER: optimizer.state_dict(),
+        # The optimizer itself, not its state_dict(): the checkpoint manager then copies its tensors
+        # while the next forward and backward run, and its next step() waits for the copy.
+        OPTIMIZER: optimizer,
         SCHEDULER: scheduler.state_dict(),
         GRAD_SCALER: grad_scaler,
         SKIPPED_STEPS: skipped_steps,

@@ -18,12 +18,13 @@ from .layout import BEST_NAME, LATEST_NAME, periodic_name
 from .listing import CheckpointInfo, checkpoint_info, list_checkpoints
 from .loading import OpenCheckpoint, Which, checkpoint_path, load_verified, open_resolved
 from .lock import RunLock, acquire_run_lock, lock_owner
+from .overlap import DeferredCopy
 from .policy import DEFAULT_PERCENTAGES, MID_EPOCH_KINDS, BestRule, SavePlan, checked_metrics, periodic_epochs
 from .policy import plan_save
 from .resume_points import resume_points
 from .publish import finalize_pending_sidecars, publish_link, publish_state, remove_orphan_sidecars
 from .retention import CleanPlan, clean_checkpoints, plan_clean
-from .state import StagingPool, snapshot_state, stamp
+from .state import StagingPool, snapshot_state, snapshot_state_overlapped, stamp
 from .writer import BackgroundWriter
 
 # What best_model.pt leaves out unless told otherwise: the parts only resuming needs, under the
@@ -53,14 +54,23 @@ class CheckpointManager:
 
     `best_metric` / `mode` ("max": higher is better, "min": lower) are the only notion of
     best: a save whose metrics hold a strictly better value of `best_metric` writes best_model.pt.
+
+    With `overlap_copies=True` (what `useg train` uses) save() returns before the tensors of an
+    Optimizer part are copied: the writer copies them (the optimizer's state and its parameters,
+    wherever the state holds them) while the loop runs its next forward and backward, and that
+    optimizer's next step() waits for the copy. Until that step, change those tensors only through
+    it: a save whose tensors changed in place before they were copied fails (nothing is written)
+    instead of holding a state that never existed. By default everything is copied before save()
+    returns.
     """
 
     def __init__(self, directory: str | os.PathLike, total_epochs: int,
                  periodic_percentages: Iterable[int] = DEFAULT_PERCENTAGES, *, best_metric: str = "val_dice",
                  mode: str = "max", async_save: bool = True, lock: bool = True,
                  warn: Callable[[str], None] | None = None,
-                 best_exclude: Iterable[str] = DEFAULT_BEST_EXCLUDE) -> None:
+                 best_exclude: Iterable[str] = DEFAULT_BEST_EXCLUDE, overlap_copies: bool = False) -> None:
         self.directory = Path(directory)
+        self.overlap_copies = overlap_copies
         self.periodic_percentages = tuple(periodic_percentages)
         self.total_epochs = total_epochs  # validates both
         try:
@@ -138,7 +148,10 @@ class CheckpointManager:
         plan = plan_save(kind, epoch, value, self.best_value, self.scheduled_epochs, self.best_rule)
         if self._writer is not None:
             self._writer.drop_pending()  # superseded by this newer state; the snapshot reuses its host copies
-        snapshot = self._snapshot(state, epoch)
+        # Copies of the optimizer's tensors are left to the writer (overlap.py), except in a save
+        # that will wait as the pending one: a newer save may drop it and reuse its host copies.
+        overlap = self.overlap_copies and self._writer is not None and not (routine and self._writer.busy)
+        snapshot, later = self._snapshot(state, epoch, overlap)
         if plan.best:
             self.best_value, self.best_epoch = value, epoch
         self._seq += 1
@@ -146,7 +159,7 @@ class CheckpointManager:
         if self._writer is None:
             self._write_and_release(snapshot, plan, fields)
         else:
-            self._writer.submit(lambda: self._write_and_release(snapshot, plan, fields), coalesce=routine,
+            self._writer.submit(lambda: self._write_and_release(snapshot, plan, fields, later), coalesce=routine,
                                 discard=lambda: self._staging.give_back(snapshot))
         self.saves_asked += 1
 
@@ -184,14 +197,23 @@ class CheckpointManager:
         if self._writer is not None:
             self._writer.check()
 
-    def _snapshot(self, state: Mapping[str, Any], epoch: int) -> dict[str, Any]:
+    def _snapshot(self, state: Mapping[str, Any], epoch: int,
+                  overlap: bool) -> tuple[dict[str, Any], DeferredCopy | None]:
         if "epoch" in state and state["epoch"] != epoch:
             raise ValueError(f"save(epoch={epoch}) but state['epoch'] is {state['epoch']}")
         # Checked on the caller's thread: a value weights_only refuses fails at the line that saved it.
-        return stamp(snapshot_state({**state, "epoch": epoch}, self._staging, check_safe=True))
+        state = {**state, "epoch": epoch}
+        if overlap:
+            snapshot, later = snapshot_state_overlapped(state, self._staging, check_safe=True)
+        else:
+            snapshot, later = snapshot_state(state, self._staging, check_safe=True), None
+        return stamp(snapshot), later
 
-    def _write_and_release(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any]) -> None:
+    def _write_and_release(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any],
+                           later: DeferredCopy | None = None) -> None:
         try:
+            if later is not None:
+                later.take()  # first: the optimizer's next step() is waiting for these copies
             self._write(snapshot, plan, fields)
         finally:
             self._staging.give_back(snapshot)  # written or failed, nothing reads these copies again

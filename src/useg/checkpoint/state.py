@@ -19,6 +19,7 @@ import torch
 import useg
 
 from .layout import FORMAT_VERSION
+from .overlap import DeferredCopy, copy_tensors, optimizer_owned
 from .walk import leaves
 
 # Leaves the weights_only unpickler rebuilds without any non-allow-listed global.
@@ -28,8 +29,6 @@ _SAFE_LEAF_TYPES = frozenset(_SAFE_LEAVES)
 _SAFE_MAPPINGS = (dict, OrderedDict)
 _SAFE_KEY_LEAVES = (type(None), bool, int, float, str)
 _SAFE_KEY_TYPES = frozenset(_SAFE_KEY_LEAVES)
-# Private but used by torch's own optimisers since 2.1; looked up so that a torch without it still works.
-_foreach_copy = getattr(torch, "_foreach_copy_", None)
 _IMMUTABLE = tuple(kind for kind in _SAFE_LEAVES if kind is not bytearray)  # leaves that need no copy
 _IMMUTABLE_TYPES = frozenset(_IMMUTABLE)
 
@@ -45,8 +44,23 @@ def snapshot_state(state: Mapping[str, Any], pool: StagingPool | None = None, *,
     `check_weights_only_safe` instead of returning a snapshot that
     `torch.load(weights_only=True)` would refuse.
     """
+    return _snapshot(state, pool, check_safe, overlap=False)[0]
+
+
+def snapshot_state_overlapped(state: Mapping[str, Any], pool: StagingPool | None = None, *,
+                              check_safe: bool = False) -> tuple[dict[str, Any], DeferredCopy | None]:
+    """`snapshot_state`, except that the CPU tensors an Optimizer part changes in step() (its
+    parameters, wherever they appear in the state, and its own state) are left to the returned
+    DeferredCopy: its `take()` fills them in, and that optimizer's next step() waits for it
+    (see overlap.py). None when there is nothing to defer."""
+    return _snapshot(state, pool, check_safe, overlap=True)
+
+
+def _snapshot(state: Mapping[str, Any], pool: StagingPool | None, check_safe: bool,
+              overlap: bool) -> tuple[dict[str, Any], DeferredCopy | None]:
     pool = pool or StagingPool()
-    copies = _Copies(pool)
+    optimizers = [value for value in state.values() if isinstance(value, torch.optim.Optimizer)] if overlap else []
+    copies = _Copies(pool, optimizer_owned(optimizers))
     try:
         with torch.no_grad():  # the copies are plain tensors: no detach() per tensor, no graph
             snapshot = {key: _copy(_plain(value), copies) for key, value in state.items()}
@@ -56,7 +70,8 @@ def snapshot_state(state: Mapping[str, Any], pool: StagingPool | None = None, *,
     except BaseException:  # e.g. Ctrl+C mid-copy: what was taken goes back to the pool
         pool.give_back(copies.targets())
         raise
-    return snapshot
+    targets, sources = copies.deferred
+    return snapshot, DeferredCopy(targets, sources, optimizers) if targets else None
 
 
 def check_weights_only_safe(value: Any, where: str = "") -> None:
@@ -141,10 +156,12 @@ def _copy_metadata(metadata: Any) -> Any:
 class _Copies:
     """The tensor copies of one snapshot, collected during the walk and then done together."""
 
-    def __init__(self, pool: StagingPool) -> None:
+    def __init__(self, pool: StagingPool, deferrable: set[int]) -> None:
         self._pool = pool
+        self._deferrable = deferrable  # data_ptr() of CPU tensors whose copy may wait (see DeferredCopy)
         self._done: dict[int, torch.Tensor] = {}  # id(source) -> copy: a tensor met twice is copied once
         self._batched: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self.deferred: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self._devices: set[torch.device] = set()
         self.unvouched = False  # set by the walk: a value weights_only may refuse was met
 
@@ -159,8 +176,10 @@ class _Copies:
         else:
             target = self._pool.take(tensor)
             if tensor.is_cpu:
-                self._batched[0].append(target)
-                self._batched[1].append(tensor)
+                later = self._deferrable and tensor.data_ptr() in self._deferrable
+                batch = self.deferred if later else self._batched
+                batch[0].append(target)
+                batch[1].append(tensor)
             else:
                 # Pinned memory (see StagingPool) lets the device copy run without a bounce buffer.
                 target.copy_(tensor, non_blocking=target.is_pinned())
@@ -173,13 +192,8 @@ class _Copies:
         return list(self._done.values())
 
     def run(self) -> None:
-        """Do the CPU copies in one batched call; wait for device copies still in flight."""
-        targets, sources = self._batched
-        if targets and _foreach_copy is not None:
-            _foreach_copy(targets, sources)  # one dispatch instead of one per tensor
-        else:
-            for target, source in zip(targets, sources):
-                target.copy_(source)
+        """Do the CPU copies that may not wait in one batched call; wait for device copies still in flight."""
+        copy_tensors(*self._batched)
         for device in self._devices:
             if device.type == "cuda":
                 torch.cuda.current_stream(device).synchronize()
