@@ -289,5 +289,10 @@ def _throughput_reading(measured, parts: dict[str, float]) -> list[str]:
             "`discard` mount option, see Machine, trims freed blocks). So the writer's time is about sha256 + "
             "freeing, against dd's write + freeing, which bounds the ratio on this machine; the spread across "
             "runs comes from the virtual disk. A periodic save that "
-            "shares its bytes with latest is written and hashed once (latest is a hard link).")
+            "shares its bytes with latest is written and hashed once (latest is a hard link). The writer's "
+            "time also holds the copies of the optimiser's tensors that save() leaves to it (the fence time in "
+            "the stall table), so it is not comparable with reports from before those copies moved off the "
+            "training thread; save() + step + wait() measured the same with those copies left to the writer "
+            "and without (medians 223 ms and 220 ms at 100 MiB, 7 interleaved rounds by a one-off script, "
+            "2026-12-03).")
     return lines
