@@ -294,5 +294,6 @@ def _throughput_reading(measured, parts: dict[str, float]) -> list[str]:
             "the stall table), so it is not comparable with reports from before those copies moved off the "
             "training thread; save() + step + wait() measured the same with those copies left to the writer "
             "and without (medians 223 ms and 220 ms at 100 MiB, 7 interleaved rounds by a one-off script, "
-            "2026-12-03).")
+            "2026-12-03). Those totals also put the writer without overlapped copies at about 50% of dd on this day's "
+            "disk (the 82% of 2026-12-02 was measured without them), so the lower ratio here is not the overlap.")
     return lines
