@@ -87,9 +87,10 @@ def write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int],
 
 
 def _write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int], None],
-                mode: int = FILE_MODE) -> Path:
+                mode: int = FILE_MODE, sync: bool = True) -> Path:
     """`write_temp` with its OSErrors as they are, for callers that explain them their own way.
-    mkstemp creates the file 0600, so a narrower `mode` holds from the first byte written."""
+    mkstemp creates the file 0600, so a narrower `mode` holds from the first byte written.
+    `sync=False` skips the fsync (caches: losing one after a power cut costs a recomputation)."""
     fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=TEMP_SUFFIX)
     try:
         _preallocate(fd, size_hint)
@@ -100,13 +101,25 @@ def _write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int]
         os.fchmod(fd, mode)
         # A failed fsync is not retried: the kernel may already have dropped the dirty
         # pages, so a second fsync can "succeed" over lost data (PostgreSQL's fsyncgate).
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         remove_quietly(Path(temp))
         raise
     os.close(fd)
     return Path(temp)
+
+
+def atomic_write_cache(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Replace `path` with `data` atomically (readers see the old or the new file) but without fsync,
+    for caches; `mode` whatever the umask. OSErrors are left to the caller, which may ignore them."""
+    temp = _write_temp(path.parent, path.name, len(data), lambda fd: write_all(fd, data), mode, sync=False)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        remove_quietly(temp)
+        raise
 
 
 def replace_durably(temp: Path, final: Path) -> None:

@@ -8,7 +8,6 @@ the pickle would import (torch's static disassembly), nothing more.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .atomic import FILE_MODE, atomic_write_cache
 from .layout import VERIFIED_CACHE_NAME, pending_path, sidecar_path
 
 STATUSES = ("ok", "corrupt", "missing-checksum", "missing", "unsafe")
@@ -70,9 +70,11 @@ def verify_checkpoint(path: str | os.PathLike) -> VerifyResult:
     """Check a checkpoint against its sidecar and for unsafe pickle globals; never runs the pickle."""
     result, handle = open_verified(path)
     if handle is not None:
+        # The stat of the bytes hashed, not of whatever the name holds now (a writer may have replaced it).
+        hashed = os.fstat(handle.fileno())
         handle.close()
         if result.metadata is not None:
-            remember_verified(Path(path), result.metadata["sha256"])
+            _remember(Path(path), _cache_entry(hashed, result.metadata["sha256"]))
     return result
 
 
@@ -108,40 +110,74 @@ def known_verified(path: str | os.PathLike) -> VerifyResult | None:
     Any write to the file changes its mtime and so drops it from here; decay of the disk
     under an unchanged mtime is caught only by `verify_checkpoint`, which `useg checkpoints
     verify`, resume and clean always use.
+
+    A writer may replace the file while this reads: the file is looked at first and again
+    last, and the reads are retried when it changed in between, so that a match is never
+    made from the sidecar or cache entry of other bytes and a just-published file is not
+    reported unknown because its entry was read before it existed.
     """
     path = Path(path)
-    candidates, _ = _sidecar_candidates(path)
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        return None
-    known = _read_cache(path.parent).get(path.name)
-    for sidecar in candidates:
-        if known == _cache_entry(stat, sidecar["sha256"]) and sidecar["size_bytes"] == stat.st_size:
-            return VerifyResult(path, "ok", "", sidecar)
+    for _ in range(_RETRIES_WHEN_REPLACED):
+        before = _stat(path)
+        if before is None:
+            return None
+        candidates, _ = _sidecar_candidates(path)
+        entries = _cached_entries(path.parent, path.name)
+        for sidecar in candidates:
+            if _cache_entry(before, sidecar["sha256"]) in entries and sidecar["size_bytes"] == before.st_size:
+                return VerifyResult(path, "ok", "", sidecar)
+        if _same_file(_stat(path), before):
+            return None  # nothing changed while reading: these bytes are not known
     return None
 
 
-def remember_verified(path: Path, sha256: str) -> None:
-    """Record that the bytes now at `path` hash to `sha256` and are safe (a cache: failures are ignored)."""
+def remember_verified(path: Path, sha256: str, written: Path | None = None) -> None:
+    """Record that the bytes now at `path` hash to `sha256` and are safe (a cache: failures are ignored).
+
+    `written`: a complete temp file about to be renamed onto `path` (a rename keeps its size and
+    mtime). Recorded before the rename, the entry exists before any listing can see the new file;
+    the entry of the file still at `path` is kept beside it until then.
+    """
     try:
-        stat = os.stat(path)
-        live = {entry.name for entry in os.scandir(path.parent)}  # drop entries of deleted files
-        cache = {name: entry for name, entry in _read_cache(path.parent).items() if name in live}
-        cache[path.name] = _cache_entry(stat, sha256)
-        temp = path.parent / f".{VERIFIED_CACHE_NAME}.{os.getpid()}.tmp"
+        entry = _cache_entry(os.stat(written or path), sha256)
     except OSError:
         return
+    _remember(path, entry)
+
+
+def _remember(path: Path, entry: dict[str, Any]) -> None:
     try:
-        temp.write_text(json.dumps(cache), encoding="utf-8")
-        os.replace(temp, path.parent / VERIFIED_CACHE_NAME)  # no fsync: losing the cache costs a re-hash
+        live = {item.name for item in os.scandir(path.parent)}  # drop entries of deleted files
+        cache = {name: value for name, value in _read_cache(path.parent).items() if name in live}
+        now = _stat(path)
+        kept = [old for old in _entries(cache.get(path.name))
+                if now is not None and _describes(old, now) and _key(old) != _key(entry)]
+        cache[path.name] = entry if not kept else [entry, kept[0]]
+        atomic_write_cache(path.parent / VERIFIED_CACHE_NAME, json.dumps(cache).encode("utf-8"), FILE_MODE)
     except OSError:
-        with contextlib.suppress(OSError):
-            temp.unlink()
+        pass  # losing the cache costs a re-hash; it is written without fsync for the same reason
 
 
 def _cache_entry(stat: os.stat_result, sha256: str) -> dict[str, Any]:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+
+
+def _key(entry: dict[str, Any]) -> tuple:
+    return entry.get("size"), entry.get("mtime_ns")
+
+
+def _describes(entry: dict[str, Any], stat: os.stat_result) -> bool:
+    return _key(entry) == (stat.st_size, stat.st_mtime_ns)
+
+
+def _cached_entries(directory: Path, name: str) -> list[dict[str, Any]]:
+    return _entries(_read_cache(directory).get(name))
+
+
+def _entries(value: Any) -> list[dict[str, Any]]:
+    # One entry per name; two while a replacement is being published (the file there and the next one).
+    values = value if isinstance(value, list) else [value]
+    return [entry for entry in values if isinstance(entry, dict)]
 
 
 def _read_cache(directory: Path) -> dict[str, Any]:
@@ -150,6 +186,18 @@ def _read_cache(directory: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return cache if isinstance(cache, dict) else {}
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _same_file(a: os.stat_result | None, b: os.stat_result | None) -> bool:
+    identity = lambda s: None if s is None else (s.st_dev, s.st_ino, s.st_size, s.st_mtime_ns)  # noqa: E731
+    return identity(a) == identity(b)
 
 
 def unsafe_globals(handle: BinaryIO) -> list[str]:
@@ -202,9 +250,11 @@ def _check_pickle(path: Path, handle: BinaryIO, metadata: dict | None) -> Verify
 
 def _sidecar_candidates(path: Path) -> tuple[list[dict[str, Any]], str]:
     # The final sidecar first; a pending one (an unfinished save, see publish.py) may describe
-    # the file instead when the process died between the two renames.
-    sidecar, problem = read_sidecar(sidecar_path(path))
+    # the file instead when the process died between the two renames. The pending one is read
+    # first: a writer renames it onto the final name, so read the other way round, a save
+    # finishing between the two reads would leave neither describing the new file.
     pending, _ = read_sidecar(pending_path(path))
+    sidecar, problem = read_sidecar(sidecar_path(path))
     return [c for c in (sidecar, pending) if c is not None], problem
 
 
