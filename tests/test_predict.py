@@ -221,7 +221,7 @@ def test_bad_input_is_one_line_and_exit_2(problem, expected, run, support_folder
 
 def test_output_over_an_input_is_refused(run, support_folder, inputs, capsys):
     code = predict(run, "--support", str(support_folder), "--images", str(inputs), "--out", str(inputs))
-    assert code == 2 and "would overwrite an input" in error_line(capsys)
+    assert code == 2 and "would overwrite an input image" in error_line(capsys)
 
 
 def test_checkpoint_whose_weights_do_not_fit_its_config_is_refused(run, support_folder, inputs, tmp_path, capsys):

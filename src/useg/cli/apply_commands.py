@@ -45,9 +45,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--support", required=True, metavar="DIR",
                          help="folder of images + masks in any layout training accepts")
     predict.add_argument("--images", required=True, nargs="+", metavar="PATH",
-                         help="image files and/or folders of images")
+                         help="image files and/or folders of images, in any format training reads (2-D images or "
+                              "3-D NIfTI/DICOM volumes)")
     predict.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
-    predict.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    predict.add_argument("--overlay", action="store_true",
+                         help="also write <stem>_overlay.png (a volume: <stem>_slice000_overlay.png per slice)")
     predict.add_argument("--classes", metavar="A,B",
                          help="comma-separated classes to predict (default: every support class)")
     predict.add_argument("--label", metavar="K[,K...]",
@@ -57,6 +59,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--ensembles", metavar="K", default="1",
                          help="average the probabilities of K seeded support draws (default 1)")
     predict.add_argument("--seed", type=int, metavar="N", help="seed of the support draws (default: the run's seed)")
+    predict.add_argument("--slice-axis", type=int, metavar="AXIS",
+                         help="axis along which 3-D volumes (inputs and supports) are cut into slices: 0, 1 or 2 "
+                              "(default: the run's, else 2); a volume's masks are one .nii.gz each")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="allow writing over support files (masks, classes.json) and ground truth in --out; "
+                              "input images are never written over")
     predict.set_defaults(handler=cmd_predict)
 
 
@@ -116,21 +124,25 @@ def data_flags(args: argparse.Namespace) -> dict:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from useg.checkpoint.atomic import explain_file_errors
+    from useg.config import check_value
     from useg.predict import check_outputs, input_files, load_supports, load_trained, write_label_names
 
     trained = load_trained(args.run_dir, args.checkpoint)
     size = None if args.support_size is None else one_number(args.support_size, "--support-size")
-    flags = data_flags(args)
+    axis = check_value("slice_axis", trained.config.get("slice_axis", 2) if args.slice_axis is None
+                       else args.slice_axis)  # volumes are cut as the run was trained on them
+    flags = {**data_flags(args), "slice_axis": axis}
     sets, multi_class = load_supports(trained, args.support, flags.pop("classes", None), size, options=flags,
                                       seed=args.seed, ensembles=one_number(args.ensembles, "--ensembles"))
-    files = input_files(args.images)
+    files = input_files(args.images, axis)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the masks")
+    check_outputs(files, sets, out, multi_class=multi_class, overlay=args.overlay, support=args.support,
+                  overwrite=args.overwrite)  # before anything is written
     with explain_file_errors(out, then="run useg predict again"):
         out.mkdir(parents=True, exist_ok=True)
-    check_outputs(files, sets, out, multi_class)
-    written = predict_all(trained, files, sets, out, multi_class, args.overlay)
+    written = predict_all(trained, files, sets, out, multi_class, args.overlay, axis)
     written += write_label_names(out, sets) is not None
     draws = f", {len(sets[0].images)} support draws averaged" if len(sets[0].images) > 1 else ""
     used = ", ".join(f"{s.cls} (S={s.size})" for s in sets) + draws
@@ -138,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_all(trained, files, sets, out: Path, multi_class: bool, overlay: bool) -> int:
+def predict_all(trained, files, sets, out: Path, multi_class: bool, overlay: bool, slice_axis: int = 2) -> int:
     """Segment every input, with a progress bar on a terminal; returns the number of files written."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -148,6 +160,7 @@ def predict_all(trained, files, sets, out: Path, multi_class: bool, overlay: boo
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     written = 0
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        for path in bar.track(files):
-            written += len(predict_file(trained, path, sets, out, multi_class=multi_class, overlay=overlay))
+        for item in bar.track(files):
+            written += len(predict_file(trained, item, sets, out, multi_class=multi_class, overlay=overlay,
+                                        slice_axis=slice_axis))
     return written
