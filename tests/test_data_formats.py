@@ -271,6 +271,48 @@ def test_a_very_large_image_gives_no_raw_pillow_warning(tmp_path: Path, monkeypa
         warnings.simplefilter("error")
         assert len(load_dataset(root, image_size=16)) == 1
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # over twice the limit: refused, with the limit named
-    with pytest.raises(DataError, match=r"^image big\.png is too large to read \(1600 pixels, over the limit of "
+    # The masks are surveyed first, so the mask of the pair is the file named.
+    with pytest.raises(DataError, match=r"^mask big\.png is too large to read \(1600 pixels, over the limit of "
                                         r"1000\); downscale it first$"):
         load_dataset(root, image_size=16)
+
+
+def test_an_empty_or_truncated_mask_is_named_as_the_mask_not_the_image(tmp_path: Path) -> None:
+    root = make_dirs(tmp_path / "broken")
+    noisy = np.random.default_rng(0).integers(0, 2, (64, 64)).astype(np.uint8) * 255  # compresses badly
+    for name in ("s1", "s5"):
+        Image.fromarray(np.full((64, 64), 80, dtype=np.uint8)).save(root / "images" / f"{name}.png")
+        Image.fromarray(noisy).save(root / "masks" / f"{name}.png")
+    good = (root / "masks" / "s5.png").read_bytes()
+    (root / "masks" / "s5.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"^cannot read mask s5\.png \(the file is empty: 0 bytes\); replace or "
+                                        r"remove the file$"):
+        load_dataset(root, image_size=16)
+    (root / "masks" / "s5.png").write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match=r"^cannot read mask s5\.png \(image file is truncated\)"):
+        load_dataset(root, image_size=16)
+    (root / "masks" / "s5.png").write_bytes(good)
+    (root / "images" / "s5.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"^cannot read image s5\.png \(the file is empty: 0 bytes\)"):
+        load_dataset(root, image_size=16)
+    (root / "images" / "s5.png").unlink()
+    (root / "masks" / "s5.png").unlink()
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(root / "images" / "scan.png")
+    for mask in ("scan.nii.gz", "scan.dcm"):
+        (root / "masks" / mask).write_bytes(b"")
+        with pytest.raises(DataError, match=rf"^cannot read mask {mask.replace('.', '[.]')} as (NIfTI|DICOM) \("):
+            load_dataset(root, image_size=16)
+        (root / "masks" / mask).unlink()
+
+
+def test_floating_point_masks_are_labels_when_whole_and_thresholded_at_one_half_when_fractional(tmp_path):
+    root = make_dirs(tmp_path / "float")
+    soft = np.zeros((16, 16), dtype=np.float32)
+    soft[4:12, 4:12] = 0.8  # a probability map
+    soft[4:12, 2:4] = 0.3
+    Image.fromarray(soft, mode="F").save(root / "masks" / "p.tif")
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(root / "images" / "p.png")
+    ds = load_dataset(root, image_size=16)
+    assert ds.classes == ["foreground"] and ds.masks[0, 0].sum() == 64  # 0.8 kept, 0.3 dropped (was all 0)
+    Image.fromarray(np.where(soft > 0.5, 2.0, 0.0).astype(np.float32), mode="F").save(root / "masks" / "p.tif")
+    assert load_dataset(root, image_size=16, label=2).masks[0, 0].sum() == 64

@@ -113,3 +113,80 @@ def test_the_data_line_says_how_classes_and_patients_were_found(tmp_path: Path) 
     assert line.startswith("Data: folders, 5 images of 5 patients, classes label_128, label_255;")
     assert "patients: one per file" in line and "label map: one class per mask value" in line
     assert "ignored mask values 7" in line and "\n" not in line
+
+
+# ---------------------------------------------------------------- many values: instance maps and soft masks
+
+
+def instance_masks(root: Path, ids_per_mask: list[int], dtype=np.uint16) -> tuple[Path, list[np.ndarray]]:
+    """Cell-like instance maps: mask k holds ids 1..ids_per_mask[k], one 2x2 cell each on a 3-pixel grid."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    stored = []
+    for number, count in enumerate(ids_per_mask):
+        ids = np.zeros((64, 64), dtype=dtype)
+        for cell in range(count):
+            row, column = divmod(cell, 21)
+            ids[3 * row:3 * row + 2, 3 * column:3 * column + 2] = cell + 1
+        Image.fromarray(np.full((64, 64), 30 * number, dtype=np.uint8)).save(root / "images" / f"m{number}.png")
+        Image.fromarray(ids).save(root / "masks" / f"m{number}.png")
+        stored.append(ids)
+    return root, stored
+
+
+def test_16_bit_instance_masks_train_as_one_foreground_class_and_the_data_line_says_so(tmp_path: Path) -> None:
+    from useg.data import split_by_patient
+    from useg.run_log import describe_data
+
+    # Labels 1..300 (cells) in 16-bit PNG; one image has few cells, which must not make them classes.
+    root, stored = instance_masks(tmp_path / "cells", [300, 300, 12, 300])
+    ds = load_dataset(root, image_size=64)
+    assert ds.classes == ["foreground"] and len(ds) == 4
+    assert all((ds.masks[i, 0] == (ids != 0)).all() for i, ids in enumerate(stored))
+    assert (ds.read_native_masks(2)[0] == (stored[2] != 0)).all()  # evaluation reads the same rule
+    line = describe_data(ds, split_by_patient(ds, seed=0), val_tasks=1)
+    assert "masks: instance/label maps with up to 300 values, any non-zero is foreground" in line
+    picked = load_dataset(root, image_size=64, label=[5, 250])  # --label still picks values
+    assert picked.classes == ["label_5", "label_250"]
+    assert (picked.masks[0, 0] == (stored[0] == 5)).all() and picked.masks[0, 1].sum() == 4
+    assert "classes from --label (5=label_5, 250=label_250)" in picked.notes
+
+
+def test_8_bit_instance_maps_and_folders_with_too_many_values_for_classes_are_instances(tmp_path: Path) -> None:
+    root, stored = instance_masks(tmp_path / "eight", [100, 60], dtype=np.uint8)  # ids under 128 of 255
+    ds = load_dataset(root, image_size=64)
+    assert ds.classes == ["foreground"] and (ds.masks[1, 0] == (stored[1] != 0)).all()
+    # No mask over 32 values, but 45 in the folder: too many to be classes (was refused).
+    spread = tmp_path / "spread"
+    (spread / "images").mkdir(parents=True)
+    (spread / "masks").mkdir()
+    for number in range(3):
+        ids = np.zeros((32, 32), dtype=np.uint8)
+        for cell in range(15):
+            ids[2 * cell:2 * cell + 2, 4 * number:4 * number + 3] = 15 * number + cell + 1
+        Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(spread / "images" / f"s{number}.png")
+        Image.fromarray(ids).save(spread / "masks" / f"s{number}.png")
+    many = load_dataset(spread, image_size=32)
+    assert many.classes == ["foreground"] and many.masks.sum() == 3 * 15 * 6
+    assert any(note.startswith("masks: instance/label maps with up to 15 values") for note in many.notes)
+
+
+def test_antialiased_and_jpeg_binary_masks_stay_thresholded_at_half_range(tmp_path: Path) -> None:
+    root = tmp_path / "soft"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows, columns = np.mgrid[0:83, 0:97]
+    distance = np.hypot(rows - 40.3, columns - 50.7)
+    disk = np.clip((20.4 - distance) / 2, 0, 1) * 255  # a disk drawn with an antialiased edge
+    smooth = Image.fromarray(np.rint(disk).astype(np.uint8))
+    assert len(np.unique(np.asarray(smooth))) > 32
+    smooth.save(root / "masks" / "a.png")
+    smooth.save(root / "masks" / "b.jpg", quality=70)
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((83, 97), dtype=np.uint8)).save(root / "images" / f"{name}.png")
+    ds = load_dataset(root, image_size=83)
+    native = [ds.read_native_masks(i)[0] for i in range(2)]
+    assert ds.classes == ["foreground"] and (native[0] == (np.asarray(smooth) >= 128)).all()
+    assert abs(int(native[1].sum()) - int(native[0].sum())) < 40  # JPEG noise moves a few edge pixels
+    assert "2 soft masks (JPEG, fractional values or antialiased edges) thresholded at half range" in ds.notes
+    assert not any("instance" in note for note in ds.notes)

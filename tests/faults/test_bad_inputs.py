@@ -58,12 +58,16 @@ def test_bad_data_folders_are_one_line_each(cli, tmp_path, ledger):
     garbage = tmp_path / "garbage"
     write_pairs(garbage, image_size=(32, 32), mask_size=(32, 32))
     (garbage / "images" / "case1.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing an image needs")
+    empty_mask = tmp_path / "empty_mask"
+    write_pairs(empty_mask, image_size=(32, 32), mask_size=(32, 32))
+    (empty_mask / "masks" / "case2.png").write_bytes(b"")  # a 0-byte mask: the mask is named, not its image
     cases = {
         "missing folder": (missing, [str(missing), "does not exist"]),
         "a file, not a folder": (a_file, [str(a_file)]),
         "no known layout": (empty, [str(empty)]),
         "mask size differs from its image": (mismatched, ["case0.png", "32x32", "40x40"]),
         "undecodable image": (garbage, ["case1.png", "cannot read"]),
+        "0-byte mask": (empty_mask, ["cannot read mask case2.png (the file is empty: 0 bytes)"]),
     }
     for name, (data, words) in cases.items():
         result = cli("train", "--run-dir", tmp_path / f"run_{name.replace(' ', '_')}", "--data", data, *FRESH)

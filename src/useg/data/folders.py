@@ -1,8 +1,8 @@
 """The plain layout: `images/[<case>/]<name>.<ext>` with `masks/[<case>/]<name>.<ext>`.
 
 Images pair with masks by relative path and file stem, whatever the formats
-(a BMP image with a PNG mask). Masks are binary, label maps or soft masks;
-`useg.data.labels` decides the classes. 3-D volumes become 2-D slices along
+(a BMP image with a PNG mask). Masks are binary, label maps, instance maps
+or soft masks; `useg.data.labels` decides the classes. 3-D volumes become 2-D slices along
 `slice_axis`. Patients: every file its own patient, unless files sit in
 subfolders of `images/` (one patient per subfolder) or `--patient-pattern`
 names them (its first group). Images whose masks are empty are counted and
@@ -12,15 +12,15 @@ dropped, or a share of them is kept (`keep_empty`) as negative examples.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from useg.data.dataset import ImageSource, SegDataset, class_report, image_id, no_usable_images, select_classes
-from useg.data.images import IMAGE_SUFFIXES, file_stem, is_image_file, is_medical, read_grey, read_mask_values
-from useg.data.images import resize_grey, resize_mask
+from useg.data.images import IMAGE_SUFFIXES, StoredMask, file_stem, is_image_file, is_medical, read_grey, read_mask
+from useg.data.images import read_mask_values, resize_grey, resize_mask
 from useg.data.labels import ClassPlan, MaskSurvey, class_names_for, plan_classes
 from useg.data.medical import read_medical_image, read_medical_mask, slices
 from useg.errors import DataError
@@ -115,15 +115,17 @@ def read_image_planes(path: Path, name: str, size: int, axis: int) -> tuple[list
     return [resize_grey(plane, size) for plane in slices(volume, axis)], volume.shape
 
 
-def read_mask_volume(path: Path, name: str) -> np.ndarray:
-    return read_medical_mask(path, name) if is_medical(path) else read_mask_values(path, name)
+def read_mask_volume(path: Path, name: str) -> StoredMask:
+    """A mask file's values (NIfTI and DICOM masks hold integers: never soft)."""
+    return StoredMask(read_medical_mask(path, name)) if is_medical(path) else read_mask(path, name)
 
 
 def survey_masks(pairs: list[Pair], root: Path) -> MaskSurvey:
     survey = MaskSurvey()
     for pair in pairs:
         name = _relative(pair.mask, root / "masks")
-        survey.add(read_mask_volume(pair.mask, name), name)
+        values, soft = read_mask_volume(pair.mask, name)
+        survey.add(values, name, soft)
     return survey
 
 
@@ -131,22 +133,23 @@ def load_planes(pair: Pair, index: int, root: Path, plan: ClassPlan, size: int, 
     """Every plane of one pair, with its class masks; the image and mask must have one shape."""
     image_name, mask_name = _relative(pair.image, root / "images"), _relative(pair.mask, root / "masks")
     greys, shape = read_image_planes(pair.image, image_name, size, axis)
-    values = read_mask_volume(pair.mask, mask_name)
+    values, _ = read_mask_volume(pair.mask, mask_name)
+    soft = mask_name in plan.soft_files  # as the survey found the whole file, never one slice
     if values.shape != shape:
         raise DataError(f"mask {mask_name} is {_shape(values.shape)} but image {image_name} is {_shape(shape)}; "
                         f"masks must have the size of their image")
     planes = slices(values, axis)
     is_volume = values.ndim == 3
-    return [Plane(index, number if is_volume else None, grey, plan.masks(mask, size))
+    return [Plane(index, number if is_volume else None, grey, plan.masks(mask, size, soft))
             for number, (grey, mask) in enumerate(zip(greys, planes))]
 
 
 def native_masks(root: Path, source: ImageSource, plan: ClassPlan, axis: int) -> np.ndarray:
     """(C, H, W) class masks of one loaded image (a file or a volume's slice) at its stored size."""
-    values = read_mask_volume(root / source.mask, source.mask)
+    values, _ = read_mask_volume(root / source.mask, source.mask)
     if source.slice is not None:
         values = slices(values, axis)[source.slice]
-    return plan.native_masks(values)
+    return plan.native_masks(values, _relative(root / source.mask, root / "masks") in plan.soft_files)
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -189,9 +192,9 @@ def select_plan_classes(plan: ClassPlan, wanted: list[str] | None) -> ClassPlan:
         if len(wanted) > 1:
             raise DataError(f"the images/ + masks/ data has one class; pass at most one class name, not "
                             f"{len(wanted)}")
-        return ClassPlan(list(wanted), plan.values, plan.kind, plan.ignored)
+        return replace(plan, names=list(wanted))
     keep = select_classes(plan.names, wanted)
-    return ClassPlan([plan.names[i] for i in keep], [plan.values[i] for i in keep], plan.kind, plan.ignored)
+    return replace(plan, names=[plan.names[i] for i in keep], values=[plan.values[i] for i in keep])
 
 
 def kept_empty(planes: list[Plane], share: float) -> set[int]:
@@ -236,6 +239,9 @@ def _check_every_label_found(plan: ClassPlan, kept: list[Plane]) -> None:
 def _why_empty(plan: ClassPlan) -> str:
     if plan.kind == "label":
         return "no mask holds the value(s) --label " + ",".join(str(v[0]) for v in plan.values)
+    if plan.soft_files:
+        return (f"every mask is empty (all pixels 0 or black) or, for the {len(plan.soft_files)} soft masks (JPEG, "
+                f"fractional or antialiased), below half range; pass --label V to pick mask values")
     return "every mask is empty (all pixels 0 or black)"
 
 

@@ -5,8 +5,9 @@ images are resized to `size x size` ignoring the aspect ratio (bilinear with
 antialiasing), grey is the mean of R, G and B scaled to [0, 1] for 8-bit
 files, 16-bit and floating-point files are scaled per image between their
 0.5th and 99.5th percentiles (`robust_unit`), and binary masks are resized
-bilinearly and thresholded at one half. NIfTI and DICOM files are read by
-`useg.data.medical`.
+bilinearly and thresholded at one half. Masks are read as integer values
+(`read_mask`); a lossy (JPEG) or fractional one is marked soft, and `useg.data.labels`
+thresholds it. NIfTI and DICOM files are read by `useg.data.medical`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -84,8 +86,9 @@ _REASONS = {
 }
 
 
-def open_image(path: Path, name: str) -> Image.Image:
-    """Open an image file; `name` is what error messages call it (never a personal folder)."""
+def open_image(path: Path, name: str, kind: str = "image") -> Image.Image:
+    """Open an image file; `name` is what error messages call it (never a personal folder), `kind`
+    what the file is to the user ("image" or "mask")."""
     try:
         with warnings.catch_warnings():
             # A big scan is not an attack here: it is read (slowly) or refused with the limit named.
@@ -94,14 +97,24 @@ def open_image(path: Path, name: str) -> Image.Image:
         image.size  # noqa: B018 - touching the header fails early on garbage
         return image
     except FileNotFoundError:
-        raise DataError(f"image {name} does not exist; check the data folder") from None
+        raise DataError(f"{kind} {name} does not exist; check the data folder") from None
     except Image.DecompressionBombError as error:
         found = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{found.group(1)} pixels, " if found else ""
-        raise DataError(f"image {name} is too large to read ({size}over the limit of {2 * Image.MAX_IMAGE_PIXELS}); "
+        raise DataError(f"{kind} {name} is too large to read ({size}over the limit of {2 * Image.MAX_IMAGE_PIXELS}); "
                         f"downscale it first") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise unreadable("image", name, error) from None
+        if _is_empty(path):
+            raise DataError(f"cannot read {kind} {name} (the file is empty: 0 bytes); replace or remove the "
+                            f"file") from None
+        raise unreadable(kind, name, error) from None
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def displayed_size(image: Image.Image) -> tuple[int, int]:
@@ -191,14 +204,44 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(resized) >= 128
 
 
+class StoredMask(NamedTuple):
+    """A mask file's integer values and whether they are `soft`: intensities of a lossy (JPEG) file
+    or fractions of a floating-point one, to threshold at half range rather than read as labels."""
+
+    values: np.ndarray
+    soft: bool = False
+
+
+LOSSY_FORMATS = ("JPEG", "MPO")  # as Pillow names them; MPO is a camera's multi-picture JPEG
+
+
 def read_mask_values(path: Path, name: str) -> np.ndarray:
     """Read a 2-D mask or label map as an integer (H, W) array of what its pixels mean."""
-    image = open_image(path, name)
+    return read_mask(path, name).values
+
+
+def read_mask(path: Path, name: str) -> StoredMask:
+    """A 2-D mask's integer (H, W) values, and whether they are soft (see `StoredMask`)."""
+    image = open_image(path, name, "mask")
     try:
+        lossy = image.format in LOSSY_FORMATS
         image = ImageOps.exif_transpose(image)
-        return mask_meaning(image)
+        if image.mode == "F":
+            return float_mask(np.asarray(image), name)
+        return StoredMask(mask_meaning(image), lossy)
     except (OSError, ValueError, SyntaxError) as error:
         raise unreadable("mask", name, error) from None
+
+
+def float_mask(values: np.ndarray, name: str) -> StoredMask:
+    """A floating-point mask: whole numbers are labels as they are; fractions make it soft, and
+    fractions within [0, 1] are put on the 8-bit scale so that half range is 0.5."""
+    if not np.isfinite(values).all():
+        raise DataError(f"mask {name} holds NaN or infinite values; store label values as integers")
+    if np.array_equal(values, np.rint(values)):
+        return StoredMask(values.astype(np.int64))
+    unit = values.min() >= 0 and values.max() <= 1
+    return StoredMask(np.rint(values * 255 if unit else values).astype(np.int64), soft=True)
 
 
 def mask_meaning(image: Image.Image) -> np.ndarray:

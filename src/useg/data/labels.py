@@ -6,8 +6,15 @@ files), then one `ClassPlan` says which values form each class. Binary masks
 (several non-zero values) is one class per value, `label_<value>`, unless
 `--class-names` or a `classes.json` beside `masks/` names them. Values that
 cover under `NOISE_SHARE` of the labelled pixels (antialiased edges, stray
-clicks) are reported and ignored. Masks with more than `SOFT_MASK_VALUES`
-distinct values are soft or lossy (JPEG) and thresholded at half range.
+clicks) are reported and ignored.
+
+Soft masks are thresholded at half range: lossy (JPEG) or fractional ones, and
+integer masks with more than `SOFT_MASK_VALUES` distinct values of which the
+highest, in the upper half of the range, holds most of the labelled pixels (a
+binary mask with antialiased or resized edges). Other integer masks with more
+than `SOFT_MASK_VALUES` values, or a folder whose values are too many to be
+classes, are instance or label maps (cell ids 1..300): any non-zero value is
+foreground, one class, unless `--label` picks values.
 """
 
 from __future__ import annotations
@@ -32,20 +39,23 @@ _NAME = re.compile(r"^\w[\w.+-]*$")
 
 @dataclass
 class MaskSurvey:
-    """Pixel counts per stored value over the mask folder, and the files too soft to be label maps."""
+    """Pixel counts per stored value over the mask folder, and the files read otherwise: soft
+    ones (thresholded) and instance maps (too many values to be classes)."""
 
     counts: Counter = field(default_factory=Counter)
     soft_files: list[str] = field(default_factory=list)
+    instance_files: list[str] = field(default_factory=list)
+    most_values: int = 0  # the most distinct non-zero values in one integer mask
 
-    def add(self, values: np.ndarray, name: str) -> None:
-        if values.size and 0 <= values.min() and values.max() < 65536:  # bincount: far faster on volumes
-            counts = np.bincount(values.ravel())
-            distinct = np.flatnonzero(counts)
-            counts = counts[distinct]
-        else:
-            distinct, counts = np.unique(values, return_counts=True)
-        if len(distinct) > SOFT_MASK_VALUES:
+    def add(self, values: np.ndarray, name: str, soft: bool = False) -> None:
+        distinct, counts = value_counts(values)
+        kind = mask_kind(distinct, counts, soft)
+        if kind == "soft":
             self.soft_files.append(name)
+            return
+        self.most_values = max(self.most_values, int(np.count_nonzero(distinct)))
+        if kind == "instances":
+            self.instance_files.append(name)
         else:
             self.counts.update(dict(zip(distinct.tolist(), counts.tolist())))
 
@@ -56,40 +66,79 @@ class MaskSurvey:
         return {value: count / total for value, count in sorted(labelled.items())} if total else {}
 
 
+def value_counts(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of a mask, ascending, and how many pixels hold each."""
+    if values.size and 0 <= values.min() and values.max() < 65536:  # bincount: far faster on volumes
+        counts = np.bincount(values.ravel())
+        distinct = np.flatnonzero(counts)
+        return distinct, counts[distinct]
+    return np.unique(values, return_counts=True)
+
+
+def mask_kind(distinct: np.ndarray, counts: np.ndarray, soft: bool) -> str:
+    """How one mask file is read: "soft" (thresholded), "instances" (any non-zero) or "labels" (by value)."""
+    if soft:
+        return "soft"
+    if len(distinct) <= SOFT_MASK_VALUES:
+        return "labels"
+    top, labelled = int(distinct[-1]), int(counts[distinct != 0].sum())
+    # Antialiasing or resizing a binary mask leaves many edge values around one dominant top value;
+    # in an instance map no single id holds most of the labelled pixels.
+    if top >= half_range(top) and counts[-1] > labelled / 2:
+        return "soft"
+    return "instances"
+
+
+def half_range(top: int) -> int:
+    return 128 if top <= 255 else 32768
+
+
 @dataclass
 class ClassPlan:
     """Per class, its name and the mask values that are its pixels; `soft` masks are thresholded instead."""
 
     names: list[str]
     values: list[tuple[int, ...]]
-    kind: str  # "binary", "label map" or "label"
+    kind: str  # "binary", "label map", "label" or "instances" (any non-zero value is the one class)
     ignored: dict[int, float] = field(default_factory=dict)  # noise value -> share of labelled pixels
+    soft_files: frozenset[str] = frozenset()  # masks thresholded at half range (the survey's names)
+    most_values: int = 0  # instances: the most distinct non-zero values in one mask
 
-    def masks(self, values: np.ndarray, size: int) -> np.ndarray:
-        """(C, size, size) bool masks of one stored mask."""
-        return np.stack([resize_mask(plane, size) for plane in self.native_masks(values)])
+    def masks(self, values: np.ndarray, size: int, soft: bool = False) -> np.ndarray:
+        """(C, size, size) bool masks of one stored mask; `soft`: its file is in `soft_files`."""
+        return np.stack([resize_mask(plane, size) for plane in self.native_masks(values, soft)])
 
-    def native_masks(self, values: np.ndarray) -> np.ndarray:
+    def native_masks(self, values: np.ndarray, soft: bool = False) -> np.ndarray:
         """(C, H, W) bool masks of one stored (H, W) mask, at its own size."""
-        soft = self.kind == "binary" and len(np.unique(values)) > SOFT_MASK_VALUES
-        if soft:
-            chosen = values >= (128 if values.max() <= 255 else 32768)
-            return np.repeat(chosen[None], len(self.names), axis=0)
-        return np.stack([np.isin(values, class_values) for class_values in self.values])
+        if self.kind in ("binary", "instances") and soft:
+            chosen = values >= half_range(int(values.max()))
+        elif self.kind == "instances":
+            chosen = values != 0
+        else:
+            return np.stack([np.isin(values, class_values) for class_values in self.values])
+        return np.repeat(chosen[None], len(self.names), axis=0)
 
     def notes(self) -> list[str]:
         """What the data line says about the classes (nothing for plain binary masks)."""
         lines = []
-        pairs = ", ".join(f"{values[0]}={name}" for name, values in zip(self.names, self.values))
         if self.kind == "label map":
-            lines.append(f"label map: one class per mask value ({pairs})")
+            lines.append(f"label map: one class per mask value ({self._pairs()})")
         elif self.kind == "label" and len(self.names) > 1:
-            lines.append(f"classes from --label ({pairs})")
+            lines.append(f"classes from --label ({self._pairs()})")
+        elif self.kind == "instances":
+            lines.append(f"masks: instance/label maps with up to {self.most_values} values, any non-zero is "
+                         f"foreground (--label V[,V...] picks values as classes)")
+        if self.soft_files:
+            lines.append(f"{len(self.soft_files)} soft masks (JPEG, fractional values or antialiased edges) thresholded "
+                         f"at half range")
         if self.ignored:
             shown = ", ".join(f"{value} ({share:.2%})" for value, share in self.ignored.items())
             lines.append(f"ignored mask values {shown}: under {NOISE_SHARE:.1%} of the labelled pixels counts as "
                          f"annotation noise (--label picks values explicitly)")
         return lines
+
+    def _pairs(self) -> str:
+        return ", ".join(f"{values[0]}={name}" for name, values in zip(self.names, self.values))
 
 
 def label_values(label: int | list[int] | None) -> list[int] | None:
@@ -112,19 +161,18 @@ def plan_classes(
     shares = survey.shares()
     real = [value for value, share in shares.items() if share >= NOISE_SHARE]
     ignored = {value: share for value, share in shares.items() if share < NOISE_SHARE}
+    soft = frozenset(survey.soft_files)
+    if survey.instance_files or len(real) > MAX_CLASSES:  # too many values to be classes: ids
+        most = survey.most_values
+        return ClassPlan(["foreground"], [()], "instances", soft_files=soft, most_values=most)  # values: any
     if len(real) <= 1 or set(real) <= {1, 255}:
         default = names.get(real[0], "foreground") if len(real) == 1 else "foreground"
-        return ClassPlan([default], [tuple(real) or (1,)], "binary", ignored)
+        return ClassPlan([default], [tuple(real) or (1,)], "binary", ignored, soft_files=soft)
     if survey.soft_files:
         raise DataError(
-            f"mask {survey.soft_files[0]} has over {SOFT_MASK_VALUES} distinct values (a soft or lossy mask such as "
-            f"JPEG) while the other masks in {where} are label maps with values {_shown(real)}; save it losslessly "
-            f"(PNG) or pass --label"
-        )
-    if len(real) > MAX_CLASSES:
-        raise DataError(
-            f"the masks in {where} hold {len(real)} distinct non-zero values ({_shown(real)}), too many to be "
-            f"classes (instance ids?); pass --label V[,V...] to pick the class values"
+            f"mask {survey.soft_files[0]} is soft or lossy (JPEG, fractional values or over {SOFT_MASK_VALUES} "
+            f"values around one) while the other masks in {where} are label maps with values {_shown(real)}; save "
+            f"it losslessly (PNG) with the label values or pass --label"
         )
     return ClassPlan([names.get(v, f"label_{v}") for v in real], [(v,) for v in real], "label map", ignored)
 
