@@ -867,8 +867,6 @@ def test_bytes_replaced_after_verify_hashed_them_are_never_listed_verified(tmp_p
     assert _statuses(tmp_path)[LATEST] == "unchecked"
 
 
-@pytest.mark.xfail(strict=True, reason="needs the writer to record the hash before the rename: "
-                                       "publish.publish_temp must call remember_verified(final, sha, written=temp)")
 def test_a_listing_during_a_save_never_shows_the_files_the_writer_hashed_unchecked(tmp_path, monkeypatch):
     trainer = train(tmp_path, 1)
     listed = []

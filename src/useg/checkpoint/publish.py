@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from .faults import kill_point
 from .atomic import atomic_write_json, fsync_directory, remove_quietly, replace_durably
-from .integrity import read_sidecar, sha256_stream
+from .integrity import read_sidecar, remember_verified, sha256_stream
 from .layout import PENDING_SUFFIX, SIDECAR_SUFFIX, TEMP_SUFFIX, pending_path, sidecar_path
 from .serialize import write_state_temp
 
@@ -64,6 +64,8 @@ def publish_temp(temp: Path, final: Path, sidecar: dict[str, Any]) -> None:
     sidecar = {**sidecar, "inode": os.stat(temp).st_ino}
     try:
         atomic_write_json(pending, sidecar)
+        # Recorded before the rename, so a listing never sees the new file without its known hash.
+        remember_verified(final, sidecar["sha256"], written=temp)
         kill_point("before-rename")
         replace_durably(temp, final)
         kill_point("after-rename")
