@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # checkpoint: one manager per run folder; it locks the folder and tidies up after a killed save.
     with CheckpointManager(args.run_dir / "checkpoints", total_epochs=args.epochs,
-                           best_metric="val_loss", mode="min",
-                           overlap_copies=True) as manager:  # the weights change only in optimizer.step()
+                           best_metric="val_loss", mode="min") as manager:
         if manager.can_resume():  # checkpoint: resume by itself when the folder holds a resume point
             saved = manager.load("latest")
             for part, key in ((model, "model_state_dict"), (optimizer, "optimizer_state_dict"),

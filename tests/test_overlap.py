@@ -1,7 +1,8 @@
-"""Overlapped snapshot copies: save() leaves the copies of the optimizer's tensors to the writer, the
-optimizer's next step() waits for them (or takes them itself), so the file holds the state of the moment
-save() was called; an in-place change outside step() in that window fails the save instead of writing
-a state that never existed."""
+"""Overlapped snapshot copies, useg's own trainer only: save() leaves the copies of the optimizer's
+tensors to the writer, the optimizer's next step() waits for them (or takes them itself), so the file
+holds the state of the moment save() was called; a counted in-place change outside step() in that window
+fails the save instead of writing a state that never existed. Any other loop gets no overlap: asking
+for it is refused, and everything is copied before save() returns."""
 
 from __future__ import annotations
 
@@ -45,6 +46,11 @@ def assert_holds(path, expected: dict) -> None:
             assert torch.equal(saved["optimizer_state_dict"]["state"][index][key], value), (index, key)
 
 
+def trainer_manager(directory, total_epochs: int) -> Manager:
+    """A manager as useg's trainer opens it: with its private switch for overlapped copies."""
+    return CheckpointManager(directory, total_epochs=total_epochs, _overlap_copies_in_useg_train=True)
+
+
 class HeldWriter:
     """Holds each background write job before it starts (so before its copies) until released."""
 
@@ -80,7 +86,7 @@ def test_a_step_taken_before_the_writer_starts_takes_the_copies_first_and_the_fi
     held = HeldWriter(monkeypatch)
     model, optimizer = trained()
     expected = frozen(model, optimizer)
-    with CheckpointManager(tmp_path, total_epochs=2, overlap_copies=True) as manager:
+    with trainer_manager(tmp_path, 2) as manager:
         manager.save({"model_state_dict": model, "optimizer_state_dict": optimizer}, epoch=1)
         for _ in range(3):
             step(model, optimizer)  # the writer has not copied anything yet
@@ -103,7 +109,7 @@ def test_a_step_waits_for_a_copy_the_writer_is_taking(tmp_path, monkeypatch):
     monkeypatch.setattr(overlap, "copy_tensors", slow_copy)
     model, optimizer = trained()
     expected = frozen(model, optimizer)
-    with CheckpointManager(tmp_path, total_epochs=2, overlap_copies=True) as manager:
+    with trainer_manager(tmp_path, 2) as manager:
         manager.save({"model_state_dict": model, "optimizer_state_dict": optimizer}, epoch=1)
         assert copying.wait(10)
         stepper = threading.Thread(target=step, args=(model, optimizer))
@@ -122,7 +128,7 @@ def test_a_weight_changed_outside_the_optimizer_before_its_copy_fails_that_save_
         tmp_path, monkeypatch):
     model, optimizer = trained()
     parts = {"model_state_dict": model, "optimizer_state_dict": optimizer}
-    with CheckpointManager(tmp_path, total_epochs=3, overlap_copies=True) as manager:
+    with trainer_manager(tmp_path, 3) as manager:
         manager.save(parts, epoch=1)
         manager.wait()
         before = (tmp_path / "latest_checkpoint.pt").read_bytes()
@@ -142,7 +148,7 @@ def test_routine_saves_that_wait_behind_a_write_copy_at_once_so_a_step_never_wai
     held = HeldWriter(monkeypatch)
     model, optimizer = trained()
     parts = {"model_state_dict": model, "optimizer_state_dict": optimizer}
-    with CheckpointManager(tmp_path, total_epochs=3, overlap_copies=True) as manager:
+    with trainer_manager(tmp_path, 3) as manager:
         manager.save(parts, epoch=0, kind="mid_epoch", step=1)  # held before its copies
         step(model, optimizer)  # takes save 1's copies itself
         expected = frozen(model, optimizer)
@@ -153,4 +159,34 @@ def test_routine_saves_that_wait_behind_a_write_copy_at_once_so_a_step_never_wai
         assert not stepper.is_alive()  # the held write did not hold this step
         held.release.set()
         manager.wait()
+    assert_holds(tmp_path / "latest_checkpoint.pt", expected)
+
+
+def test_overlap_copies_for_a_users_own_loop_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(ValueError) as refused:
+        CheckpointManager(folder, total_epochs=2, overlap_copies=True)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "overlap_copies=True" in message and "p.data.mul_()" in message  # what goes wrong
+    assert "leave overlap_copies out: save() then copies everything before it returns" in message  # what to do
+    assert not folder.exists()  # refused before the folder or its lock was touched
+    with CheckpointManager(folder, total_epochs=2, overlap_copies=False) as manager:  # the default still works
+        assert not manager.overlap_copies
+        with pytest.raises(AttributeError):
+            manager.overlap_copies = True  # no way around the refusal after construction either
+
+
+def test_without_the_trainers_switch_changes_torch_does_not_count_never_reach_the_file(tmp_path, monkeypatch):
+    held = HeldWriter(monkeypatch)  # the write, and any copy it might take, waits until after the changes
+    model, optimizer = trained()
+    expected = frozen(model, optimizer)
+    with CheckpointManager(tmp_path, total_epochs=2) as manager:
+        manager.save({"model_state_dict": model, "optimizer_state_dict": optimizer}, epoch=1)
+        model[0].weight.data.mul_(0.5)  # uncounted: no version-counter bump
+        model[2].weight.detach().numpy()[:] = 7.0  # a write through a NumPy view
+        optimizer.state[model[0].weight]["exp_avg"].data.zero_()
+        held.release.set()
+        manager.wait()
+        assert manager.verify("latest").ok
     assert_holds(tmp_path / "latest_checkpoint.pt", expected)

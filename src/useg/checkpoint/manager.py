@@ -32,6 +32,11 @@ from .writer import BackgroundWriter
 DEFAULT_BEST_EXCLUDE = ("optimizer_state_dict", "scheduler_state_dict", "rng_state", "rng_state_per_rank",
                         "sampler_state", "position")
 _MAX_SIDECAR_CONFIG_BYTES = 64 * 1024  # the sidecar copy of the config is for `useg checkpoints list`, not a second store
+OVERLAP_REFUSED = (
+    "CheckpointManager(overlap_copies=True) is not offered: a change to the weights or optimizer state between "
+    "save() and the next optimizer.step() that torch does not count (p.data.mul_(), a write through a NumPy view, "
+    "an EMA swapped in through .data) would be saved as a mix of before and after that still verifies as ok; "
+    "leave overlap_copies out: save() then copies everything before it returns (one memory copy of the state)")
 
 
 def warn_to_stderr(message: str) -> None:
@@ -55,22 +60,29 @@ class CheckpointManager:
     `best_metric` / `mode` ("max": higher is better, "min": lower) are the only notion of
     best: a save whose metrics hold a strictly better value of `best_metric` writes best_model.pt.
 
-    With `overlap_copies=True` (what `useg train` uses) save() returns before the tensors of an
-    Optimizer part are copied: the writer copies them (the optimizer's state and its parameters,
-    wherever the state holds them) while the loop runs its next forward and backward, and that
-    optimizer's next step() waits for the copy. Until that step, change those tensors only through
-    it: a save whose tensors changed in place before they were copied fails (nothing is written)
-    instead of holding a state that never existed. By default everything is copied before save()
-    returns.
+    save() copies every tensor of the state before it returns, so nothing the loop does after
+    it can reach the file. `overlap_copies=True` is refused with a ValueError: leaving copies
+    for later is safe only where nothing but optimizer.step() changes the weights and the
+    optimizer's state between a save and the next step, which only useg's own trainer
+    guarantees (it opts in through a private switch, see __init__).
     """
 
     def __init__(self, directory: str | os.PathLike, total_epochs: int,
                  periodic_percentages: Iterable[int] = DEFAULT_PERCENTAGES, *, best_metric: str = "val_dice",
                  mode: str = "max", async_save: bool = True, lock: bool = True,
                  warn: Callable[[str], None] | None = None,
-                 best_exclude: Iterable[str] = DEFAULT_BEST_EXCLUDE, overlap_copies: bool = False) -> None:
+                 best_exclude: Iterable[str] = DEFAULT_BEST_EXCLUDE, overlap_copies: bool = False,
+                 _overlap_copies_in_useg_train: bool = False) -> None:
+        if overlap_copies:
+            raise ValueError(OVERLAP_REFUSED)  # before the folder or its lock is touched
         self.directory = Path(directory)
-        self.overlap_copies = overlap_copies
+        # Private to useg's own trainer (src/useg/train.py), whose loop changes the parameters
+        # and the optimizer's state only inside optimizer.step() between a save and the next
+        # step (tests/test_overlap_trainer.py checks it): only then may save() leave the copies
+        # of those tensors to the writer and the next step's pre-hook (overlap.py). Any other
+        # loop may change them in ways torch does not count (p.data.mul_(), a NumPy view, an EMA
+        # swapped in through .data) and the file would mix two states without anyone noticing.
+        self._overlap = _overlap_copies_in_useg_train
         self.periodic_percentages = tuple(periodic_percentages)
         self.total_epochs = total_epochs  # validates both
         try:
@@ -150,7 +162,7 @@ class CheckpointManager:
             self._writer.drop_pending()  # superseded by this newer state; the snapshot reuses its host copies
         # Copies of the optimizer's tensors are left to the writer (overlap.py), except in a save
         # that will wait as the pending one: a newer save may drop it and reuse its host copies.
-        overlap = self.overlap_copies and self._writer is not None and not (routine and self._writer.busy)
+        overlap = self._overlap and self._writer is not None and not (routine and self._writer.busy)
         snapshot, later = self._snapshot(state, epoch, overlap)
         if plan.best:
             self.best_value, self.best_epoch = value, epoch
@@ -162,6 +174,11 @@ class CheckpointManager:
             self._writer.submit(lambda: self._write_and_release(snapshot, plan, fields, later), coalesce=routine,
                                 discard=lambda: self._staging.give_back(snapshot))
         self.saves_asked += 1
+
+    @property
+    def overlap_copies(self) -> bool:
+        """True only in useg's own trainer: save() leaves the copies of the optimizer's tensors to the writer."""
+        return self._overlap
 
     @property
     def coalesced_saves(self) -> int:

@@ -1,12 +1,21 @@
 """Snapshot copies taken while the next training step runs, fenced by the optimizer's step().
 
-Between save() and the next `optimizer.step()` a training loop runs the next forward and
-backward, which read the weights and the optimizer's state but change neither. So the copies
-of those tensors need not stall the caller: the writer takes them first thing, and the
-optimizer's next step() waits for them (a step pre-hook), or takes them itself when the writer
-has not started yet (so a busy or low-priority writer cannot hold training up for longer than
-the copy). Any other in-place change in that window shows in the tensors' version counters,
-and that save fails instead of writing a state that never existed.
+For useg's own trainer only (CheckpointManager's private `_overlap_copies_in_useg_train`).
+Between a save and the next `optimizer.step()` that loop runs the next forward and backward
+(and after an epoch's save its pictures), which read the weights and the optimizer's state but
+change neither (tests/test_overlap_trainer.py checks the copies of a real run against the state
+at save()).
+So the copies of those tensors need not stall the caller: the writer takes them first thing,
+and the optimizer's next step() waits for them (a step pre-hook), or takes them itself when the
+writer has not started yet (so a busy or low-priority writer cannot hold training up for longer
+than the copy).
+
+Why no other loop gets this: a change in that window that torch does not count (`p.data.mul_()`,
+a write through a NumPy view, an EMA swapped in through `.data`) cannot be seen here, and the
+file would hold a mix of before and after that verifies as ok. The version counters below are
+only a second line of defence for counted changes, and even those can slip through: a counter
+moves when its kernel ends, so a copy taken while another thread's in-place kernel runs reads
+the old count.
 """
 
 from __future__ import annotations

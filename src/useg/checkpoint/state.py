@@ -52,7 +52,9 @@ def snapshot_state_overlapped(state: Mapping[str, Any], pool: StagingPool | None
     """`snapshot_state`, except that the CPU tensors an Optimizer part changes in step() (its
     parameters, wherever they appear in the state, and its own state) are left to the returned
     DeferredCopy: its `take()` fills them in, and that optimizer's next step() waits for it
-    (see overlap.py). None when there is nothing to defer."""
+    (see overlap.py). None when there is nothing to defer. Only for a loop that changes those
+    tensors in no other way until that step (useg's own trainer): nothing here can see an
+    uncounted change such as `p.data.mul_()`."""
     return _snapshot(state, pool, check_safe, overlap=True)
 
 
