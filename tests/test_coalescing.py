@@ -116,7 +116,8 @@ def test_only_mid_epoch_saves_may_be_routine(tmp_path):
             manager.save({"step": 1}, epoch=1, kind="epoch", routine=True)
 
 
-def test_training_with_slow_writes_coalesces_saves_and_the_log_counts_them(tmp_path, monkeypatch):
+def test_training_with_slow_writes_coalesces_saves_and_the_log_and_epoch_line_count_them(tmp_path, monkeypatch,
+                                                                                        capsys):
     real = manager_module.publish_state
 
     def slow(path, state, fields):
@@ -132,6 +133,20 @@ def test_training_with_slow_writes_coalesces_saves_and_the_log_counts_them(tmp_p
     assert 0 < saves["coalesced"] < 11
     state = load_checkpoint(run / "checkpoints" / "latest_checkpoint.pt")
     assert state["epoch"] == 1 and state["step"] == 12 and (run / "checkpoints" / "epoch_001_checkpoint.pt").exists()
+    # "Every step" was not happening, and the epoch line says so (--quiet keeps it), with where latest was.
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch   1/1")]
+    assert f"saves: {saves['coalesced']} of 11 coalesced, latest at step " in line, line
+
+
+def test_the_epoch_line_says_how_far_latest_lags_only_when_saves_were_coalesced():
+    from useg.progress import SaveCounts, saves_note
+
+    assert saves_note(SaveCounts(asked=40, coalesced=12, step=160, latest_step=123)) == (
+        "  saves: 12 of 40 coalesced, latest at step 123 (37 behind)")
+    assert saves_note(SaveCounts(asked=40, coalesced=3, step=160, latest_step=160)).endswith("latest at step 160")
+    assert saves_note(SaveCounts(asked=4, coalesced=1, step=4)).endswith("no latest written yet")
+    assert saves_note(SaveCounts(asked=40, coalesced=0, step=160, latest_step=150)) == ""
+    assert saves_note(None) == ""
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread CPU priorities are Linux's")

@@ -181,7 +181,7 @@ def test_default_threads_leave_a_core_for_the_writer_and_one_per_data_worker():
 
 def test_num_threads_0_uses_the_detected_default_for_the_run_only(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(useg.train, "usable_cores", lambda: 3)
+    monkeypatch.setattr(useg.device, "usable_cores", lambda: 3)  # what choose_threads asks
     real = useg.train.build_run
     monkeypatch.setattr(useg.train, "build_run", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
     before = torch.get_num_threads()

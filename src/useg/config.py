@@ -46,8 +46,8 @@ class TrainConfig:
     vis_count: int = 3
     save_every_steps: int = 0
     save_every_minutes: float = 0.0
-    num_threads: int = 0  # 0: chosen from the cores this process may use (useg.device.default_threads)
-    device: str | None = None  # None: CUDA when present, else the CPU
+    num_threads: int = 0  # 0: chosen from the cores this process may use (useg.device.choose_threads); saved as chosen
+    device: str | None = None  # None: CUDA when present, else the CPU; saved as chosen, chosen again on resume
     precision: str | None = None  # None: fp32 on the CPU, bf16 (else fp16) on CUDA; saved as chosen
     deterministic: bool = True  # exact resume is the promise; False after a start-up fallback too
     compile: bool = False
@@ -55,6 +55,9 @@ class TrainConfig:
     pretrained: str | None = None
     tensorboard: bool = False
     quiet: bool = False
+    # Recorded by the run, not a setting: False once a resume changed how the run computes
+    # (COMPUTE_KEYS, the device type or the number of processes); later resumes carry it on.
+    bit_identical: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON- and weights_only-safe dict."""
@@ -62,19 +65,26 @@ class TrainConfig:
 
 
 # Keys that may differ between the run that wrote a checkpoint and the one resuming it
-# without changing what the model computes at each step.
+# without changing what the model computes at each step. (`device` is chosen per session;
+# a resume on another device type says that it is not bit-identical.)
 HARMLESS_KEYS = frozenset(
     {"epochs", "run_dir", "vis_every", "vis_count", "save_every_steps", "save_every_minutes",
-     "num_threads", "data_workers", "pretrained", "tensorboard", "quiet", "periodic_percentages",
-     "device", "deterministic", "compile"}
+     "data_workers", "pretrained", "tensorboard", "quiet", "periodic_percentages", "device", "bit_identical"}
 )
 # Keys that change the optimisation but not the model or the data: a resume may change them
 # (e.g. a lower lr after divergence), with a warning, and the log's sessions record it.
-RETUNABLE_KEYS = frozenset({"lr", "min_lr_ratio", "loss", "precision"})
+RETUNABLE_KEYS = frozenset({"lr", "min_lr_ratio", "loss"})
+# Keys that change a step's arithmetic (1 and 2 CPU threads already give other weights after one
+# step): a resume keeps them from the checkpoint; a flag may change them, with a warning that the
+# run continues correctly but not bit-identically to an uninterrupted one.
+COMPUTE_KEYS = ("num_threads", "compile", "precision", "deterministic")
+# What the run records about itself in its config: no flag, no config-file key.
+RECORDED_KEYS = frozenset({"bit_identical"})
 
 
 def config_keys() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+    """The settings: every TrainConfig key a flag or a config file may set."""
+    return [f.name for f in fields(TrainConfig) if f.name not in RECORDED_KEYS]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -113,7 +123,7 @@ def build_config(*layers: dict[str, Any]) -> TrainConfig:
     for layer in layers:
         merged.update({key: value for key, value in layer.items() if value is not None})
     cfg = TrainConfig(**merged)
-    for key in config_keys():
+    for key in (*config_keys(), *RECORDED_KEYS):
         setattr(cfg, key, check_value(key, getattr(cfg, key)))
     validate(cfg)
     return cfg
@@ -309,6 +319,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "pretrained": (optional(path_text), "a file path"),
     "tensorboard": (boolean, "true or false"),
     "quiet": (boolean, "true or false"),
+    "bit_identical": (boolean, "true or false"),
 }
 
 
@@ -322,7 +333,7 @@ def validate(cfg: TrainConfig) -> None:
 def incompatible_keys(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose change would make a resumed run compute something else."""
     now = current.to_dict()
-    allowed = HARMLESS_KEYS | RETUNABLE_KEYS
+    allowed = HARMLESS_KEYS | RETUNABLE_KEYS | set(COMPUTE_KEYS)
     return sorted(key for key in now if key not in allowed and key in saved and saved[key] != now[key])
 
 

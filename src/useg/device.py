@@ -140,8 +140,17 @@ def operation_name(message: str) -> str:
 
 
 def describe_compute(cfg) -> str:
-    """The start-up line's part on how the run computes: ", bf16, deterministic, 3 threads"."""
-    parts = [cfg.precision or "fp32", "deterministic" if cfg.deterministic else "not deterministic"]
+    """The start-up line's part on how the run computes: ", bf16, deterministic, 3 CPU threads".
+
+    "deterministic" only while the run is bit-identical to an uninterrupted one: a resume that
+    changed how it computes (cfg.bit_identical False) is said here too."""
+    if not cfg.deterministic:
+        exactness = "not deterministic"
+    elif cfg.bit_identical:
+        exactness = "deterministic"
+    else:
+        exactness = "deterministic kernels, not bit-identical to an uninterrupted run (a resume changed settings)"
+    parts = [cfg.precision or "fp32", exactness]
     if cfg.compile:
         parts.append("compiled")
     return ", " + ", ".join(parts) + f", {torch.get_num_threads()} CPU threads"
@@ -222,6 +231,19 @@ def read_quota(folder: Path) -> float | None:
     except (OSError, ValueError, ZeroDivisionError):
         return None
     return None
+
+
+def choose_threads(requested: int, workers: int | None) -> int:
+    """The CPU thread count a run computes with: `requested` (--num-threads) unless 0, else what this
+    machine suggests for the cores this process may use and its data workers (--data-workers).
+
+    The one place that decides it: a resume keeps the count saved in its checkpoint (training_state),
+    which this function then only compares with, since the count changes a step's result."""
+    if requested:
+        return requested
+    from useg.data.prefetch import data_workers  # here: the data package imports this module
+
+    return default_threads(usable_cores(), data_workers(workers))
 
 
 def default_threads(cores: int, data_workers: int = 0) -> int:

@@ -6,6 +6,7 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -81,13 +82,38 @@ class Progress:
                 self.live = None
 
     def epoch_summary(self, epoch: int, epochs: int, record: dict[str, Any], improved: bool,
-                      history: dict[str, Any]) -> None:
+                      history: dict[str, Any], saves: SaveCounts | None = None) -> None:
         best = " *best*" if improved else f" (best {history['best_val_dice']:.4f} @ {history['best_epoch']})"
         self.console.print(
             f"epoch {epoch:>3}/{epochs}  loss {record['train_loss']:.4f}  val Dice {record['val_dice']:.4f}{best}  "
             f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s  {record['samples_per_s']:.1f} samples/s"
-            + skipped_note(record) + slowdown_note(history["samples_per_s"]),
+            + skipped_note(record) + saves_note(saves) + slowdown_note(history["samples_per_s"]),
             markup=False, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class SaveCounts:
+    """An epoch's routine mid-epoch saves (--save-every-steps/-minutes): how many were asked for, how
+    many a newer save replaced before they were written, and the step latest is at when it is said."""
+
+    asked: int = 0
+    coalesced: int = 0
+    step: int = 0  # the run's step when the counts are said
+    latest_step: int | None = None  # the step latest_checkpoint.pt holds then (None: none yet)
+
+
+def saves_note(saves: SaveCounts | None) -> str:
+    """When routine saves were coalesced, say so and how far latest lags: `--save-every-steps 1` is then
+    not a save every step, and a kill now loses the steps latest is behind."""
+    if saves is None or not saves.coalesced:
+        return ""
+    if saves.latest_step is None:
+        where = "no latest written yet"
+    elif saves.latest_step >= saves.step:
+        where = f"latest at step {saves.latest_step}"
+    else:
+        where = f"latest at step {saves.latest_step} ({saves.step - saves.latest_step} behind)"
+    return f"  saves: {saves.coalesced} of {saves.asked} coalesced, {where}"
 
 
 def skipped_note(record: dict[str, Any]) -> str:

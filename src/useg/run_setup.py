@@ -15,7 +15,7 @@ from useg.config import TrainConfig
 from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
 from useg.data.tasks import draw_version_to_resume
 from useg.data_index import write_data_index
-from useg.device import choose_device, compile_model, describe_compute, settle_determinism
+from useg.device import choose_device, choose_threads, compile_model, describe_compute, settle_determinism
 from useg.distributed import World, any_rank, broadcast_object, wrap_distributed
 from useg.errors import ConfigError
 from useg.history import new_history, new_log_name, open_tensorboard
@@ -51,6 +51,7 @@ class Run:
     tensorboard: Any = None
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     skipped_steps: int = 0  # steps the fp16 scaler skipped over the whole run
+    routine_saves: int = 0  # mid-epoch saves asked for in this session (the epoch line counts them)
     position: TrainingPosition = field(default_factory=TrainingPosition)
 
 
@@ -63,7 +64,9 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
                           samples_per_epoch=cfg.samples_per_epoch, draw_version=draw_version_to_resume(state))
     val_tasks = validation_tasks(dataset, split.val, split.train, support_size=cfg.support_size, seed=cfg.seed)
     device = choose_device(cfg.device, world.local_rank, world.enabled)
+    cfg.device = str(device)  # saved as chosen: a resume chooses again and compares the type
     cfg.precision = cfg.precision or default_precision(device)  # saved as chosen: a resume keeps it
+    settle_threads(cfg, state)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build_universeg(tuple(cfg.widths)).to(device)
     if state is None and cfg.pretrained:
@@ -77,9 +80,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
     if state is not None:
         restore_state(run, state, progress)
     settle_determinism(model, cfg, device, lambda flag: any_rank(world, flag), progress.warn)
-    if state is not None and not cfg.deterministic:
-        progress.warn("--no-deterministic: the resumed run continues correctly, not bit-identical to an "
-                      "uninterrupted run")
+    if state is not None:
+        say_how_the_resume_computes(cfg, training_state.saved_config(state), device, progress)
     run.train_model = wrap_model(model, world, cfg)
     run.log_path = Path(broadcast_object(world, str(run.log_path)))
     if world.is_main:
@@ -89,6 +91,33 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
             run.tensorboard = open_tensorboard(paths.logs / "tensorboard", progress.warn)
     progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device) + describe_compute(cfg))
     return run
+
+
+def settle_threads(cfg: TrainConfig, state: dict | None) -> None:
+    """cfg.num_threads becomes the count this run computes with, and is saved so: the one `train` set
+    (cfg's, or this machine's choice), or on a resume that did not name one, the checkpoint's."""
+    if not cfg.num_threads and state is not None:
+        cfg.num_threads = training_state.saved_compute(training_state.saved_config(state), "num_threads") or 0
+    if cfg.num_threads and cfg.num_threads != torch.get_num_threads():
+        torch.set_num_threads(cfg.num_threads)  # before any step; train's compute_settings restores the caller's
+    cfg.num_threads = torch.get_num_threads()
+
+
+def say_how_the_resume_computes(cfg: TrainConfig, saved: dict[str, Any], device: torch.device,
+                                progress: Progress) -> None:
+    """Say which settings that change the arithmetic were kept although this machine would choose
+    otherwise, and warn about any that changed; a change marks the run as no longer bit-identical."""
+    machine = {"num_threads": choose_threads(0, cfg.data_workers), "precision": default_precision(device)}
+    for line in training_state.kept_but_not_chosen(saved, cfg, machine):
+        progress.line(line)
+    changes = training_state.compute_changes(saved, cfg, device.type)
+    if changes:
+        cfg.bit_identical = False
+    if not cfg.deterministic:
+        progress.warn(f"--no-deterministic: {training_state.NOT_EXACT}")
+        changes.pop("deterministic", None)
+    if changes:
+        progress.warn(f"resuming with {training_state.changes_text(changes)}: {training_state.NOT_EXACT}")
 
 
 def start_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
@@ -126,6 +155,7 @@ def restore_state(run: Run, state: dict[str, Any], progress: Progress) -> None:
     run.history.setdefault("resumed_at", []).append(run.position.epoch)
     rng, exact = training_state.rng_for_rank(state, run.world.rank, run.world.world_size)
     if not exact:
+        run.cfg.bit_identical = False
         progress.warn(f"resuming a {training_state.saved_rank_count(state)}-process checkpoint with "
                       f"{run.world.world_size} process(es): training continues correctly but is not "
                       "bit-identical to an uninterrupted run")

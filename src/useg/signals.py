@@ -3,6 +3,7 @@ signal's code (128 + its number, as a shell reports a process that signal ended)
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import signal
@@ -35,8 +36,16 @@ class StopRequest:
             self.previous[signum] = signal.signal(signum, self.handle)
 
     def restore(self) -> None:
+        """The handlers from before install() back (nothing when it was never installed)."""
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+        self.previous.clear()
+
+    def __enter__(self) -> "StopRequest":
+        return self  # install() comes later, once there is something to stop
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.restore()
 
     def handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
@@ -49,6 +58,26 @@ class StopRequest:
     @property
     def exit_code(self) -> int:
         return EXIT_CODES.get(self.signum, 143)
+
+
+_exit_hook_registered = False
+
+
+def ignore_stop_signals_at_exit() -> None:
+    """Ignore SIGINT, SIGTERM and SIGHUP once the interpreter exits (an exit hook): a command's work
+    is then done and said, and what is left is tearing down torch (up to a second). Python gives the
+    default action back to these signals for that teardown, so a Ctrl+C in it would kill the
+    process and turn the command's exit code into -2. Registered before the first checkpoint save,
+    so the checkpoint writer's exit hook runs first and a Ctrl+C can still cut its wait short."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(ignore_stop_signals)
+        _exit_hook_registered = True
+
+
+def ignore_stop_signals() -> None:
+    for signum in EXIT_CODES:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def silence_closed_terminal() -> None:

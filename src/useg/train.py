@@ -14,10 +14,11 @@ from useg import training_state
 from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, lock_owner
 from useg.checkpoint.faults import kill_point, kill_point_named
 from useg.checkpoint.layout import LATEST_NAME, is_resume_name
+from useg.checkpoint.listing import read_metadata
 from useg.checkpoint.loading import OpenCheckpoint
 from useg.checkpoint.policy import BestRule, mid_epoch_save_due
 from useg.config import TrainConfig
-from useg.device import choose_device, compute_settings, default_threads, to_device, usable_cores
+from useg.device import choose_device, choose_threads, compute_settings, to_device
 from useg.distributed import World, any_rank, barrier, check_replicas_agree, close_world, gather_objects
 from useg.distributed import init_world, local_part, mean_over_ranks, on_main
 from useg.errors import CheckpointError, ConfigError, DivergedError
@@ -25,7 +26,7 @@ from useg.history import append_epoch, log_tensorboard, write_log
 from useg.metrics import segmentation_loss
 from useg.model import model_config
 from useg.precision import autocast, optimizer_step, scaler_state
-from useg.progress import Progress, plural, position_text
+from useg.progress import Progress, SaveCounts, plural, position_text
 from useg.run_folder import RunPaths, remove_unused_folders, run_paths, set_aside_checkpoints
 from useg.data.prefetch import Prefetcher, data_workers
 from useg.run_log import record_saves
@@ -45,9 +46,9 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
     `opened`: the resume point this command already verified (`open_resume_point`), loaded
     without hashing it again.
     """
-    # Before anything touches CUDA: cuBLAS reads its deterministic workspace setting once.
-    threads = cfg.num_threads or default_threads(usable_cores(), data_workers(cfg.data_workers))
-    with compute_settings(threads, cfg.deterministic):
+    # Before anything touches CUDA: cuBLAS reads its deterministic workspace setting once. A resume
+    # through the CLI has the checkpoint's thread count in cfg already (from its sidecar).
+    with compute_settings(choose_threads(cfg.num_threads, cfg.data_workers), cfg.deterministic):
         return train_in_settings(cfg, resume, overwrite, console, opened)
 
 
@@ -55,25 +56,41 @@ def train_in_settings(cfg: TrainConfig, resume: str | None, overwrite: bool, con
                       opened: OpenCheckpoint | None) -> dict[str, Any]:
     world = init_world()
     progress = Progress(console=console, quiet=cfg.quiet, silent=not world.is_main)
-    try:
+    # Signals are caught from the first step until the run's outcome is said (restored on leaving):
+    # one that comes after the last epoch's check still ends in the Done line and its exit code.
+    with StopRequest() as stop:
         try:
-            run = prepare_run(cfg, world, resume, overwrite, progress, opened)
-        except RunComplete as complete:  # nothing was trained or written
-            return complete.history
-        run_and_finish(run, progress)
-    finally:
-        close_world(world)
-    history = run.history
-    untrained = history.get("initial_val_dice")
-    progress.line(f"Done: {plural(cfg.epochs, 'epoch')}, best val Dice {history['best_val_dice']:.4f} at epoch "
-                  f"{history['best_epoch']}" + (f" (untrained {untrained:.4f})" if untrained is not None else "")
-                  + f"; checkpoints in {run.paths.checkpoints}")
+            try:
+                run = prepare_run(cfg, world, resume, overwrite, progress, opened)
+            except RunComplete as complete:  # nothing was trained or written
+                return complete.history
+            run_and_finish(run, stop, progress)
+        finally:
+            close_world(world)
+        say_done(run, progress)
+        if stop.signum is not None:
+            raise stopped_after_the_run(run, stop, progress)
     return run.history
 
 
-def run_and_finish(run: Run, progress: Progress) -> None:
-    """Train with signals caught; always close the log writer and the checkpoint manager."""
-    stop = StopRequest()
+def say_done(run: Run, progress: Progress) -> None:
+    history, epochs = run.history, run.cfg.epochs
+    untrained = history.get("initial_val_dice")
+    progress.line(f"Done: {plural(epochs, 'epoch')}, best val Dice {history['best_val_dice']:.4f} at epoch "
+                  f"{history['best_epoch']}" + (f" (untrained {untrained:.4f})" if untrained is not None else "")
+                  + f"; checkpoints in {run.paths.checkpoints}")
+
+
+def stopped_after_the_run(run: Run, stop: StopRequest, progress: Progress) -> TrainingInterrupted:
+    """A signal that came while the last save was finishing: nothing was cut short, and the exit code
+    still says which signal ended the command (130 for Ctrl+C)."""
+    progress.warn(f"{signal.Signals(stop.signum).name} received after the last epoch: every epoch is trained "
+                  "and saved")
+    return TrainingInterrupted(stop.exit_code, resume_hint(run, complete=True))
+
+
+def run_and_finish(run: Run, stop: StopRequest, progress: Progress) -> None:
+    """Train with signals caught by `stop`; always close the log writer and the checkpoint manager."""
     stop.install()
     together = False
     try:
@@ -84,7 +101,6 @@ def run_and_finish(run: Run, progress: Progress) -> None:
         raise
     finally:
         finish(run)  # a Ctrl+C while the last save is written is still handled by `stop`
-        stop.restore()
         if together:
             barrier(run.world)  # no rank tears the process group down while another still uses it
 
@@ -169,7 +185,7 @@ def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, pro
     manager = CheckpointManager(paths.checkpoints, total_epochs=cfg.epochs,
                                 periodic_percentages=tuple(cfg.periodic_percentages), lock=True, warn=progress.warn,
                                 best_metric=BEST.metric, mode=BEST.mode,
-                                best_exclude=training_state.TRAINING_ONLY_KEYS, overlap_copies=True)
+                                best_exclude=training_state.TRAINING_ONLY_KEYS, _overlap_copies_in_useg_train=True)
     try:
         if resume is None and manager.list():
             if not overwrite:
@@ -218,6 +234,7 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         record_untrained_dice(run, progress)
     while position.epoch < cfg.epochs:
         started = time.perf_counter()
+        saves_before = save_counts(run)
         run_one_epoch(run, stop, progress)
         step_epoch_schedule(run.scheduler)
         kill_point("validation")
@@ -231,7 +248,8 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         position.finish_epoch()
         save_epoch_checkpoint(run, record)
         epoch_end_kill_point(run)
-        progress.epoch_summary(position.epoch, cfg.epochs, record, improved, run.history)
+        progress.epoch_summary(position.epoch, cfg.epochs, record, improved, run.history,
+                               saves=epoch_saves(run, saves_before))
         # Pictures after the checkpoint: a picture that cannot be written must not cost the epoch.
         if cfg.vis_every and position.epoch % cfg.vis_every == 0:
             on_main(run.world, lambda: save_pictures(run.model, run.dataset, pictured, run.paths.visualizations,
@@ -240,6 +258,23 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
             # The signal came during validation, the save or the pictures: the epoch checkpoint is
             # the position, also after the last epoch (a Ctrl+C is never ignored).
             stop_after_epoch(run, stop, progress)
+
+
+def save_counts(run: Run) -> SaveCounts:
+    """Routine mid-epoch saves asked for and coalesced so far in this session (rank 0 counts them)."""
+    coalesced = run.manager.coalesced_saves if run.manager is not None else 0
+    return SaveCounts(asked=run.routine_saves, coalesced=coalesced)
+
+
+def epoch_saves(run: Run, before: SaveCounts) -> SaveCounts:
+    """This epoch's routine saves; when some were coalesced, also the step latest is at now, which
+    says how many steps a kill at this moment would lose."""
+    now = save_counts(run)
+    counts = SaveCounts(asked=now.asked - before.asked, coalesced=now.coalesced - before.coalesced,
+                        step=run.position.step)
+    if counts.coalesced and run.manager is not None:
+        counts.latest_step = (read_metadata(run.paths.checkpoints / LATEST_NAME) or {}).get("step")
+    return counts
 
 
 def epoch_end_kill_point(run: Run) -> None:
@@ -289,6 +324,7 @@ def run_one_epoch(run: Run, stop: StopRequest, progress: Progress) -> None:
             if position.batch < batches and mid_epoch_save_due(position.step, time.monotonic() - last_save,
                                                                cfg.save_every_steps, cfg.save_every_minutes):
                 save_checkpoint(run, kind="mid_epoch", routine=True)
+                run.routine_saves += 1
                 last_save = time.monotonic()
 
 

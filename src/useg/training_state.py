@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from useg.checkpoint.position import Position
-from useg.config import RETUNABLE_KEYS, TrainConfig, incompatible_keys
+from useg.config import COMPUTE_KEYS, RETUNABLE_KEYS, TrainConfig, incompatible_keys
 from useg.errors import CheckpointError, ConfigError
 from useg.progress import position_text
 
@@ -200,3 +200,51 @@ def same_data(saved: dict, cfg: TrainConfig, state: Mapping[str, Any]) -> bool:
     if os.path.realpath(saved["data"]) == os.path.realpath(cfg.data):
         return True
     return bool((saved_split(state) or {}).get("fingerprints"))
+
+
+# --- how the run computes: kept on resume, or changed with a warning ---------------------------
+
+NOT_EXACT = "the resumed run continues correctly, not bit-identical to an uninterrupted run"
+
+
+def saved_compute(saved: Mapping[str, Any], key: str) -> Any:
+    """The value of a COMPUTE_KEYS setting (or "device": its type) the checkpoint computed with;
+    None where it is not known (a checkpoint from before useg recorded the chosen value)."""
+    value = saved.get(key)
+    if key == "num_threads" and value == 0:
+        return None  # "chosen from the cores" was saved, not the count chosen
+    if key == "device" and value is not None:
+        return str(value).split(":")[0]  # cpu or cuda: another GPU of the same kind computes the same
+    return value
+
+
+def compute_changes(saved: Mapping[str, Any], cfg: TrainConfig, device_type: str) -> dict[str, tuple[Any, Any]]:
+    """The settings in which this session computes otherwise than the one that saved `saved`
+    (its config): {key: (saved, now)}, for COMPUTE_KEYS and the device type."""
+    now = {**{key: getattr(cfg, key) for key in COMPUTE_KEYS}, "device": device_type}
+    changes = {}
+    for key, value in now.items():
+        old = saved_compute(saved, key)
+        if old is not None and old != value:
+            changes[key] = (old, value)
+    return changes
+
+
+def changes_text(changes: Mapping[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+
+
+def kept_but_not_chosen(saved: Mapping[str, Any], cfg: TrainConfig, machine: Mapping[str, Any]) -> list[str]:
+    """One line per setting kept from the checkpoint where this machine would choose another value
+    (`machine`: {key: its choice}): the count or dtype stays what the run computed with."""
+    lines = []
+    for key, chosen in machine.items():
+        kept = saved_compute(saved, key)
+        if kept is None or kept != getattr(cfg, key) or kept == chosen:
+            continue
+        what = f"{kept} CPU thread{'s' if kept != 1 else ''}" if key == "num_threads" else f"{key} {kept}"
+        flag = "--" + key.replace("_", "-")
+        lines.append(f"keeping {what} as the run computed with; this machine would use {chosen} "
+                     f"({flag} {chosen} changes that, and the resume is then not bit-identical)")
+    return lines
+

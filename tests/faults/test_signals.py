@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 from faultkit import RUN_FLAGS, assert_every_checkpoint_verifies, assert_same_run, checkpoints, final_state
+from tiny import TINY
 from useg.checkpoint import verify_checkpoint
+from useg.cli import main
 from useg.signals import StopRequest
 
 
@@ -153,3 +155,46 @@ def test_stop_request_leaves_an_ignored_sighup_ignored():
         stop.restore()
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+# --- a signal after the last epoch --------------------------------------------------------------------
+
+TINY_RUN = ["--epochs", "2", *TINY, "--vis-every", "0"]
+
+
+def test_ctrl_c_while_the_last_save_finishes_says_done_and_complete_and_exits_130(tmp_path, monkeypatch, capsys):
+    import useg.train
+
+    real_finish = useg.train.finish
+
+    def ctrl_c_then_finish(run) -> None:  # after the last epoch's check for a signal, before its save is durable
+        os.kill(os.getpid(), signal.SIGINT)
+        real_finish(run)
+
+    monkeypatch.setattr(useg.train, "finish", ctrl_c_then_finish)
+    run = tmp_path / "run"
+    code = main(["train", "--run-dir", str(run), *TINY_RUN])
+    out, err = capsys.readouterr()
+    assert code == 130, err
+    assert "Done: 2 epochs" in out
+    assert "warning: SIGINT received after the last epoch: every epoch is trained and saved" in err
+    assert "the run is complete (2 of 2 epochs)" in err and "--epochs N" in err
+    assert final_state(run)["epoch"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+
+
+def test_ctrl_c_after_the_done_line_does_not_turn_the_exit_code_into_a_kill(tmp_path):
+    # What is left after the Done line is the interpreter's teardown of torch (a quarter to a whole second),
+    # during which Python gives SIGINT its default action back: the process died with -2.
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "useg", "train", "--run-dir", str(run), *TINY_RUN],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("Done:"):
+            time.sleep(0.05)  # past the last line of Python: into the teardown
+            process.send_signal(signal.SIGINT)
+            break
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, (process.returncode, stderr)
+    assert "Traceback" not in stderr and final_state(run)["epoch"] == 2

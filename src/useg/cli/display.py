@@ -119,9 +119,12 @@ def determinism_text(config: dict[str, Any]) -> str:
     """Whether resuming this checkpoint is bit-identical to never stopping."""
     if "deterministic" not in config:
         return "not recorded (saved before the setting existed)"
-    if config["deterministic"]:
-        return "yes: a resume is bit-identical to an uninterrupted run"
-    return "no: a resume continues correctly, not bit-identical"
+    if not config["deterministic"]:
+        return "no: a resume continues correctly, not bit-identical"
+    if config.get("bit_identical") is False:
+        return ("yes, but an earlier resume changed how the run computes (threads, compile, precision, device or "
+                "processes; the log's sessions say which): not bit-identical to an uninterrupted run")
+    return "yes: a resume is bit-identical to an uninterrupted run"
 
 
 def clean_notes(plan: CleanPlan) -> list[str]:

@@ -99,10 +99,11 @@ def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     from useg.config import build_config, read_config_file
-    from useg.signals import TrainingInterrupted
+    from useg.signals import TrainingInterrupted, ignore_stop_signals_at_exit
     from useg.run_folder import open_resume_point, resume_config
     from useg.train import train
 
+    ignore_stop_signals_at_exit()  # a Ctrl+C in the interpreter's teardown must not undo the exit code
     resume = args.which if args.command == "resume" else args.resume
     file_layer = read_config_file(args.config) if args.config else {}
     flags = flag_layer(args)
