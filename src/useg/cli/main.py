@@ -35,7 +35,7 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--vis-every", dict(type=int, help="write prediction pictures every N epochs (0: never; default 1)")),
     ("--vis-count", dict(type=int, help="validation targets pictured each time (default 3)")),
     ("--num-threads", dict(type=int, help="CPU threads for torch (default: the usable cores minus one, and minus "
-                                          "the data workers)")),
+                                          "the data workers; a resume keeps the count the run computed with)")),
     ("--device", dict(help="cpu, cuda or cuda:N (default: CUDA when present); for this session only")),
     ("--precision", dict(choices=["fp32", "bf16", "fp16"],
                          help="autocast dtype for forward and loss; weights stay fp32 (default: fp32 on the CPU, "
@@ -57,7 +57,7 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                         help="deterministic kernels, for bit-identical resume (default on; --no-deterministic "
                              "trades that for speed on a GPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the model for training steps (default off)")
+                        help="torch.compile the model for training steps (default off; a resume keeps the run's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
