@@ -43,7 +43,7 @@ UNSTEADY_BASELINE = 2.0
 
 def run(settings: Settings) -> list[Section]:
     stall = Section("Checkpoint stall per save (time until save() returns)",
-                    "async `CheckpointManager.save()` with `overlap_copies=True`, as `useg train` uses it",
+                    "async `CheckpointManager.save()` with overlapped copies, as `useg train` uses it",
                     "sync `torch.save`")
     throughput = Section("Background writer throughput (durable bytes per second)",
                          "our writer", "`dd ... conv=fsync`")
@@ -84,7 +84,7 @@ def _measure(state: TrainingState, directory: Path, runs: int, warmup: int) -> t
     directory.mkdir(parents=True)
     sync_path, dd_path = directory / "sync.pt", directory / "dd.bin"
     manager = CheckpointManager(directory / "checkpoints", total_epochs=10**6, periodic_percentages=(100,),
-                                overlap_copies=True)
+                                _overlap_copies_in_useg_train=True)
     latest = directory / "checkpoints" / "latest_checkpoint.pt"
     epoch = iter(range(1, 10**6))
     writer_times: list[float] = []
