@@ -123,11 +123,11 @@ def known_verified(path: str | os.PathLike) -> VerifyResult | None:
             return None
         candidates, _ = _sidecar_candidates(path)
         entries = _cached_entries(path.parent, path.name)
-        for sidecar in candidates:
-            if _cache_entry(before, sidecar["sha256"]) in entries and sidecar["size_bytes"] == before.st_size:
-                return VerifyResult(path, "ok", "", sidecar)
+        known = next((sidecar for sidecar in candidates if sidecar["size_bytes"] == before.st_size
+                      and _cache_entry(before, sidecar["sha256"]) in entries), None)
         if _same_file(_stat(path), before):
-            return None  # nothing changed while reading: these bytes are not known
+            # nothing changed while reading: the answer is about the bytes at `path` now
+            return None if known is None else VerifyResult(path, "ok", "", known)
     return None
 
 
