@@ -12,6 +12,7 @@ patient) covers both cases.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from useg.errors import ConfigError, DataError
 from useg.predict import TrainedModel
 
 SPLITS = ("val", "test")
+NATIVE_MASK_BYTES = 256 * 2**20  # targets' truth kept between sweep points (a CT volume's masks are ~0.5 GB)
 
 
 @dataclass
@@ -38,14 +40,25 @@ class EvalSet:
     support_data: str | None
     files: list[str]  # per dataset image: its file relative to its data folder ("" when unknown)
 
-    _native: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _native: OrderedDict[int, np.ndarray] = field(default_factory=OrderedDict, repr=False)
+    _native_bytes: int = field(default=0, repr=False)
 
     def native_masks(self, index: int) -> np.ndarray:
-        """(C, H, W) truth of a target at the size it has on disk (read once, then kept)."""
-        if index not in self._native:
-            read = self.dataset.read_native_masks
-            self._native[index] = self.dataset.masks[index] if read is None else read(index)
-        return self._native[index]
+        """(C, H, W) truth of a target at the size it has on disk.
+
+        Kept for the next sweep point while they fit in NATIVE_MASK_BYTES (the oldest are dropped first), so
+        big CT data does not end up wholly in memory; a dropped one is read again when asked for.
+        """
+        if index in self._native:
+            self._native.move_to_end(index)
+            return self._native[index]
+        read = self.dataset.read_native_masks
+        masks = self.dataset.masks[index] if read is None else read(index)
+        self._native[index] = masks
+        self._native_bytes += masks.nbytes
+        while len(self._native) > 1 and self._native_bytes > NATIVE_MASK_BYTES:
+            self._native_bytes -= self._native.popitem(last=False)[1].nbytes
+        return masks
 
     def class_status(self, trained_classes: list[str]) -> dict[str, str]:
         """Per class of the data: `trained` when the model was trained on it, else `held-out`."""

@@ -16,7 +16,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from useg.checkpoint.atomic import write_file_atomically
 from useg.data import SegDataset, Task, make_batch
+from useg.data.medical import keeping_last_mask
 from useg.data.tasks import candidates, choose_supports, class_members
 from useg.errors import ConfigError, DataError
 from useg.eval_data import SPLITS, EvalSet, load_eval_set
@@ -121,10 +122,11 @@ class Evaluation:
 def evaluate(trained: TrainedModel, *, data: str | None = None, annotations: str | None = None,
              split: str = "test", support_size: int | list[int] | None = None, ensembles: int | list[int] = 1,
              seed: int | None = None, support: str | None = None, data_options: dict | None = None,
-             with_paths: bool = False) -> Evaluation:
+             with_paths: bool = False, progress: Callable[[int, int], None] | None = None) -> Evaluation:
     """Score `trained` on its run's `split`, or on every image of another folder `data` (see eval_data).
 
     `data_options`: load_dataset keywords from the command line (label, classes, class_names, patient_pattern).
+    `progress(done, total)`: called as tasks are scored (every support size's tasks count in `total`).
 
     A list of support sizes or ensemble counts sweeps them; sizes above what every target's
     pool can give are skipped (one warning each) instead of drawing repeated supports.
@@ -149,9 +151,26 @@ def evaluate(trained: TrainedModel, *, data: str | None = None, annotations: str
     if len(sizes) == 1:
         check_pool(evalset, drawn[sizes[0]][0], sizes[0])
     points = []
-    for size in kept:
-        points += score_tasks(trained, evalset, drawn[size][0], size, counts, seed, with_paths)
+    advance = progress_counter(progress, sum(len(drawn[size][0]) for size in kept))
+    with keeping_last_mask():  # a volume's slices are consecutive targets: read each mask volume once
+        for size in kept:
+            points += score_tasks(trained, evalset, drawn[size][0], size, counts, seed, with_paths, advance)
     return Evaluation(str(trained.path), trained.epoch, evalset.split, seed, evalset, status, points, skipped)
+
+
+def progress_counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """A function that adds scored tasks to a running count and reports (done, total) to `progress`."""
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+
+    if progress is not None:
+        progress(0, total)
+    return advance
 
 
 def as_list(value: int | list[int] | None, default: int) -> list[int]:
@@ -203,7 +222,7 @@ def check_pool(evalset: EvalSet, tasks: list[Task], size: int) -> None:
 
 
 def score_tasks(trained: TrainedModel, evalset: EvalSet, tasks: list[Task], size: int, counts: list[int],
-                seed: int, with_paths: bool) -> list[SweepPoint]:
+                seed: int, with_paths: bool, advance: Callable[[int], None] = lambda count: None) -> list[SweepPoint]:
     """One point per ensemble count: member k averages the first k support draws of each task."""
     points = {count: SweepPoint(size, count, []) for count in counts}
     members = class_members(evalset.dataset, evalset.pool)
@@ -218,6 +237,7 @@ def score_tasks(trained: TrainedModel, evalset: EvalSet, tasks: list[Task], size
             if member + 1 in points:
                 points[member + 1].rows += [score_row(evalset, task, prob[0] / (member + 1), with_paths)
                                             for task, prob in zip(chunk, total)]
+        advance(len(chunk))
     for point in points.values():
         point.per_class = summarise(point.rows, evalset.dataset.classes)
     return list(points.values())

@@ -76,16 +76,17 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from useg.cli.evaluate_report import report_evaluation
+    from useg.cli.evaluate_report import ScoringProgress, report_evaluation
     from useg.evaluate import evaluate
     from useg.predict import load_trained
 
     sizes = None if args.support_size is None else number_list(args.support_size, "--support-size")
     counts = number_list(args.ensembles, "--ensembles")
     trained = load_trained(args.run_dir, args.checkpoint)
-    result = evaluate(trained, data=args.data, annotations=args.annotations, split=args.split,
-                      support_size=sizes, ensembles=counts, seed=args.seed, support=args.support,
-                      data_options=data_flags(args), with_paths=args.with_paths)
+    with ScoringProgress() as progress:  # on stderr in a terminal: stdout stays the table or the JSON
+        result = evaluate(trained, data=args.data, annotations=args.annotations, split=args.split,
+                          support_size=sizes, ensembles=counts, seed=args.seed, support=args.support,
+                          data_options=data_flags(args), with_paths=args.with_paths, progress=progress)
     default_name = f"evaluation_{args.split}.csv" if not result.data.held_out else "evaluation_held_out.csv"
     csv_path = Path(args.csv) if args.csv else Path(args.run_dir) / default_name
     return report_evaluation(result, csv_path, as_json=args.json, with_paths=args.with_paths)

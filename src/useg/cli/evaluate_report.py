@@ -1,10 +1,14 @@
-"""What `useg evaluate` prints and writes: the table or JSON, the CSV and the sweep pictures."""
+"""What `useg evaluate` prints and writes: the table or JSON, the CSV and the sweep pictures, and a progress
+bar on stderr while it scores."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from useg.checkpoint.atomic import json_text
@@ -32,6 +36,46 @@ def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool
     for path in save_sweep_pictures(csv_path.parent, result):
         console.print(f"sweep picture written to {path}", markup=False)
     return 0
+
+
+class ScoringProgress:
+    """`progress(done, total)` for `evaluate`: a bar on stderr (tasks scored, tasks/s, time left).
+
+    Only in a terminal, and only once the command has run SHOW_AFTER_S, so a quick evaluation prints nothing
+    more than before; stdout (the table or `--json`) is untouched. The bar disappears when scoring ends.
+    """
+
+    SHOW_AFTER_S = 2.0
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True, highlight=False)
+        self.created = time.monotonic()
+        self.scoring_since: float | None = None
+        self.bar: Progress | None = None
+        self.task = None
+
+    def __enter__(self) -> ScoringProgress:
+        return self
+
+    def __exit__(self, *error) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.scoring_since is None:
+            self.scoring_since = now
+        if self.bar is None:
+            if not self.console.is_terminal or now - self.created < self.SHOW_AFTER_S:
+                return
+            self.bar = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
+                                TextColumn("{task.fields[speed]}"), TextColumn("remaining"), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("evaluate", total=total, completed=done, speed="")  # no jump in the rate
+        elapsed = now - self.scoring_since
+        speed = f"{done / elapsed:.1f} tasks/s" if elapsed > 0 and done else ""
+        self.bar.update(self.task, completed=done, total=total, speed=speed)
 
 
 def where_scored(result) -> str:

@@ -6,11 +6,19 @@ last so that "the last axis" is the slice axis of both. Singleton axes are
 dropped (a NIfTI of shape (X, Y, 1) is a 2-D image). Images are scaled to
 [0, 1] per file between the 0.5th and 99.5th percentile (a volume as a
 whole, so its slices share one scale); masks keep their stored values.
+
+Evaluation scores a volume slice by slice and asks for each slice's mask at its
+stored size: inside `keeping_last_mask()` the last mask file read is kept, so a
+volume is read once, not once per slice (at most one volume is held).
 """
 
 from __future__ import annotations
 
+import contextvars
+import os
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +34,54 @@ def read_medical_image(path: Path, name: str) -> np.ndarray:
 
 
 def read_medical_mask(path: Path, name: str) -> np.ndarray:
-    """A 2-D or 3-D int64 array of stored mask values (label maps keep their numbers)."""
+    """A 2-D or 3-D int64 array of stored mask values (label maps keep their numbers).
+
+    Inside `keeping_last_mask()` the array is shared with later reads of the same unchanged file, so it is
+    read-only: a caller that wants to change it copies it first.
+    """
+    kept = _last_mask.get()
+    if kept is None:
+        return _read_mask_values(path, name)
+    key = _file_key(path)
+    if kept.get("key") != key:
+        kept.clear()  # drop the previous volume before reading the next: at most one is held
+        values = _read_mask_values(path, name)
+        values.flags.writeable = False
+        kept.update(key=key, values=values)
+    return kept["values"]
+
+
+def _read_mask_values(path: Path, name: str) -> np.ndarray:
     values = read_medical(path, name, as_mask=True)
     if not np.isfinite(values).all():
         raise DataError(f"mask {name} holds NaN or infinite values; store label values as integers")
     return np.rint(values).astype(np.int64)
+
+
+# The mask kept by keeping_last_mask(): {"key": ..., "values": ...}; None outside it (nothing kept).
+_last_mask: contextvars.ContextVar[dict | None] = contextvars.ContextVar("useg_last_mask", default=None)
+
+
+@contextmanager
+def keeping_last_mask() -> Iterator[None]:
+    """Within the block, reading the mask file read last (unchanged on disk) returns the array already read."""
+    if _last_mask.get() is not None:  # nested: the outer block keeps it
+        yield
+        return
+    token = _last_mask.set({})
+    try:
+        yield
+    finally:
+        _last_mask.reset(token)
+
+
+def _file_key(path: Path) -> tuple:
+    """A file and its version: a mask rewritten during the block is read again."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return (str(path), None)  # the read reports what is wrong with the file
+    return (os.path.realpath(path), found.st_mtime_ns, found.st_size)
 
 
 def read_medical(path: Path, name: str, *, as_mask: bool) -> np.ndarray:
@@ -98,8 +149,31 @@ def _unreadable(kind: str, name: str, format_name: str, error: BaseException, pa
                      f"remove the file")
 
 
-def slices(volume: np.ndarray, axis: int) -> list[np.ndarray]:
+def slices(volume: np.ndarray, axis: int) -> Planes:
     """The 2-D planes of a 2-D image (itself) or of a 3-D volume cut along `axis`."""
-    if volume.ndim == 2:
-        return [volume]
-    return [np.take(volume, index, axis=axis) for index in range(volume.shape[axis])]
+    return Planes(volume, axis)
+
+
+class Planes(Sequence):
+    """A volume's planes along one axis, each cut when asked for: picking one slice costs one slice.
+
+    (`np.take` per plane copied the whole volume for every plane of a Fortran-ordered NIfTI array, and
+    cutting every plane to use one made reading a slice's mask cost the whole volume.)
+    """
+
+    def __init__(self, volume: np.ndarray, axis: int):
+        self.volume = volume
+        self.stack = volume[None] if volume.ndim == 2 else np.moveaxis(volume, axis, 0)
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[number] for number in range(len(self))[index]]
+        if self.volume.ndim == 2 and index in (0, -1):
+            return self.volume
+        return self.stack[index].copy()  # a copy: a plane kept does not hold the whole volume in memory
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[number] for number in range(len(self)))
