@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from useg.data.dataset import ImageSource
-from useg.data_index import write_data_index
-from useg.predict import overlay_picture
+from useg.data.index import write_data_index
+from useg.apply.predict import overlay_picture
 from useg.viz import COLOUR_NOTE, class_display_name, colour_input_note, contrasting_tints, prediction_figure
 from useg.viz import save_prediction_figure
 

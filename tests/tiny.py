@@ -1,8 +1,14 @@
-"""What many test modules share: the tiny training flags and a trained tiny run."""
+"""What many test modules share: the tiny training flags, a trained tiny run, running the CLI in a fresh
+process and comparing two runs' final states."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import torch
 
 from useg.cli import main
 
@@ -16,3 +22,24 @@ def train_tiny(run: Path, epochs: int, *extra: str) -> Path:
     assert main(["train", "--run-dir", str(run), "--epochs", str(epochs), *TINY, "--quiet", "--vis-every", "0",
                  *extra]) == 0
     return run
+
+
+def useg(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process, as a user (or a scheduler) would."""
+    return subprocess.run([sys.executable, "-m", "useg", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def final_state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "latest_checkpoint.pt", weights_only=True)
+
+
+def assert_same_training(a: dict, b: dict) -> None:
+    for name, tensor in a["model_state_dict"].items():
+        assert torch.equal(tensor, b["model_state_dict"][name]), name
+    for key in ("train_loss", "val_dice", "val_dice_per_class", "best_val_dice", "best_epoch"):
+        assert a["history"][key] == b["history"][key], key
+    assert a["optimizer_state_dict"]["state"].keys() == b["optimizer_state_dict"]["state"].keys()
+    for index, slots in a["optimizer_state_dict"]["state"].items():
+        for slot, value in slots.items():
+            assert torch.equal(value, b["optimizer_state_dict"]["state"][index][slot]), (index, slot)

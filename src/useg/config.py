@@ -46,7 +46,7 @@ class TrainConfig:
     vis_count: int = 3
     save_every_steps: int = 0
     save_every_minutes: float = 0.0
-    num_threads: int = 0  # 0: chosen from the cores this process may use (useg.device.choose_threads); saved as chosen
+    num_threads: int = 0  # 0: chosen from the cores this process may use (useg.compute.device.choose_threads); saved as chosen
     device: str | None = None  # None: CUDA when present, else the CPU; saved as chosen, chosen again on resume
     precision: str | None = None  # None: fp32 on the CPU, bf16 (else fp16) on CUDA; saved as chosen
     deterministic: bool = True  # exact resume is the promise; False after a start-up fallback too

@@ -23,7 +23,7 @@ from torch import nn
 from useg.checkpoint import load_checkpoint, nonfinite_weights
 from useg.checkpoint.layout import sidecar_path
 from useg.errors import CheckpointError, ConfigError
-from useg.training_state import model_weights
+from useg.training.state import model_weights
 
 CROSS_IMPLS = ("split", "concat")
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from useg.checkpoint import read_metadata
 from useg.checkpoint.loading import OpenCheckpoint, open_checkpoint
 from useg.checkpoint.atomic import fsync_directory
-from useg.checkpoint.faults import kill_point
+from useg.faults import kill_point
 from useg.checkpoint.layout import LOCK_NAME, checkpoints_folder
 from useg.checkpoint.replaced import replaced_name
 from useg.errors import CheckpointError, ConfigError

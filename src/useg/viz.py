@@ -103,7 +103,7 @@ COLOUR_NOTE = "colour input, shown and trained on in grey (mean of R, G and B)"
 def colour_input_note(run_dir: Path, image_id: str) -> str | None:
     """COLOUR_NOTE when the file behind `image_id` (found through the run's data_index.json) is a colour
     image, which the loaders turn into grey; None for grey files, the synthetic set, or an unknown file."""
-    from useg.data_index import INDEX_NAME
+    from useg.data.index import INDEX_NAME
 
     try:
         index = json.loads((Path(run_dir) / INDEX_NAME).read_text(encoding="utf-8"))

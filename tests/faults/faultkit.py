@@ -29,11 +29,11 @@ import torch._dynamo  # noqa: F401  (imported lazily by torch.optim: preload it 
 import useg.cli  # noqa: F401  (preloaded in the forkserver, like the two below)
 import useg.cli.checkpoint_commands  # noqa: F401
 import useg.cli.menu  # noqa: F401
-import useg.train
+import useg.training.loop
 from useg.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, verify_checkpoint
 from useg.errors import CheckpointError
 
-from test_train import TINY, assert_same_training  # tests/ is on sys.path (conftest.py)
+from tiny import TINY, assert_same_training  # tests/ is on sys.path (conftest.py)
 
 # The run every torture chain repeats: 4 epochs of 3 steps, latest rewritten every 2 steps
 # (mid-epoch) and after each epoch (with a periodic file each epoch and best on improvement).
@@ -196,10 +196,10 @@ def _redirect(out: Path) -> None:
 def _count_steps(path: Path) -> None:
     # Instrumentation only: counts optimisation steps of this process so a test knows how
     # much work a kill destroyed. The real kill point still runs after the count.
-    import useg.train
+    import useg.training.loop
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    real_kill_point = useg.train.kill_point
+    real_kill_point = useg.training.loop.kill_point
     steps = 0
 
     def counting_kill_point(name: str) -> None:
@@ -209,7 +209,7 @@ def _count_steps(path: Path) -> None:
             os.pwrite(fd, b"%12d" % steps, 0)
         real_kill_point(name)
 
-    useg.train.kill_point = counting_kill_point
+    useg.training.loop.kill_point = counting_kill_point
 
 
 def _stop_after(target: str) -> None:
@@ -229,7 +229,6 @@ def _stop_after(target: str) -> None:
 
 def _slow_writes(seconds: float) -> None:
     from useg.checkpoint import manager
-
     real = manager.publish_state
 
     def slow(*args, **kwargs):

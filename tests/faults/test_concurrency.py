@@ -78,7 +78,7 @@ def test_two_trainers_started_together_one_trains_one_refuses(cli, reference_run
 def test_a_trainer_that_waited_past_its_check_does_not_overwrite_a_finished_run(cli, tmp_path, ledger):
     run = tmp_path / "run"
     # B passes "no checkpoints here yet", then pauses before locking; A trains the whole run meanwhile.
-    late = cli.start("train", "--run-dir", run, *RUN_FLAGS, "--lr", "0.01", stop_after="useg.train:check_run_dir")
+    late = cli.start("train", "--run-dir", run, *RUN_FLAGS, "--lr", "0.01", stop_after="useg.training.loop:check_run_dir")
     try:
         wait_until_stopped(late)
         assert cli("train", "--run-dir", run, *RUN_FLAGS).returncode == 0

@@ -14,7 +14,6 @@ import torch
 from faultkit import RUN_FLAGS, TINY, assert_every_checkpoint_verifies, checkpoints, final_state
 from test_bad_inputs import write_pairs
 from useg.checkpoint import resolve_checkpoint, verify_checkpoint
-
 # Settings that make the tiny model's loss NaN within a step or two (dice+bce with an absurd lr).
 DIVERGING = ["--loss", "dice+bce", "--lr", "1e6"]
 
@@ -232,7 +231,7 @@ def test_a_moved_data_folder_with_the_same_images_resumes(cli, tmp_path):
 
 
 def test_without_latest_the_newest_branch_is_found_from_the_periodic_files_alone(tmp_path):
-    from test_checkpoint import manager, train
+    from checkpoint_kit import manager, train
 
     trainer = train(tmp_path, 5, total=5)  # epoch_001 .. epoch_005
     with manager(tmp_path, total=4) as mgr:  # go back to epoch 2 and train a 4-epoch run from there

@@ -19,7 +19,7 @@ from faultkit import RUN_FLAGS, assert_every_checkpoint_verifies, assert_same_ru
 from tiny import TINY
 from useg.checkpoint import verify_checkpoint
 from useg.cli import main
-from useg.signals import StopRequest
+from useg.training.signals import StopRequest
 
 
 def test_sighup_mid_epoch_saves_the_position_and_resume_matches_uninterrupted_run(cli, reference_run, tmp_path,
@@ -163,15 +163,15 @@ TINY_RUN = ["--epochs", "2", *TINY, "--vis-every", "0"]
 
 
 def test_ctrl_c_while_the_last_save_finishes_says_done_and_complete_and_exits_130(tmp_path, monkeypatch, capsys):
-    import useg.train
+    import useg.training.loop
 
-    real_finish = useg.train.finish
+    real_finish = useg.training.loop.finish
 
     def ctrl_c_then_finish(run) -> None:  # after the last epoch's check for a signal, before its save is durable
         os.kill(os.getpid(), signal.SIGINT)
         real_finish(run)
 
-    monkeypatch.setattr(useg.train, "finish", ctrl_c_then_finish)
+    monkeypatch.setattr(useg.training.loop, "finish", ctrl_c_then_finish)
     run = tmp_path / "run"
     code = main(["train", "--run-dir", str(run), *TINY_RUN])
     out, err = capsys.readouterr()

@@ -76,9 +76,9 @@ class CheckpointManager:
         if overlap_copies:
             raise ValueError(OVERLAP_REFUSED)  # before the folder or its lock is touched
         self.directory = Path(directory)
-        # Private to useg's own trainer (src/useg/train.py), whose loop changes the parameters
+        # Private to useg's own trainer (src/useg/training/loop.py), whose loop changes the parameters
         # and the optimizer's state only inside optimizer.step() between a save and the next
-        # step (tests/test_overlap_trainer.py checks it): only then may save() leave the copies
+        # step (tests/training/test_overlap_trainer.py checks it): only then may save() leave the copies
         # of those tensors to the writer and the next step's pre-hook (overlap.py). Any other
         # loop may change them in ways torch does not count (p.data.mul_(), a NumPy view, an EMA
         # swapped in through .data) and the file would mix two states without anyone noticing.

@@ -3,7 +3,7 @@
 For useg's own trainer only (CheckpointManager's private `_overlap_copies_in_useg_train`).
 Between a save and the next `optimizer.step()` that loop runs the next forward and backward
 (and after an epoch's save its pictures), which read the weights and the optimizer's state but
-change neither (tests/test_overlap_trainer.py checks the copies of a real run against the state
+change neither (tests/training/test_overlap_trainer.py checks the copies of a real run against the state
 at save()).
 So the copies of those tensors need not stall the caller: the writer takes them first thing,
 and the optimizer's next step() waits for them (a step pre-hook), or takes them itself when the

@@ -28,7 +28,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
-from .faults import kill_point
+from useg.faults import kill_point
 from .atomic import atomic_write_json, fsync_directory, remove_quietly, replace_durably
 from .integrity import read_sidecar, remember_verified, sha256_stream
 from .layout import PENDING_SUFFIX, SIDECAR_SUFFIX, TEMP_SUFFIX, pending_path, sidecar_path

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .atomic import start_writeback, write_all, write_temp
-from .faults import kill_point
+from useg.faults import kill_point
 from .state import tensors_in
 
 _WRITEBACK_EVERY = 16 * 1024 * 1024

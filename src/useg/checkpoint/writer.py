@@ -18,7 +18,7 @@ import threading
 import weakref
 from typing import Callable
 
-from .faults import kill_point
+from useg.faults import kill_point
 
 _WRITERS: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
 _exit_hook_registered = False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -77,8 +76,8 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from useg.cli.evaluate_report import ScoringProgress, report_evaluation
-    from useg.evaluate import evaluate
-    from useg.predict import load_trained
+    from useg.apply.evaluate import evaluate
+    from useg.apply.predict import load_trained
 
     sizes = None if args.support_size is None else number_list(args.support_size, "--support-size")
     counts = number_list(args.ensembles, "--ensembles")
@@ -126,7 +125,7 @@ def data_flags(args: argparse.Namespace) -> dict:
 def cmd_predict(args: argparse.Namespace) -> int:
     from useg.checkpoint.atomic import explain_file_errors
     from useg.config import check_value
-    from useg.predict import check_outputs, input_files, load_supports, load_trained, write_label_names
+    from useg.apply.predict import check_outputs, input_files, load_supports, load_trained, write_label_names
 
     trained = load_trained(args.run_dir, args.checkpoint)
     size = None if args.support_size is None else one_number(args.support_size, "--support-size")
@@ -155,7 +154,7 @@ def predict_all(trained, files, sets, out: Path, multi_class: bool, overlay: boo
     """Segment every input, with a progress bar on a terminal; returns the number of files written."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from useg.predict import predict_file
+    from useg.apply.predict import predict_file
 
     console = Console(stderr=True)
     columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())

@@ -1,4 +1,4 @@
-"""`useg checkpoints ...`, `useg history` and `useg menu`: thin front ends over useg.manage and useg.checkpoint."""
+"""`useg checkpoints ...`, `useg history` and `useg menu`: thin front ends over useg.cli.checkpoint_actions and useg.checkpoint."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from useg import manage
+from useg.cli import checkpoint_actions as manage
 from useg.checkpoint.layout import LATEST_NAME, checkpoints_folder
 from useg.checkpoint.replaced import replaced_folders
 from useg.cli import display
@@ -149,7 +149,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_history(args) -> int:
-    from useg.history import epoch_rows, history_table, plot_curves
+    from useg.training.history import epoch_rows, history_table, plot_curves
 
     history = manage.run_history(args.run_dir)
     curves_path = Path(args.run_dir) / "training_curves.png"

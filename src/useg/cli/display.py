@@ -16,9 +16,9 @@ from useg.checkpoint.layout import LATEST_NAME
 from useg.checkpoint.replaced import ReplacedFolder
 from useg.checkpoint.resume_points import ResumePoint
 from useg.checkpoint.retention import CleanPlan
-from useg.history import format_number  # the one number formatter (re-exported for the CLI)
-from useg.manage import CONFIG_SUMMARY_KEYS, batch_position, points_by_path
-from useg.progress import position_text
+from useg.training.history import format_number  # the one number formatter (re-exported for the CLI)
+from useg.cli.checkpoint_actions import CONFIG_SUMMARY_KEYS, batch_position, points_by_path
+from useg.training.progress import position_text
 
 
 def console() -> Console:

@@ -18,8 +18,8 @@ from useg.cli.display import format_number
 
 def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool) -> int:
     """JSON (printed once the CSV and pictures exist, as it names them) or the table first, then the files."""
-    from useg.evaluate import write_csv
-    from useg.sweep_plot import save_sweep_pictures
+    from useg.apply.evaluate import write_csv
+    from useg.apply.sweep_plot import save_sweep_pictures
 
     if as_json:
         csv_path = write_csv(csv_path, result, with_paths)

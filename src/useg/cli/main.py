@@ -99,9 +99,9 @@ def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     from useg.config import build_config, read_config_file
-    from useg.signals import TrainingInterrupted, ignore_stop_signals_at_exit
+    from useg.training.signals import TrainingInterrupted, ignore_stop_signals_at_exit
     from useg.run_folder import open_resume_point, resume_config
-    from useg.train import train
+    from useg.training.loop import train
 
     ignore_stop_signals_at_exit()  # a Ctrl+C in the interpreter's teardown must not undo the exit code
     resume = args.which if args.command == "resume" else args.resume
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     code = run_command(args)
     if args.command in ("train", "resume"):
-        from useg.distributed import end_worker_process, launched_by_torchrun
+        from useg.compute.distributed import end_worker_process, launched_by_torchrun
 
         if launched_by_torchrun():
             end_worker_process(code)

@@ -11,12 +11,12 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.markup import escape
 
-from useg import manage
+from useg.cli import checkpoint_actions as manage
 from useg.checkpoint.layout import BEST_NAME, LATEST_NAME, checkpoints_folder, is_resume_name
 from useg.checkpoint.resume_points import ResumePoint, left_behind, resume_points
 from useg.cli import display
 from useg.errors import CheckpointError, UsegError
-from useg.progress import position_text
+from useg.training.progress import position_text
 
 OPTIONS = (
     ("1", "Start new training"),
@@ -179,7 +179,6 @@ def ask_about_existing_run(run_dir: str, console: Console) -> str | None:
 
 def describe_latest(folder: Path) -> str:
     from useg.checkpoint import list_checkpoints
-
     latest = next((info for info in list_checkpoints(folder) if info.name == LATEST_NAME), None)
     if latest is None or latest.epoch is None:
         return f"{len(list(folder.glob('*.pt')))} checkpoint file(s)"
@@ -391,7 +390,7 @@ def yes(prompt: str) -> bool:
 
 
 def show_history(run_dir: str, console: Console) -> None:
-    from useg.history import history_table, plot_curves
+    from useg.training.history import history_table, plot_curves
 
     history = manage.run_history(run_dir)
     console.print(history_table(history))

@@ -33,7 +33,7 @@ def default_data_workers(cores: int | None = None) -> int:
     On one core a worker only adds switching, so there the loop builds its own batches.
     """
     if cores is None:
-        from useg.device import usable_cores  # affinity and cgroup quota
+        from useg.compute.device import usable_cores  # affinity and cgroup quota
 
         cores = usable_cores()
     return 0 if cores <= 1 else min(MAX_DEFAULT_WORKERS, max(1, cores // 2))

@@ -1,0 +1,1 @@
+"""Applying a trained model: predict, evaluate, which images are targets and supports, scores, sweep pictures."""

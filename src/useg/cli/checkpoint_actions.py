@@ -1,0 +1,341 @@
+"""What the checkpoint CLI, the menu and the seed scripts share: finding, describing, cleaning, exporting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from useg.checkpoint import CheckpointInfo, bytes_freed
+from useg.checkpoint import list_checkpoints, load_checkpoint, nonfinite_weights, resolve_checkpoint, verify_checkpoint
+from useg.checkpoint.atomic import explain_write_errors, fsync_directory, remove_quietly, replace_durably
+from useg.checkpoint.atomic import write_temp_file
+from useg.faults import kill_point
+from useg.checkpoint.layout import TEMP_SUFFIX, kind_from_name, pending_path, sidecar_path
+from useg.checkpoint.layout import LATEST_NAME, checkpoints_folder, is_checkpoints_folder
+from useg.checkpoint.listing import checkpoint_info
+from useg.checkpoint.lock import acquire_run_lock
+from useg.checkpoint.replaced import ReplacedFolder, remove_replaced, replaced_folders
+from useg.checkpoint.resume_points import ResumePoint, resume_points
+from useg.checkpoint.retention import CleanPlan
+from useg.errors import CheckpointError, UsegError
+from useg.training import state as training_state
+from useg.training.history import latest_log, read_log
+
+# The `--json` schema of one checkpoint (documented in CHECKPOINT_GUIDE.md): change it only deliberately.
+RECORD_KEYS = ("path", "name", "kind", "epoch", "step", "train_loss", "val_dice", "best_val_dice", "best_epoch",
+               "total_epochs", "size_bytes", "created", "valid", "status", "reason", "same_as_latest", "abandoned",
+               "metrics")
+CONFIG_SUMMARY_KEYS = ("data", "image_size", "widths", "support_size", "batch_size", "lr", "seed", "classes")
+
+
+def checkpoints_dir(run_dir: str | Path) -> Path:
+    """The run's checkpoints folder; a missing run folder is a usage error."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UsegError(f"run folder {run} does not exist; pass the folder you trained into with --run-dir")
+    return checkpoints_folder(run)
+
+
+def run_checkpoints(run_dir: str | Path) -> list[CheckpointInfo]:
+    """Every checkpoint of a run, oldest epoch first; valid only when its bytes hash to its sidecar
+    (bytes unchanged since they were last hashed are not hashed again)."""
+    folder = checkpoints_dir(run_dir)
+    infos = list_checkpoints(folder, verify=True)
+    if not infos:
+        raise CheckpointError(f"no checkpoints yet in {folder}; start one with: useg train --run-dir {shlex.quote(str(run_dir))}")
+    return infos
+
+
+def require_file(path: str | Path) -> Path:
+    """`path` as a Path when it is an existing file; otherwise a usage error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+        raise UsegError(f"{path} {what}; list the run's checkpoints with: useg checkpoints list --run-dir RUN")
+    return path
+
+
+def record(info: CheckpointInfo, verified: Any = None, point: ResumePoint | None = None) -> dict[str, Any]:
+    """One checkpoint in the stable `--json` schema; `verified` (a VerifyResult) overrides the listed
+    status; `point` (its ResumePoint) says whether it shares latest's bytes or left the run's branch."""
+    row = info.to_dict()
+    if verified is not None:
+        row.update(valid=verified.ok, status=verified.status, reason=verified.reason)
+    row.update(same_as_latest=bool(point and point.same_as_latest and info.name != LATEST_NAME),
+               abandoned=bool(point and point.abandoned))
+    return {key: row[key] for key in RECORD_KEYS}
+
+
+def points_by_path(infos: list[CheckpointInfo]) -> dict[Path, ResumePoint]:
+    """Each resume point among `infos` by path: its place in the run's lineage and its hard links."""
+    return {point.path: point for point in resume_points(Path("."), infos)}
+
+
+def verify_records(run_dir: str | Path, path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Hash-check one file or every checkpoint of the run; one record each."""
+    paths = [require_file(path)] if path else [info.path for info in run_checkpoints(run_dir)]
+    return [record(checkpoint_info(p), verify_checkpoint(p)) for p in paths]
+
+
+def resume_command(run_dir: str | Path, path: Path, kind: str | None, epoch: int | None) -> str | None:
+    """The exact command that resumes from `path`; None for weights-only files (best)."""
+    if kind == "best":
+        return None
+    if path.name == LATEST_NAME:
+        which = "latest"
+    elif kind == "periodic" and epoch is not None and path.parent == checkpoints_folder(run_dir):
+        which = str(epoch)
+    else:
+        which = str(path)
+
+    return f"useg resume {shlex.quote(which)} --run-dir {shlex.quote(str(run_dir))}"
+
+
+def describe(path: str | Path, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Details of one checkpoint from its sidecar (no tensors), plus the command to resume from it."""
+    path = require_file(path)
+    info, result = checkpoint_info(path), verify_checkpoint(path)
+    if info.status == "missing-checksum" and result.status == "corrupt":
+        raise CheckpointError(f"{path} is not a useg checkpoint (no sidecar {path.name}.json and {result.reason})")
+    run_dir = run_dir if run_dir is not None else run_dir_of(path, info.config)
+    batch, batches = batch_position(info)
+    return {**record(info, result), "sha256": (result.metadata or {}).get("sha256"), "config": info.config or {},
+            "batch": batch, "batches_per_epoch": batches,
+            "resume_command": resume_command(run_dir, path, info.kind, info.epoch),
+            "resumes_from": resume_target(run_dir, path, result.ok)}
+
+
+def batch_position(info: CheckpointInfo) -> tuple[int | None, int | None]:
+    """(batches done in the epoch in progress, batches per epoch) of a file useg's trainer wrote.
+
+    The sidecar has no batch of its own, but the trainer takes one step per batch and cannot be
+    resumed with another batch size or epoch length, so step = epoch * batches + batch; (None, None)
+    when the sidecar lacks a number or they disagree (a file from another training loop).
+    """
+    config = info.config or {}
+    numbers = (info.step, info.epoch, config.get("samples_per_epoch"), config.get("batch_size"))
+    if not all(type(number) is int for number in numbers) or numbers[3] <= 0:
+        return None, None
+    step, epoch, samples, batch_size = numbers
+    batches = -(-samples // batch_size)
+    batch = step - epoch * batches
+    return (batch, batches) if 0 <= batch <= batches else (None, None)
+
+
+def run_dir_of(path: Path, config: dict | None) -> Path | str:
+    """The run a checkpoint belongs to: its folder's parent, else the run_dir it was trained in."""
+    if is_checkpoints_folder(path.parent):
+        return path.parent.parent
+    return (config or {}).get("run_dir") or "."
+
+
+def resume_target(run_dir: str | Path, path: Path, valid: bool) -> str | None:
+    """Which file `useg resume latest` really loads when latest itself is invalid (its fallback)."""
+    if valid or path.name != LATEST_NAME:
+        return None
+    try:
+        return str(resolve_checkpoint(checkpoints_folder(run_dir), "latest", warn=lambda message: None))
+    except CheckpointError:
+        return None
+
+
+
+
+
+
+
+def check_keep(keep: int) -> int:
+    """`--keep` must leave at least one periodic checkpoint (latest and best stay anyway)."""
+    if keep < 1:
+        raise UsegError(f"--keep must be at least 1 (got {keep}); latest and best are always kept anyway")
+    return keep
+
+
+def clean_run(run_dir: str | Path, keep: int, dry_run: bool) -> tuple[list[CheckpointInfo], int]:
+    """Remove (or with dry_run, list) the periodic checkpoints `clean --keep` removes; (removed, bytes freed)."""
+    plan, freed = clean_with_plan(run_dir, keep, dry_run)
+    return plan.remove, freed
+
+
+def clean_with_plan(run_dir: str | Path, keep: int, dry_run: bool) -> tuple[CleanPlan, int]:
+    """Decide what `clean --keep` removes and, unless dry_run, remove it; (the plan, bytes freed).
+
+    A real clean takes the run lock, so it refuses while a training process holds it, and
+    tidies what a killed save or clean left behind first.
+    """
+    check_keep(keep)
+    folder = checkpoints_dir(run_dir)
+    run_checkpoints(run_dir)  # a clear error when there is nothing to clean
+    from useg.checkpoint import CheckpointManager  # imports torch: only the commands that write pay for it
+
+    with CheckpointManager(folder, total_epochs=1, lock=not dry_run, warn=lambda message: None) as manager:
+        plan = manager.plan_clean(keep)
+        manager.clean(keep, dry_run=dry_run, plan=plan)
+    return plan, bytes_freed(plan.remove)
+
+
+
+def clean_replaced(run_dir: str | Path, dry_run: bool) -> list[ReplacedFolder]:
+    """Remove (or with dry_run, list) the folders `--overwrite` set aside; the live checkpoints/ stays.
+
+    A real removal takes the run lock, as `clean --keep` does: no `--overwrite` is filling a
+    set-aside folder while it goes.
+    """
+    folder = checkpoints_dir(run_dir)
+    doomed = replaced_folders(folder.parent)
+    if dry_run or not doomed:
+        return doomed
+    lock = acquire_run_lock(folder, warn=lambda message: None) if folder.is_dir() else None
+    try:
+        doomed = replaced_folders(folder.parent)  # as they are now that no trainer can add one
+        remove_replaced(folder.parent, doomed)
+    finally:
+        if lock is not None:
+            lock.release()
+    return doomed
+
+
+def export_weights(path: str | Path, out: str | Path, dtype: str = "fp32") -> dict[str, Any]:
+    """Write a checkpoint's model weights alone (.safetensors or .pt) plus a JSON of metadata; floating-point
+    tensors in `dtype` (fp32, bf16 or fp16; checkpoints hold fp32)."""
+    path, out = require_file(path), Path(out)
+    if out.suffix not in (".safetensors", ".pt"):
+        raise UsegError(f"export target {out} must end in .safetensors or .pt")
+    refuse_export_target(path, out)
+    state = load_checkpoint(path)
+    weights = state.get(training_state.MODEL)
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path} holds no model_state_dict; export a useg checkpoint")
+    bad = nonfinite_weights(weights)
+    if bad is not None:
+        raise CheckpointError(f"{path} holds NaN or inf in {bad} (a diverged run) and was not exported; "
+                              "export a checkpoint saved before the divergence (see `useg checkpoints list`)")
+    from useg.compute.precision import cast_weights
+
+    weights = cast_weights(weights, dtype)
+    data = serialise_weights({name: tensor.contiguous() for name, tensor in weights.items()}, out.suffix)
+    meta = {**export_metadata(state, path, out, data), "dtype": dtype}
+    write_export(out, data, meta)
+    return {**meta, "path": str(out), "metadata_path": str(export_metadata_path(out))}
+
+
+def export_metadata_path(out: Path) -> Path:
+    """`w.safetensors` -> `w.safetensors.json` (the same naming as a checkpoint's sidecar)."""
+    return sidecar_path(out)
+
+
+def refuse_export_target(source: Path, out: Path) -> None:
+    """An export writes a new file or replaces an earlier export: never its source, never a checkpoint."""
+    if out.exists() and os.path.samefile(out, source):
+        raise UsegError(f"export target {out} is the checkpoint being exported ({source}); "
+                        "nothing was written: choose a new file for the export")
+    if is_checkpoints_folder(out.parent) and kind_from_name(out.name) != "unknown":
+        raise UsegError(f"export target {out} is a checkpoint name inside a run's checkpoints folder; "
+                        "nothing was written: export to a file outside checkpoints/")
+    for sidecar in (export_metadata_path(out), pending_path(out)):
+        if sidecar.exists() and not is_export_metadata(sidecar, out):
+            raise UsegError(f"export target {out} is a useg checkpoint (it has the sidecar {sidecar.name}); "
+                            "nothing was written: choose a new file for the export")
+
+
+def is_export_metadata(path: Path, out: Path) -> bool:
+    """True when `path` is the metadata an earlier export to `out` wrote (so it may be replaced)."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("weights") == out.name and "source" in meta and "kind" not in meta
+
+
+def write_export(out: Path, data: bytes, meta: dict[str, Any]) -> None:
+    """Replace the weights and their metadata so that a kill at any instant leaves metadata that
+    describes the weights beside it, or no metadata at all; never new weights with old metadata.
+
+    Order: both temps durable; old metadata removed; weights renamed; metadata renamed (each
+    step fsyncs the folder). Leftover temps of a killed export are removed by the next one.
+    """
+    meta_path = export_metadata_path(out)
+    with explain_write_errors(out.parent, len(data)):
+        make_export_folder(out.parent)
+        remove_killed_export_temps(out)
+        weights_temp = write_temp_file(out.parent, out.name, data)
+        try:
+            meta_temp = write_temp_file(out.parent, meta_path.name, (json.dumps(meta, indent=2) + "\n").encode())
+        except BaseException:
+            remove_quietly(weights_temp)
+            raise
+        try:
+            kill_point("export-temps-written")
+            remove_quietly(meta_path)  # the old metadata must never sit beside the new weights
+            fsync_directory(out.parent)
+            kill_point("export-metadata-removed")
+            replace_durably(weights_temp, out)
+            kill_point("export-weights-renamed")
+            replace_durably(meta_temp, meta_path)
+        except BaseException:
+            remove_quietly(weights_temp)
+            remove_quietly(meta_temp)
+            raise
+
+
+def make_export_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsegError(f"cannot create the export folder {folder}: a file is in the way; "
+                        "choose another output path") from None
+
+
+def remove_killed_export_temps(out: Path) -> None:
+    """Delete the hidden temp files (`.NAME.xxxxxxxx.tmp`, mkstemp's names) an export to `out` left when killed."""
+    names = "|".join(re.escape(name) for name in (out.name, export_metadata_path(out).name))
+    pattern = re.compile(rf"^\.({names})\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}$")
+    for entry in os.scandir(out.parent):
+        if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+            remove_quietly(Path(entry.path))
+
+
+def export_metadata(state: dict[str, Any], source: Path, out: Path, data: bytes) -> dict[str, Any]:
+    """What a user of the exported weights needs: how to rebuild the model and how good it was.
+
+    sha256 and size_bytes also make it a sidecar that `useg checkpoints verify` and `--pretrained` check.
+    """
+    weights = training_state.model_weights(state)
+    return {"weights": out.name, "format": out.suffix[1:], "sha256": hashlib.sha256(data).hexdigest(),
+            "size_bytes": len(data), "source": source.name, "epoch": state.get(training_state.EPOCH),
+            "val_dice": training_state.recorded_val_dice(state),
+            "model_config": state.get(training_state.MODEL_CONFIG), "classes": state.get(training_state.CLASSES),
+            "image_size": training_state.saved_config(state).get("image_size"),
+            "parameters": sum(t.numel() for t in weights.values())}
+
+
+def serialise_weights(weights: dict, suffix: str) -> bytes:
+    if suffix == ".safetensors":
+        from safetensors.torch import save
+
+        return save(weights)
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    return buffer.getvalue()
+
+
+def run_history(run_dir: str | Path) -> dict[str, Any]:
+    """The run's history: from its newest JSON log, else from the latest checkpoint."""
+    run = checkpoints_dir(run_dir).parent
+    log_path = latest_log(run / "logs")
+    log = read_log(log_path) if log_path else None
+    if log and log.get("history"):
+        return log["history"]
+    latest = checkpoints_folder(run) / LATEST_NAME
+    if latest.is_file():
+        return load_checkpoint(latest)[training_state.HISTORY]
+    raise UsegError(f"no training history in {run} (no logs/training_*.json, no checkpoint); train first")

@@ -1,0 +1,1 @@
+"""Where computation runs: device, distributed processes, precision."""

@@ -1,0 +1,274 @@
+"""Where and how a run computes: the device, deterministic kernels, CPU threads, pinned copies, torch.compile."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from useg.errors import ConfigError
+
+# cuBLAS is deterministic only with a fixed workspace (CUDA >= 10.2); torch refuses cuBLAS calls
+# under use_deterministic_algorithms(True) without it. Read when the first cuBLAS handle is made.
+CUBLAS_WORKSPACE = ":4096:8"
+DEVICE_FORMAT = re.compile(r"^(cpu|cuda(:[0-9]+)?)$")
+NO_DETERMINISTIC_KERNEL = re.compile(r"(\S+) does not have a deterministic implementation")
+
+
+def choose_device(requested: str | None, local_rank: int = 0, distributed: bool = False) -> torch.device:
+    """The device a run uses: `requested` (cpu, cuda, cuda:N), or CUDA when present.
+
+    With several processes, `cuda` means each process's own GPU (its local rank).
+    An unavailable device is one ConfigError naming the flag.
+    """
+    if requested is None:
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if requested == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = " (this torch is a CPU-only build)" if torch.version.cuda is None else ""
+        raise ConfigError(f"--device {requested}: no CUDA device is available here{build}; use --device cpu")
+    if distributed and requested != "cuda":
+        raise ConfigError(f"--device {requested}: with several processes each one uses the GPU of its local "
+                          "rank; pass --device cuda")
+    index = int(requested.split(":")[1]) if ":" in requested else local_rank
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(f"--device {requested}: this machine has {count} CUDA device(s), cuda:0 to "
+                          f"cuda:{count - 1}; pass one of them")
+    return torch.device("cuda", index)
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels (and cuDNN without autotuning) when `on`; the fastest kernels otherwise."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+
+
+@contextmanager
+def compute_settings(threads: int, deterministic: bool):
+    """Threads and determinism for one run; the process's previous settings come back afterwards
+    (a notebook or test that trains twice is not left with the first run's choices)."""
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.set_num_threads(threads)
+    set_deterministic(deterministic)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[3], previous[4]
+
+
+def missing_deterministic_kernels(step: Callable[[], None]) -> list[str]:
+    """Run `step` (one forward and backward) with deterministic algorithms in warn-only mode;
+    the ops torch reports as having no deterministic kernel (empty: the run can be exact).
+
+    Warn-only mode lists every such op instead of stopping at the first; a RuntimeError that
+    still names determinism (e.g. the cuBLAS workspace check) counts as one more.
+    """
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    found: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                step()
+            except RuntimeError as error:
+                if "deterministic" not in str(error):
+                    raise
+                found.append(operation_name(str(error)))
+        found += [operation_name(str(w.message)) for w in caught if "deterministic" in str(w.message)]
+    finally:
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    return sorted(set(found))
+
+
+def settle_determinism(model: torch.nn.Module, cfg, device: torch.device, anywhere, warn) -> None:
+    """With --deterministic, try one training step of `model` (tiny inputs, same ops) and fall back to
+    --no-deterministic, in cfg too (so the checkpoint records it), if some op has no deterministic kernel.
+
+    `anywhere(flag)` is True when any process says so: every rank must make the same choice.
+    """
+    if not cfg.deterministic:
+        return
+    missing = missing_deterministic_kernels(lambda: probe_step(model, cfg, device))
+    if anywhere(bool(missing)):
+        cfg.deterministic = False
+        set_deterministic(False)
+        warn(f"--deterministic: {', '.join(missing) or 'an op on another process'} has no deterministic kernel on "
+             f"{device}; continuing as --no-deterministic (recorded in the checkpoint)")
+
+
+def probe_step(model: torch.nn.Module, cfg, device: torch.device) -> None:
+    """One forward, loss and backward at the smallest input the model takes; leaves no gradient behind.
+
+    The op types (and so the kernels determinism is about) are those of a real step; the inputs come
+    from their own generator, so the run's random streams are untouched.
+    """
+    from useg.training.losses import segmentation_loss
+    from useg.compute.precision import autocast
+
+    size = 2 ** len(cfg.widths)
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(1, 1, size, size, generator=generator).to(device)
+    images = torch.rand(1, min(cfg.support_size, 2), 1, size, size, generator=generator).to(device)
+    labels = (images > 0.5).float()
+    with autocast(cfg.precision, device):
+        loss = segmentation_loss(model(target, images, labels).float(), (target > 0.5).float(), cfg.loss)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def operation_name(message: str) -> str:
+    """The op a determinism alert names ("upsample_bilinear2d_backward_out_cuda"), else its first line."""
+    match = NO_DETERMINISTIC_KERNEL.search(message)
+    return match.group(1) if match else message.strip().splitlines()[0][:120]
+
+
+def describe_compute(cfg) -> str:
+    """The start-up line's part on how the run computes: ", bf16, deterministic, 3 CPU threads".
+
+    "deterministic" only while the run is bit-identical to an uninterrupted one: a resume that
+    changed how it computes (cfg.bit_identical False) is said here too."""
+    if not cfg.deterministic:
+        exactness = "not deterministic"
+    elif cfg.bit_identical:
+        exactness = "deterministic"
+    else:
+        exactness = "deterministic kernels, not bit-identical to an uninterrupted run (a resume changed settings)"
+    parts = [cfg.precision or "fp32", exactness]
+    if cfg.compile:
+        parts.append("compiled")
+    return ", " + ", ".join(parts) + f", {torch.get_num_threads()} CPU threads"
+
+
+# --- CPU threads -------------------------------------------------------------------------------
+
+def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """How many cores this process may really use: its CPU affinity, capped by a cgroup CPU quota
+    (a container limited to 2 CPUs on a 64-core host sees 64 in os.cpu_count())."""
+    cores = affinity_cores()
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return cores
+
+
+def affinity_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def cgroup_cpu_quota(root: Path, proc_cgroup: Path) -> float | None:
+    """The tightest CPU quota (in cores) over this process's cgroup and its parents; None if unlimited.
+
+    cgroup v2 holds it in cpu.max ("200000 100000" or "max 100000"), v1 in cpu.cfs_quota_us and
+    cpu.cfs_period_us (-1: none). A cgroup path not visible inside a container falls back to the root.
+    """
+    quotas = [quota for folder in cgroup_folders(root, proc_cgroup) if (quota := read_quota(folder)) is not None]
+    return min(quotas) if quotas else None
+
+
+def cgroup_folders(root: Path, proc_cgroup: Path) -> list[Path]:
+    """The folders that may hold this process's CPU limits: its cgroup's folder and the parents up to
+    the mount (v2: one line "0::/path"; v1: the line whose controllers include cpu)."""
+    try:
+        lines = proc_cgroup.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    folders: list[Path] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, relative = parts
+        if controllers == "":
+            base = root
+        elif "cpu" in controllers.split(","):
+            base = root / "cpu" if (root / "cpu").is_dir() else root / controllers
+        else:
+            continue
+        folders += folder_and_parents(base, relative)
+    return folders or [root]
+
+
+def folder_and_parents(base: Path, relative: str) -> list[Path]:
+    folder = base / relative.strip("/")
+    if not folder.is_dir():
+        return [base]  # a host path that this container does not mount: its root holds the limit
+    chain = [folder]
+    while chain[-1] != base:
+        chain.append(chain[-1].parent)
+    return chain
+
+
+def read_quota(folder: Path) -> float | None:
+    """The CPU quota in cores that `folder` sets (v2 or v1 files), None when it sets none."""
+    try:
+        if (folder / "cpu.max").is_file():
+            quota, period = (folder / "cpu.max").read_text(encoding="utf-8").split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        if (folder / "cpu.cfs_quota_us").is_file():
+            quota = int((folder / "cpu.cfs_quota_us").read_text(encoding="utf-8"))
+            period = int((folder / "cpu.cfs_period_us").read_text(encoding="utf-8"))
+            return None if quota <= 0 else quota / period
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def choose_threads(requested: int, workers: int | None) -> int:
+    """The CPU thread count a run computes with: `requested` (--num-threads) unless 0, else what this
+    machine suggests for the cores this process may use and its data workers (--data-workers).
+
+    The one place that decides it: a resume keeps the count saved in its checkpoint (training_state),
+    which this function then only compares with, since the count changes a step's result."""
+    if requested:
+        return requested
+    from useg.data.prefetch import data_workers  # here: the data package imports this module
+
+    return default_threads(usable_cores(), data_workers(workers))
+
+
+def default_threads(cores: int, data_workers: int = 0) -> int:
+    """torch's threads when --num-threads is 0: the usable cores minus one per data worker and one
+    for the checkpoint writer and the Python thread that feeds the model.
+
+    Why not every core: torch's OpenMP threads spin while they wait for each other, so one core
+    taken by anything else (another run, the writer) makes every step wait for it. On the shared
+    2-core machine a default-config step took 5.6 s with 2 threads against 0.57 s with 1.
+    """
+    return max(1, cores - data_workers - 1)
+
+
+# --- moving batches, compiling -----------------------------------------------------------------
+
+def to_device(batch, device: torch.device):
+    """The batch (a dataclass of tensors) on `device`: through pinned host memory with non-blocking
+    copies on CUDA, so the copy overlaps the previous step's kernels; unchanged on the CPU."""
+    if device.type != "cuda":
+        return batch
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).pin_memory().to(device, non_blocking=True)
+                                         for f in dataclasses.fields(batch)})
+
+
+def compile_model(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """`model` compiled by torch.compile for training steps. The caller keeps the plain model for
+    state_dict(): the compiled wrapper names every parameter `_orig_mod.<name>`."""
+    return torch.compile(model, backend=backend)

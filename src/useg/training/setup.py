@@ -1,0 +1,167 @@
+"""Building one run: data, split, model, optimiser, the resumed state and the JSON log."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from useg.training import state as training_state
+from useg.checkpoint import CheckpointManager, restore_rng_state
+from useg.config import TrainConfig
+from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
+from useg.data.tasks import draw_version_to_resume
+from useg.data.index import write_data_index
+from useg.compute.device import choose_device, choose_threads, compile_model, describe_compute, settle_determinism
+from useg.compute.distributed import World, any_rank, broadcast_object, wrap_distributed
+from useg.errors import ConfigError
+from useg.training.history import new_history, new_log_name, open_tensorboard
+from useg.model import build_universeg, load_pretrained
+from useg.compute.precision import default_precision, make_scaler, restore_scaler
+from useg.training.progress import Progress
+from useg.run_folder import RunPaths
+from useg.training.log import describe_data, describe_world, log_header, new_session, open_log
+from useg.training.schedule import align_schedule, build_scheduler
+from useg.training.state import TrainingPosition
+
+
+@dataclass
+class Run:
+    """Everything the loop mutates, built once by `prepare_run`."""
+
+    cfg: TrainConfig
+    paths: RunPaths
+    world: World
+    device: torch.device
+    manager: CheckpointManager | None  # only rank 0 writes files
+    dataset: Any
+    split: Split
+    sampler: TaskSampler
+    val_tasks: list
+    model: torch.nn.Module
+    train_model: torch.nn.Module  # the model, wrapped in DistributedDataParallel when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    history: dict[str, Any]
+    log_path: Path
+    log: dict[str, Any]
+    tensorboard: Any = None
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    skipped_steps: int = 0  # steps the fp16 scaler skipped over the whole run
+    routine_saves: int = 0  # mid-epoch saves asked for in this session (the epoch line counts them)
+    position: TrainingPosition = field(default_factory=TrainingPosition)
+
+
+def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: CheckpointManager | None,
+              state: dict | None, resumed_from: Path | None, position: TrainingPosition, progress: Progress) -> Run:
+    """Everything one run needs, from the resumed `state` (checked, at `position`) when there is one."""
+    dataset = load_dataset(cfg.data, image_size=cfg.image_size, seed=cfg.seed, **data_options(cfg))
+    split = choose_split(cfg, dataset, state)
+    sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
+                          samples_per_epoch=cfg.samples_per_epoch, draw_version=draw_version_to_resume(state))
+    val_tasks = validation_tasks(dataset, split.val, split.train, support_size=cfg.support_size, seed=cfg.seed)
+    device = choose_device(cfg.device, world.local_rank, world.enabled)
+    cfg.device = str(device)  # saved as chosen: a resume chooses again and compares the type
+    cfg.precision = cfg.precision or default_precision(device)  # saved as chosen: a resume keeps it
+    settle_threads(cfg, state)
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
+    model = build_universeg(tuple(cfg.widths)).to(device)
+    if state is None and cfg.pretrained:
+        load_pretrained(model, cfg.pretrained)
+        progress.line(f"Initialised from {cfg.pretrained}")
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = build_scheduler(optimizer, cfg)
+    run = Run(cfg, paths, world, device, manager, dataset, split, sampler, val_tasks, model, model, optimizer,
+              scheduler, new_history(), log_path=paths.logs / new_log_name(), log={},
+              scaler=make_scaler(cfg.precision, device), position=position)
+    if state is not None:
+        restore_state(run, state, progress)
+    settle_determinism(model, cfg, device, lambda flag: any_rank(world, flag), progress.warn)
+    if state is not None:
+        say_how_the_resume_computes(cfg, training_state.saved_config(state), device, progress)
+    run.train_model = wrap_model(model, world, cfg)
+    run.log_path = Path(broadcast_object(world, str(run.log_path)))
+    if world.is_main:
+        start_log(run, state, resumed_from.name if resumed_from else None)
+        write_data_index(paths.root, cfg.data, dataset)  # id -> file, owner-only (useg.data.index)
+        if cfg.tensorboard:
+            run.tensorboard = open_tensorboard(paths.logs / "tensorboard", progress.warn)
+    progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device) + describe_compute(cfg))
+    return run
+
+
+def settle_threads(cfg: TrainConfig, state: dict | None) -> None:
+    """cfg.num_threads becomes the count this run computes with, and is saved so: the one `train` set
+    (cfg's, or this machine's choice), or on a resume that did not name one, the checkpoint's."""
+    if not cfg.num_threads and state is not None:
+        cfg.num_threads = training_state.saved_compute(training_state.saved_config(state), "num_threads") or 0
+    if cfg.num_threads and cfg.num_threads != torch.get_num_threads():
+        torch.set_num_threads(cfg.num_threads)  # before any step; train's compute_settings restores the caller's
+    cfg.num_threads = torch.get_num_threads()
+
+
+def say_how_the_resume_computes(cfg: TrainConfig, saved: dict[str, Any], device: torch.device,
+                                progress: Progress) -> None:
+    """Say which settings that change the arithmetic were kept although this machine would choose
+    otherwise, and warn about any that changed; a change marks the run as no longer bit-identical."""
+    machine = {"num_threads": choose_threads(0, cfg.data_workers), "precision": default_precision(device)}
+    for line in training_state.kept_but_not_chosen(saved, cfg, machine):
+        progress.line(line)
+    changes = training_state.compute_changes(saved, cfg, device.type)
+    if changes:
+        cfg.bit_identical = False
+    if not cfg.deterministic:
+        progress.warn(f"--no-deterministic: {training_state.NOT_EXACT}")
+        changes.pop("deterministic", None)
+    if changes:
+        progress.warn(f"resuming with {training_state.changes_text(changes)}: {training_state.NOT_EXACT}")
+
+
+def start_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
+    header = log_header(run.cfg, run.model, run.dataset, run.split, run.device, run.world.world_size)
+    saved = training_state.saved_config(state) if state is not None else None
+    session = new_session(run.position, run.world.world_size, resumed_from, saved, run.cfg)
+    run.log = open_log(run.log_path, header, session, run.history, continuing=state is not None)
+
+
+def wrap_model(model: torch.nn.Module, world: World, cfg: TrainConfig) -> torch.nn.Module:
+    """What the training steps call: the model, in DistributedDataParallel, compiled with --compile.
+    Checkpoints always save `model` itself, whose parameter names stay plain."""
+    wrapped = wrap_distributed(model, world)
+    return compile_model(wrapped) if cfg.compile else wrapped
+
+
+def choose_split(cfg: TrainConfig, dataset, state: dict | None) -> Split:
+    """The patient-level split: the saved one on resume, else a file's or a seeded new one."""
+    if state is not None:
+        return Split.from_dict(training_state.saved_split(state), dataset)
+    if cfg.split_file:
+        try:
+            saved = json.loads(Path(cfg.split_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"--split-file {cfg.split_file}: cannot read it ({type(err).__name__})") from None
+        return Split.from_dict(saved, dataset)
+    return split_by_patient(dataset, seed=cfg.seed, fractions=tuple(cfg.split_fractions))
+
+
+def restore_state(run: Run, state: dict[str, Any], progress: Progress) -> None:
+    """Put model, optimiser, scheduler, history, RNG and data position back as saved."""
+    training_state.restore_training_parts(state, run.model, run.optimizer, run.scheduler)
+    align_schedule(run.optimizer, run.scheduler, run.cfg)
+    run.history = training_state.saved_history(state)
+    run.history.setdefault("resumed_at", []).append(run.position.epoch)
+    rng, exact = training_state.rng_for_rank(state, run.world.rank, run.world.world_size)
+    if not exact:
+        run.cfg.bit_identical = False
+        progress.warn(f"resuming a {training_state.saved_rank_count(state)}-process checkpoint with "
+                      f"{run.world.world_size} process(es): training continues correctly but is not "
+                      "bit-identical to an uninterrupted run")
+    restore_rng_state(rng)
+    restore_scaler(run.scaler, state.get(training_state.GRAD_SCALER))
+    run.skipped_steps = state.get(training_state.SKIPPED_STEPS, 0)
+    log_file = state.get(training_state.LOG_FILE)
+    if log_file:
+        run.log_path = run.paths.logs / log_file
