@@ -62,7 +62,7 @@ def held_out_section(settings: Settings) -> Section:
         f"machine ({baseline:.0f} s at S={BASELINE_SUPPORT}), start-up and loading the folder included; the "
         f"cost grows about linearly with the support size (UniverSeg's cross-convolutions run once per support "
         f"image), so a sweep `--support-size 1,2,4,8,16,32,64` costs about twice the S={SUPPORT} time. "
-        "Forward passes hold at most 128 support images (useg.evaluate.SUPPORTS_PER_BATCH) to bound memory. "
+        "Forward passes hold at most 128 support images (useg.apply.evaluate.SUPPORTS_PER_BATCH) to bound memory. "
         "The machine is shared with other engineers' tests: see the load averages under Machine.")
     section.seconds = time.perf_counter() - started
     return section

@@ -62,10 +62,10 @@ def step_case(args: argparse.Namespace) -> dict:
     """Time `args.steps` training steps of UniverSeg at `args` sizes (after one warm-up step)."""
     import torch
 
-    from useg.device import compile_model, missing_deterministic_kernels, probe_step, set_deterministic
-    from useg.metrics import segmentation_loss
+    from useg.compute.device import compile_model, missing_deterministic_kernels, probe_step, set_deterministic
+    from useg.training.losses import segmentation_loss
     from useg.model import build_universeg
-    from useg.precision import autocast, make_scaler, optimizer_step
+    from useg.compute.precision import autocast, make_scaler, optimizer_step
 
     use_training_threads()
     device = torch.device(args.device)
@@ -117,7 +117,7 @@ def use_training_threads() -> None:
     """The thread count `useg train` would pick here (torch's default of every core collapses on a busy machine)."""
     import torch
 
-    from useg.device import default_threads, usable_cores
+    from useg.compute.device import default_threads, usable_cores
 
     torch.set_num_threads(default_threads(usable_cores()))
 

@@ -11,10 +11,10 @@ import time
 
 import torch
 
-from useg.device import default_threads, usable_cores
-from useg.metrics import segmentation_loss
+from useg.compute.device import default_threads, usable_cores
+from useg.training.losses import segmentation_loss
 from useg.model import build_universeg
-from useg.precision import autocast
+from useg.compute.precision import autocast
 
 from .common import Row, Section, Settings, interleaved, median, spread
 from .model_step import TRAINING, step_inputs

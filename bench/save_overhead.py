@@ -28,7 +28,7 @@ from useg.checkpoint.serialize import write_state_temp
 from useg.checkpoint.state import snapshot_state
 from useg.checkpoint.writer import LOW_PRIORITY_NICE, lower_thread_priority
 from useg.data import TaskSampler, load_dataset, split_by_patient
-from useg.metrics import segmentation_loss
+from useg.training.losses import segmentation_loss
 from useg.model import build_universeg
 
 from .common import Row, Section, Settings, child_env, interleaved, median, run_timed, seconds, shell, spread

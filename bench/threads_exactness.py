@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from useg.metrics import segmentation_loss
+from useg.training.losses import segmentation_loss
 from useg.model import build_universeg
 
 
