@@ -19,11 +19,8 @@ from pathlib import Path
 
 import torch
 
-from useg.checkpoint import CheckpointManager
-from useg.checkpoint.atomic import fsync_directory, remove_quietly, write_temp_file
-from useg.checkpoint.integrity import sha256_bytes
-from useg.checkpoint.serialize import write_state_temp
-from useg.checkpoint.state import snapshot_state
+from useg.checkpoint import CheckpointManager, sha256_bytes, snapshot_state, write_state_temp, write_temp_file
+from useg.files import fsync_directory, remove_quietly
 
 from .common import (MIB, Row, Section, Settings, available_memory, free_bytes, interleaved, median, mib,
                      rate, seconds, spread, verdict)

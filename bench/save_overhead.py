@@ -24,9 +24,7 @@ from pathlib import Path
 
 import torch
 
-from useg.checkpoint.serialize import write_state_temp
-from useg.checkpoint.state import snapshot_state
-from useg.checkpoint.writer import LOW_PRIORITY_NICE, lower_thread_priority
+from useg.checkpoint import LOW_PRIORITY_NICE, lower_thread_priority, snapshot_state, write_state_temp
 from useg.data import TaskSampler, load_dataset, split_by_patient
 from useg.training.losses import segmentation_loss
 from useg.model import build_universeg

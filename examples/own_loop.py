@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     position = LoopPosition()
     stop = StopOnSignal()
 
-    def state() -> dict:  # checkpoint: the seed's key names; parts with state_dict() are snapshotted
+    def state() -> dict:  # checkpoint: the original scripts' key names; parts with state_dict() are snapshotted
         return {"model_state_dict": model, "optimizer_state_dict": optimizer, "scheduler_state_dict": scheduler,
                 "rng_state": capture_rng_state(), "position": position}
 

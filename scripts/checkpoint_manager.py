@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The seed's checkpoint manager, kept as a thin wrapper over `useg checkpoints` and `useg resume`.
+"""The original scripts' checkpoint manager, kept as a thin wrapper over `useg checkpoints` and `useg resume`.
 
     checkpoint_manager.py --list | --latest | --resume [PATH] | --clean --keep N [--dry-run] [--run-dir DIR] [--json]
 
@@ -33,7 +33,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def useg_arguments(args: argparse.Namespace, extra: list[str]) -> list[str]:
-    """The `useg` command line that does what the seed's flags asked."""
+    """The `useg` command line that does what the original script's flags asked."""
     run_dir = ["--run-dir", args.run_dir]
     json_flag = ["--json"] if args.json else []
     if args.resume is not None:

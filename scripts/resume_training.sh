@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's resume script: continue a run from its latest checkpoint.
+# The original resume script: continue a run from its latest checkpoint.
 #   scripts/resume_training.sh [RUN_DIR] [useg resume flags, e.g. --epochs 20]
 # RUN_DIR defaults to the current folder (also when the first argument is a flag).
 # Python: $USEG_PYTHON, else the checkout's .venv, else python3.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The seed's training script, kept as a thin wrapper over `useg train`.
+"""The original training script, kept as a thin wrapper over `useg train`.
 
     train_universeg_ovatus.py [useg train flags, e.g. --data DIR --run-dir runs/ovatus --epochs 50]
 

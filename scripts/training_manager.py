@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The seed's interactive training manager: `useg menu` under its old name.
+"""The original scripts' interactive training manager: `useg menu` under its old name.
 
     training_manager.py [--run-dir DIR]
 """

@@ -3,12 +3,16 @@ and fault tests."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from useg.checkpoint import CheckpointManager, capture_rng_state
+
+LATEST = "latest_checkpoint.pt"
+BEST = "best_model.pt"
 
 
 class Trainer:
@@ -52,3 +56,17 @@ def train(directory: Path, epochs: int, total: int | None = None, dice=lambda e:
             trainer.step()
             mgr.save(trainer.state(epoch), epoch=epoch, val_dice=dice(epoch), train_loss=1.0 / epoch)
     return trainer
+
+
+def periodic_on_disk(directory: Path) -> set[int]:
+    """The epochs of the periodic files in `directory`."""
+    return {int(p.name[6:9]) for p in directory.glob("epoch_*_checkpoint.pt")}
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    """Invert one byte in place (the middle one by default): same size, other bytes."""
+    with open(path, "r+b") as handle:
+        handle.seek(path.stat().st_size // 2 if offset is None else offset)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))

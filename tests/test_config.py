@@ -1,7 +1,15 @@
+import argparse
+import re
+
 import pytest
 
-from useg.config import TrainConfig, build_config, changed_keys, incompatible_keys, read_config_file
+from useg.cli.main import build_parser
+from useg.config import LOSSES, PRECISIONS, TrainConfig, batches_per_epoch, build_config, changed_keys, check_value
+from useg.config import incompatible_keys, read_config_file
 from useg.errors import ConfigError
+
+LITERAL_DEFAULT = re.compile(r"\bdefault (\S+?)(?=[;)]|, |$)")  # "(default 12)", not "(default: all)"
+SWITCH = {"on": True, "off": False}
 
 
 def test_flags_override_config_file_which_overrides_defaults(tmp_path):
@@ -53,3 +61,50 @@ def test_incompatible_keys_ignore_harmless_changes():
     cfg = build_config(saved, {"epochs": 99, "quiet": True, "widths": "16,16,16,16"})
     assert incompatible_keys(saved, cfg) == ["widths"]
     assert changed_keys(saved, cfg)["epochs"] == [saved["epochs"], 99]
+
+
+# --- the command line follows the config ------------------------------------------------------
+
+
+def subcommand(*names: str) -> argparse.ArgumentParser:
+    """The parser of `useg NAME ...`, e.g. subcommand("checkpoints", "export")."""
+    parser = build_parser()
+    for name in names:
+        [commands] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        parser = commands.choices[name]
+    return parser
+
+
+def said_value(action: argparse.Action, text: str):
+    """A default as --help writes it, read back the way the flag's value is read."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return SWITCH[text]
+    return check_value(action.dest, action.type(text) if action.type else text)
+
+
+def test_every_default_in_train_help_is_train_configs():
+    defaults, said = TrainConfig(), []
+    for action in subcommand("train")._actions:
+        for text in LITERAL_DEFAULT.findall(action.help or ""):
+            said.append(action.dest)
+            assert said_value(action, text) == getattr(defaults, action.dest), (action.option_strings, text)
+    assert len(said) >= 16 and len(set(said)) == len(said)  # e.g. epochs, widths, lr, run_dir, deterministic
+
+
+def test_defaults_train_help_says_in_words_are_chosen_when_the_run_starts():
+    worded = [action.dest for action in subcommand("train")._actions if "default:" in (action.help or "")]
+    assert {"data", "num_threads", "device", "precision", "data_workers"} <= set(worded)
+    assert all(getattr(TrainConfig(), key) in (None, 0) for key in worded)
+
+
+def test_choices_on_the_command_line_are_the_configs():
+    from useg.compute.precision import DTYPES
+
+    choices = {action.dest: action.choices for action in subcommand("train")._actions}
+    export = {action.dest: action.choices for action in subcommand("checkpoints", "export")._actions}
+    assert tuple(choices["precision"]) == tuple(export["dtype"]) == tuple(DTYPES) == PRECISIONS
+    assert tuple(choices["loss"]) == LOSSES
+
+
+def test_batches_per_epoch_count_a_last_partial_batch():
+    assert [batches_per_epoch(samples, 4) for samples in (1, 4, 5, 8, 10)] == [1, 1, 2, 2, 3]

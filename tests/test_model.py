@@ -1,4 +1,4 @@
-"""UniverSeg model: official parameter layout, shapes, split == concat cross conv, weight loading."""
+"""UniverSeg model: official parameter layout, shapes, split == concat cross conv (weight files: test_weights.py)."""
 
 from pathlib import Path
 
@@ -6,15 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from useg.errors import CheckpointError, ConfigError
-from useg.model import (
-    CrossOp,
-    build_from_config,
-    build_universeg,
-    infer_widths,
-    load_pretrained,
-    model_config,
-)
+from useg.errors import ConfigError
+from useg.model import CrossOp, build_from_config, build_universeg, model_config
 
 OFFICIAL_TSV = Path(__file__).parents[2] / "shared/reference/universeg_v1_state_dict.tsv"
 TINY = (8, 8, 8, 8)
@@ -131,74 +124,3 @@ def test_output_is_invariant_to_support_order():
     order = torch.tensor([3, 0, 4, 2, 1])
     permuted = model(target, images[:, order], labels[:, order])
     torch.testing.assert_close(permuted, model(target, images, labels), atol=1e-5, rtol=1e-5)
-
-
-def test_infer_widths():
-    assert infer_widths(build_universeg((4, 8, 12)).state_dict()) == (4, 8, 12)
-    assert infer_widths({"weight": torch.zeros(3)}) is None
-
-
-def test_official_format_file_round_trips(tmp_path):
-    saved = seeded_model(0)
-    path = tmp_path / "universeg_v1.pt"
-    torch.save(saved.state_dict(), path)
-    loaded = seeded_model(1)
-    load_pretrained(loaded, path)
-    inputs = make_inputs(batch=1, support=2, size=16)
-    torch.testing.assert_close(loaded(*inputs), saved(*inputs), atol=0, rtol=0)
-
-
-def test_our_checkpoint_dict_with_model_state_dict_loads(tmp_path):
-    saved = seeded_model(0, widths=TINY)
-    path = tmp_path / "ckpt.pt"
-    torch.save({"epoch": 3, "model_state_dict": saved.state_dict(), "model_config": model_config(saved)}, path)
-    loaded = seeded_model(1, widths=TINY)
-    load_pretrained(loaded, path)
-    inputs = make_inputs(size=16)
-    torch.testing.assert_close(loaded(*inputs), saved(*inputs), atol=0, rtol=0)
-
-
-def test_wrong_widths_file_is_refused_naming_mismatch_and_needed_widths(tmp_path):
-    path = tmp_path / "wide.pt"
-    torch.save(build_universeg((16, 16, 16, 16)).state_dict(), path)
-    with pytest.raises(CheckpointError) as info:
-        load_pretrained(build_universeg(TINY), path)
-    message = str(info.value)
-    assert "enc_blocks.0.cross.cross_conv.weight: file 16x3x3x3, model 8x3x3x3" in message
-    assert "--widths 16,16,16,16" in message
-    assert message.index("--widths 16,16,16,16") < message.index("enc_blocks")  # the remedy before the detail
-    assert "\n" not in message
-
-
-def test_missing_or_corrupt_file_is_refused(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
-        load_pretrained(build_universeg(TINY), tmp_path / "absent.pt")
-    corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="corrupt.pt"):
-        load_pretrained(build_universeg(TINY), corrupt)
-
-
-def _leave_marker(path):
-    Path(path).write_text("code ran while loading")
-    return {}
-
-
-class CodeOnLoad:
-    """Unpickling this runs `_leave_marker`: exactly what weights_only must refuse."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (_leave_marker, (self.marker,))
-
-
-def test_file_needing_unsafe_unpickling_is_refused_without_running_code(tmp_path):
-    marker = tmp_path / "executed"
-    path = tmp_path / "unsafe.pt"
-    torch.save({"model_state_dict": CodeOnLoad(marker)}, path)
-    with pytest.raises(CheckpointError, match="unsafe unpickling") as info:
-        load_pretrained(build_universeg(TINY), path)
-    assert "unsafe.pt" in str(info.value) and "\n" not in str(info.value)
-    assert not marker.exists()

@@ -116,3 +116,45 @@ def test_menu_clean_offers_the_set_aside_folders_and_removes_them_on_yes(run, mo
     assert "will remove epoch_001_checkpoint.pt" in out and "Nothing removed." in out
     assert "Also remove these 1 folder(s) that --overwrite set aside" in out and "Removed 1 set-aside folder(s)." in out
     assert not list(run.glob("checkpoints_replaced_*")) and (run / "checkpoints" / "latest_checkpoint.pt").is_file()
+
+
+# --- the set-aside folders themselves (useg.run_folder), without a training run -------------------
+
+def test_set_aside_names_round_trip_and_nothing_else_counts_as_one():
+    from useg.run_folder import is_replaced_name, replaced_name
+
+    assert replaced_name("20240102_030405") == "checkpoints_replaced_20240102_030405"
+    assert replaced_name("20240102_030405", 2) == "checkpoints_replaced_20240102_030405_2"
+    assert all(is_replaced_name(replaced_name("20240102_030405", n)) for n in (1, 2, 10))
+    assert not any(map(is_replaced_name, ["checkpoints", "checkpoints_replaced_", "checkpoints_replaced_2024",
+                                          "checkpoints_replaced_20240102_030405_x", "old_checkpoints_replaced_"]))
+
+
+def test_a_set_aside_folder_counts_a_hard_linked_file_once_and_links_are_never_followed(tmp_path):
+    from useg.run_folder import replaced_folders
+
+    kept = tmp_path / "checkpoints_replaced_20240102_030405"
+    kept.mkdir()
+    (kept / "latest_checkpoint.pt").write_bytes(b"x" * 100)
+    os.link(kept / "latest_checkpoint.pt", kept / "epoch_002_checkpoint.pt")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "big").write_bytes(b"y" * 1000)
+    (tmp_path / "checkpoints_replaced_20240102_030406").symlink_to(tmp_path / "elsewhere")
+    (kept / "link").symlink_to(tmp_path / "elsewhere")
+    [folder] = replaced_folders(tmp_path)
+    assert (folder.path, folder.files) == (kept, 2) and folder.size_bytes == 100  # the link to a folder: not walked
+
+
+def test_remove_replaced_refuses_anything_not_set_aside_and_removes_nothing(tmp_path):
+    from useg.errors import CheckpointError
+    from useg.run_folder import ReplacedFolder, remove_replaced
+
+    live, other = tmp_path / "checkpoints", tmp_path / "checkpoints_old"
+    live.mkdir()
+    other.mkdir()
+    linked = tmp_path / "checkpoints_replaced_20240102_030405"
+    linked.symlink_to(live)
+    for path in (live, other, linked):
+        with pytest.raises(CheckpointError, match="nothing was removed"):
+            remove_replaced(tmp_path, [ReplacedFolder(path, 0, 0)])
+    assert live.is_dir() and other.is_dir() and linked.is_symlink()

@@ -15,6 +15,12 @@ import yaml
 
 from useg.errors import ConfigError
 
+# The values of the choice settings, for the rules below and the command line's choices (torch-free:
+# useg.compute.precision maps each precision to its dtype, useg.compute.device reads the device).
+LOSSES = ("dice", "dice+bce")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICE_FORMAT = r"cpu|cuda(:[0-9]+)?"
+
 
 @dataclass
 class TrainConfig:
@@ -36,7 +42,7 @@ class TrainConfig:
     widths: list[int] = field(default_factory=lambda: [32, 32, 32, 32])
     lr: float = 1e-4
     min_lr_ratio: float = 0.05
-    loss: str = "dice"  # "dice" or "dice+bce"
+    loss: str = "dice"  # one of LOSSES
     seed: int = 0
     samples_per_epoch: int = 512
     split_fractions: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
@@ -80,6 +86,11 @@ RETUNABLE_KEYS = frozenset({"lr", "min_lr_ratio", "loss"})
 COMPUTE_KEYS = ("num_threads", "compile", "precision", "deterministic")
 # What the run records about itself in its config: no flag, no config-file key.
 RECORDED_KEYS = frozenset({"bit_identical"})
+
+
+def batches_per_epoch(samples_per_epoch: int, batch_size: int) -> int:
+    """Batches (optimisation steps) in one epoch; the last one takes the samples left over."""
+    return -(-samples_per_epoch // batch_size)
 
 
 def config_keys() -> list[str]:
@@ -211,6 +222,12 @@ def choice(*options: str):
     return parse
 
 
+def one_of(options: tuple[str, ...], quote: str = "") -> str:
+    """`'dice' or 'dice+bce'`, `fp32, bf16 or fp16`: a choice's options in a rule's words."""
+    named = [f"{quote}{option}{quote}" for option in options]
+    return ", ".join(named[:-1]) + " or " + named[-1]
+
+
 def pattern(regex: str):
     def parse(value: Any) -> str:
         if not isinstance(value, str) or not re.fullmatch(regex, value):
@@ -289,7 +306,8 @@ RULES: dict[str, tuple[Any, str]] = {
     "patient_pattern": (optional(patient_pattern), "a regular expression whose first group is the patient, "
                                                    "e.g. '^(case[0-9]+)_'"),
     "keep_empty": (number(0, 1), "a fraction from 0 to 1 (the share of empty-mask images kept as negatives)"),
-    "slice_axis": (integer(0, 2), "0, 1 or 2 (the volume axis cut into 2-D slices; default 2, the last)"),
+    "slice_axis": (integer(0, 2), "0, 1 or 2 (the volume axis cut into 2-D slices; default "
+                                  f"{TrainConfig.slice_axis}, the last)"),
     "run_dir": (path_text, "a folder path"),
     "epochs": (integer(1), "a positive integer"),
     "batch_size": (integer(1), "a positive integer"),
@@ -299,7 +317,7 @@ RULES: dict[str, tuple[Any, str]] = {
                "at least two comma-separated positive integers, e.g. 32,32,32,32"),
     "lr": (number(0, above_low=True), "a positive number, e.g. 1e-4"),
     "min_lr_ratio": (number(0, 1), "a number from 0 to 1 (the final lr as a fraction of --lr)"),
-    "loss": (choice("dice", "dice+bce"), "'dice' or 'dice+bce'"),
+    "loss": (choice(*LOSSES), one_of(LOSSES, quote="'")),
     "seed": (integer(0), "an integer >= 0 (0 is a real seed)"),
     "samples_per_epoch": (integer(1), "a positive integer"),
     "split_fractions": (split_fractions, "three numbers train, val, test adding up to 1 with train and val "
@@ -311,8 +329,8 @@ RULES: dict[str, tuple[Any, str]] = {
     "save_every_steps": (integer(0), "an integer >= 0 (0: only at epoch ends)"),
     "save_every_minutes": (number(0), "a number >= 0 (0: only at epoch ends)"),
     "num_threads": (integer(0), "an integer >= 0 (0: chosen from the usable cores)"),
-    "device": (optional(pattern(r"cpu|cuda(:[0-9]+)?")), "cpu, cuda or cuda:N"),
-    "precision": (optional(choice("fp32", "bf16", "fp16")), "fp32, bf16 or fp16"),
+    "device": (optional(pattern(DEVICE_FORMAT)), "cpu, cuda or cuda:N"),
+    "precision": (optional(choice(*PRECISIONS)), one_of(PRECISIONS)),
     "deterministic": (boolean, "true or false"),
     "compile": (boolean, "true or false"),
     "data_workers": (optional(integer(0)), "an integer >= 0 (0: build batches on the training thread)"),

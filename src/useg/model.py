@@ -1,8 +1,9 @@
 """UniverSeg: in-context segmentation of a target image from a support set of (image, label) pairs.
 
 Parameter names and the computed function match the official v1 model, so its
-weight file loads with `strict=True`. Shapes in comments: B batch, S support
-size, C channels, H W image size; the target always carries a size-1 S axis.
+weight file loads with `strict=True` (useg.weights reads weight files: this module only
+builds the model). Shapes in comments: B batch, S support size, C channels, H W image
+size; the target always carries a size-1 S axis.
 
 Two implementations of the same function (`cross_impl`): "concat" computes it as
 the paper describes (the reference); "split" (the default) uses the linearity of
@@ -12,18 +13,12 @@ measures the difference.
 """
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-import pickle
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from useg.checkpoint import load_checkpoint, nonfinite_weights
-from useg.checkpoint.layout import sidecar_path
-from useg.errors import CheckpointError, ConfigError
-from useg.training.state import model_weights
+from useg.errors import ConfigError
 
 CROSS_IMPLS = ("split", "concat")
 
@@ -218,82 +213,3 @@ def build_from_config(cfg: Mapping) -> UniverSeg:
     if "widths" not in cfg:
         raise ConfigError(f"model config {dict(cfg)} has no 'widths'; expected e.g. {{'widths': [64, 64, 64, 64]}}")
     return build_universeg(cfg["widths"], cfg.get("cross_impl", "split"))
-
-
-def infer_widths(state_dict: Mapping) -> tuple[int, ...] | None:
-    """The encoder widths a UniverSeg state_dict was built with, or None if it does not look like one."""
-    widths = []
-    while (weight := state_dict.get(f"enc_blocks.{len(widths)}.cross.cross_conv.weight")) is not None:
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-            return None
-        widths.append(int(weight.shape[0]))
-    return tuple(widths) if len(widths) >= 2 else None
-
-
-def load_pretrained(model: UniverSeg, path: str | Path) -> None:
-    """Loads an official-format weight file (plain state_dict) or our checkpoint's `model_state_dict`."""
-    state_dict = _read_state_dict(Path(path))
-    problems = _mismatches(model.state_dict(), state_dict)
-    if problems:
-        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
-        widths = infer_widths(state_dict)
-        if widths and widths != model.widths:
-            # The remedy first: the shapes behind it are detail for whoever wants it.
-            flag = ",".join(map(str, widths))
-            raise CheckpointError(f"weights in {path} have widths {flag}, this model {','.join(map(str, model.widths))}: "
-                                  f"build it with --widths {flag} (mismatches: {shown})")
-        raise CheckpointError(f"weights in {path} do not match this UniverSeg architecture ({shown})")
-    model.load_state_dict(state_dict, strict=True)
-
-
-def _read_state_dict(path: Path) -> Mapping:
-    if not path.is_file():
-        raise CheckpointError(f"weight file {path} not found; check the path")
-    # A file with a useg sidecar (a checkpoint or an export) is verified against it: the one
-    # definition of valid. An official weight file has none and is only loaded safely.
-    loaded = _load_verified(path) if sidecar_path(path).exists() else _load_plain(path)
-    loaded = model_weights(loaded)  # a useg checkpoint holds them under model_state_dict
-    if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise CheckpointError(f"weight file {path} holds no state_dict of tensors; expected a torch.save'd state_dict")
-    bad = nonfinite_weights(loaded)
-    if bad is not None:
-        raise CheckpointError(f"weight file {path} holds NaN or inf in {bad} (a diverged run); "
-                              "start from weights saved before the divergence, e.g. an earlier epoch_NNN_checkpoint.pt")
-    return loaded
-
-
-def _load_verified(path: Path) -> Mapping:
-    try:
-        return load_checkpoint(path)
-    except CheckpointError as error:
-        raise CheckpointError(f"weight file refused: {error}") from None
-
-
-def _load_plain(path: Path) -> Mapping:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        culprit = f" of {found.group(1)}" if found else ""
-        raise CheckpointError(
-            f"weight file {path} was refused: it needs unsafe unpickling{culprit}; "
-            "save a plain state_dict of tensors instead"
-        ) from None
-    except Exception as error:  # torch raises many types for truncated or foreign files
-        reason = type(error).__name__
-        raise CheckpointError(f"weight file {path} is unreadable ({reason}); re-download or re-save it") from None
-
-
-def _mismatches(expected: Mapping, found: Mapping) -> list[str]:
-    problems = [
-        f"{k}: file {_shape(found[k])}, model {_shape(v)}"
-        for k, v in expected.items()
-        if k in found and found[k].shape != v.shape
-    ]
-    problems += [f"missing {k}" for k in expected if k not in found]
-    problems += [f"unexpected {k}" for k in found if k not in expected]
-    return problems
-
-
-def _shape(tensor: torch.Tensor) -> str:
-    return "x".join(map(str, tensor.shape)) or "scalar"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from useg.checkpoint.atomic import write_file_atomically
+from useg.files import write_file_atomically
 
 
 TRUTH_COLOUR = "#00e5ff"  # cyan: the ground truth, filled in its panel and outlined over the prediction
@@ -180,6 +180,11 @@ def save_figure(fig, path: Path, dpi: int, then: str = "try again", metadata: di
     A full disk or an unwritable folder is one UsegError naming the file, ending with `then`;
     no partial PNG is left behind.
     """
+    return write_file_atomically(path, figure_png(fig, dpi, metadata), create_folder=True, then=then)
+
+
+def figure_png(fig, dpi: int, metadata: dict[str, str] | None = None) -> bytes:
+    """`fig` as PNG bytes (with `metadata` as text chunks); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -187,4 +192,4 @@ def save_figure(fig, path: Path, dpi: int, then: str = "try again", metadata: di
         fig.savefig(buffer, format="png", dpi=dpi, metadata=metadata)
     finally:
         plt.close(fig)
-    return write_file_atomically(path, buffer.getvalue(), create_folder=True, then=then)
+    return buffer.getvalue()

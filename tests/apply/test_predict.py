@@ -15,7 +15,8 @@ from PIL import Image
 from useg.checkpoint import CheckpointManager
 from useg.cli import main
 from useg.data import make_synthetic
-from useg.model import build_universeg, load_pretrained
+from useg.model import build_universeg
+from useg.weights import load_pretrained
 
 TINY = [*TINY_FLAGS, "--quiet", "--vis-every", "0"]
 
@@ -132,7 +133,8 @@ def test_multi_class_supports_write_one_mask_per_class(run, inputs, tmp_path, ca
 
 def test_ensembles_average_seeded_draws_whose_first_is_the_single_draw(run, support_folder, inputs, tmp_path,
                                                                          capsys):
-    from useg.apply.predict import load_supports, load_trained
+    from useg.apply.predict import load_trained
+    from useg.apply.supports import load_supports
 
     trained = load_trained(run)
     single, _ = load_supports(trained, support_folder, None, 2)
@@ -163,7 +165,8 @@ def test_label_map_supports_take_label_and_a_binary_support_takes_the_runs_class
                    "--label", "200") == 0
     assert "label_200 (S=2)" in capsys.readouterr().out and (out / "wide.png").is_file()
     from useg.data import load_dataset
-    from useg.apply.predict import TrainedModel, name_like_the_run
+    from useg.apply.predict import TrainedModel
+    from useg.apply.supports import name_like_the_run
 
     binary = load_dataset(support_folder, image_size=32)
     one_class = TrainedModel(None, Path("best_model.pt"), 1, {"image_size": 32, "support_size": 2}, ["nucleus"], None)

@@ -56,6 +56,38 @@ def test_keyword_and_dict_metrics_reach_the_sidecar_and_the_listing(tmp_path):
     assert infos[LATEST].metric("accuracy") == 0.25 and infos[BEST].metric("val_dice") == pytest.approx(0.71)
 
 
+def test_keyword_metrics_are_folded_into_metrics_one_way(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    with manager(tmp_path) as mgr:
+        mgr.save(state(model), epoch=1, val_dice=None, train_loss=None)  # a loop without validation yet
+        assert read_metadata(tmp_path / LATEST)["metrics"] == {} and not (tmp_path / BEST).exists()
+        mgr.save(state(model), epoch=2, metrics={"accuracy": 0.5}, val_dice=0.7, train_loss=np.float64(0.25))
+        assert mgr.planned_files(3, metrics={"val_dice": 0.8}) == mgr.planned_files(3, 0.8)
+    sidecar = read_metadata(tmp_path / LATEST)
+    assert sidecar["metrics"] == {"accuracy": 0.5, "val_dice": 0.7, "train_loss": 0.25}
+    assert (sidecar["val_dice"], sidecar["train_loss"]) == (0.7, 0.25) and read_metadata(tmp_path / BEST)["epoch"] == 2
+
+
+def test_a_metric_given_twice_or_an_epoch_given_by_position_is_refused(tmp_path):
+    with manager(tmp_path) as mgr:
+        with pytest.raises(ValueError, match="metric 'val_dice' is given twice"):
+            mgr.save(state(torch.nn.Linear(2, 1)), epoch=1, metrics={"val_dice": 0.5}, val_dice=0.6)
+        with pytest.raises(TypeError):
+            mgr.save(state(torch.nn.Linear(2, 1)), 1)  # epoch=1: which number is the epoch is never guessed
+    assert not (tmp_path / LATEST).exists()
+
+
+def test_best_model_leaves_out_the_guides_resume_parts_and_knows_no_trainer_key(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    parts = {**state(model), "optimizer_state_dict": torch.optim.SGD(model.parameters(), lr=0.1),
+             "sampler_state": {"batch_index": 0}}
+    with manager(tmp_path) as mgr:
+        mgr.save(parts, epoch=1, val_dice=0.5)
+    best = torch.load(tmp_path / BEST, weights_only=True)
+    assert not {"optimizer_state_dict", "rng_state", "position"} & best.keys()
+    assert "sampler_state" in best  # useg's trainer passes its own list (training/state.py)
+
+
 def test_a_metric_that_is_no_number_is_refused_before_anything_is_written(tmp_path):
     with manager(tmp_path) as mgr:
         with pytest.raises(ValueError, match="metric 'val_dice' must be a number"):

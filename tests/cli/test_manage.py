@@ -146,8 +146,12 @@ def test_info_of_a_periodic_file_resumes_by_epoch_and_best_says_it_cannot_resume
     code, details = useg_json(capsys, "checkpoints", "info", str(checkpoint(trained, "epoch_003_checkpoint.pt")))
     assert code == 0 and details["kind"] == "periodic" and details["epoch"] == 3
     assert details["resume_command"] == f"useg resume 3 --run-dir {trained}"
+    code, out, _ = useg_text(capsys, "checkpoints", "info", str(checkpoint(trained, "epoch_003_checkpoint.pt")))
+    assert code == 0 and "deterministic: yes: a resume is bit-identical" in out, out
     code, out, _ = useg_text(capsys, "checkpoints", "info", str(checkpoint(trained, "best_model.pt")))
     assert code == 0 and "kind:          best" in out and "weights only" in out
+    # best_model.pt has no optimizer or data position: no resume of it can be bit-identical
+    assert "deterministic: - (weights only: not a resume point" in out and "yes: a resume" not in out, out
 
 
 # --- verify --------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The seed's script names: thin wrappers that do what the `useg` subcommands do."""
+"""The original scripts' names: thin wrappers that do what the `useg` subcommands do."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ import useg.training.setup
 import useg.training.loop
 from tiny import TINY
 from useg.cli import main
-from useg.compute.device import (choose_device, default_threads, missing_deterministic_kernels, probe_step, to_device,
-                         usable_cores)
+from useg.compute.device import (choose_device, default_data_workers, default_threads, missing_deterministic_kernels,
+                                 split_cores, to_device, usable_cores)
 from useg.errors import ConfigError
 from useg.training.progress import slowdown_note
 
@@ -87,6 +87,7 @@ def test_no_deterministic_is_saved_inherited_on_resume_and_the_resume_says_not_b
 def test_the_real_model_has_deterministic_kernels_for_every_op_on_the_cpu():
     from useg.config import build_config
     from useg.model import build_universeg
+    from useg.training.setup import probe_step
 
     cfg = build_config({"widths": [4, 4], "precision": "fp32"})
     model = build_universeg((4, 4))
@@ -107,7 +108,7 @@ def op_without_deterministic_kernel() -> None:
 @pytest.mark.parametrize("how", ["warning", "error"])
 def test_an_op_without_a_deterministic_kernel_falls_back_in_one_line_and_is_recorded(tmp_path, monkeypatch,
                                                                                      capsys, how):
-    real_probe = useg.compute.device.probe_step
+    real_probe = useg.training.setup.probe_step
 
     def probe_with_such_an_op(model, cfg, device):
         real_probe(model, cfg, device)
@@ -117,7 +118,7 @@ def test_an_op_without_a_deterministic_kernel_falls_back_in_one_line_and_is_reco
             raise RuntimeError("upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, "
                                "but you set 'torch.use_deterministic_algorithms(True)'.")
 
-    monkeypatch.setattr(useg.compute.device, "probe_step", probe_with_such_an_op)
+    monkeypatch.setattr(useg.training.setup, "probe_step", probe_with_such_an_op)
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), *FLAGS]) == 0
     op = "max_unpooling2d_forward_out" if how == "warning" else "upsample_bilinear2d_backward_out_cuda"
@@ -177,6 +178,18 @@ def test_default_threads_leave_a_core_for_the_writer_and_one_per_data_worker():
     assert default_threads(1) == 1
     assert default_threads(16, data_workers=3) == 12
     assert default_threads(2, data_workers=4) == 1
+
+
+def test_default_workers_leave_a_core_for_training():
+    assert [default_data_workers(cores) for cores in (1, 2, 3, 4, 8, 64)] == [0, 1, 1, 2, 4, 4]
+
+
+def test_split_cores_gives_the_workers_their_share_first_and_keeps_what_the_flags_say(monkeypatch):
+    monkeypatch.setattr(useg.compute.device, "usable_cores", lambda: 8)
+    assert split_cores(0, None) == (3, 4)  # 8 cores: 4 workers, 1 for the writer, 3 threads
+    assert split_cores(0, 1) == (6, 1)
+    assert split_cores(2, None) == (2, 4)
+    assert split_cores(5, 0) == (5, 0)
 
 
 def test_num_threads_0_uses_the_detected_default_for_the_run_only(tmp_path, monkeypatch):

@@ -292,7 +292,9 @@ def test_mmotu_binary_annotations_and_predefined_split(tmp_path: Path) -> None:
     assert ds.predefined_split == {"train": [0, 1, 2], "val": [3, 4]}
     assert ds.notes == ["patients: one per image (MMOTU has no patient ids)"]
     split = split_by_patient(ds, seed=3)
-    assert split.train.tolist() == [0, 1, 2] and split.val.tolist() == [3, 4] and split.test.tolist() == []
+    # No test list: one of the three listed training images is carved off as the test part (issue 29).
+    assert split.val.tolist() == [3, 4] and len(split.test) == 1
+    assert sorted(split.train.tolist() + split.test.tolist()) == [0, 1, 2]
 
 
 def test_unknown_layout_and_missing_folder_are_data_errors(tmp_path: Path) -> None:
@@ -525,9 +527,11 @@ def test_version_2_noise_is_gaussian_with_the_drawn_strength(synthetic: SegDatas
 
 def test_an_unknown_draw_version_is_refused_and_old_checkpoints_keep_version_1(synthetic: SegDataset) -> None:
     from useg.data.tasks import DRAW_VERSION, draw_version_to_resume
+    from useg.training.state import saved_draw_version
 
     with pytest.raises(ConfigError, match="version 3"):
         sampler_for(synthetic, draw_version=3)
     assert draw_version_to_resume(None) == DRAW_VERSION == 2
-    assert draw_version_to_resume({"sampler_state": {"batch_index": 2}}) == 1  # written before versions
-    assert draw_version_to_resume({"sampler_state": {"draw_version": 2}}) == 2
+    assert draw_version_to_resume(saved_draw_version({"sampler_state": {"batch_index": 2}})) == 1  # before versions
+    assert draw_version_to_resume(saved_draw_version({"sampler_state": (1, 2, 1.0, 2)})) == 1  # the old tuple
+    assert draw_version_to_resume(saved_draw_version({"sampler_state": {"draw_version": 2}})) == 2

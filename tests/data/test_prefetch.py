@@ -10,7 +10,7 @@ import pytest
 
 from tiny import assert_same_training, final_state
 from tiny import train_tiny
-from useg.data.prefetch import QUEUE_BATCHES_PER_WORKER, Prefetcher, default_data_workers
+from useg.data.prefetch import QUEUE_BATCHES_PER_WORKER, Prefetcher
 
 
 def batch_threads() -> list[threading.Thread]:
@@ -75,10 +75,6 @@ def test_leaving_the_loop_early_waits_for_the_batch_being_built():
                 started.wait(5)
                 raise KeyboardInterrupt  # as Ctrl+C does where StopRequest is not installed
     assert not batch_threads()
-
-
-def test_default_workers_leave_a_core_for_training():
-    assert [default_data_workers(cores) for cores in (1, 2, 3, 4, 8, 64)] == [0, 1, 1, 2, 4, 4]
 
 
 def test_training_with_0_1_and_2_workers_is_bitwise_equal(tmp_path):

@@ -75,7 +75,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from useg.checkpoint.atomic import write_file_atomically  # noqa: E402
+from useg.files import write_file_atomically  # noqa: E402
 from useg.data import make_synthetic  # noqa: E402
 from useg.errors import UsegError  # noqa: E402
 

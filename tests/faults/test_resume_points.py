@@ -243,7 +243,7 @@ def test_without_latest_the_newest_branch_is_found_from_the_periodic_files_alone
         (tmp_path / name).unlink()
     warnings: list[str] = []
     assert resolve_checkpoint(tmp_path, "latest", warn=warnings.append).name == "epoch_004_checkpoint.pt"
-    from useg.checkpoint.resume_points import resume_points
+    from useg.checkpoint import resume_points
 
     abandoned = [p.path.name for p in resume_points(tmp_path) if p.abandoned]
     assert abandoned == ["epoch_005_checkpoint.pt"]

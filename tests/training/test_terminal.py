@@ -8,6 +8,7 @@ import json
 import os
 import re
 import select
+import shlex
 import subprocess
 import sys
 from importlib.metadata import version
@@ -18,7 +19,7 @@ import pytest
 from tiny import TINY
 from useg import faults
 from useg.cli import build_parser, main
-from useg.training.progress import position_text
+from useg.training.progress import position_text, remaining_text, remaining_time, slowdown_note, whole_epoch_time
 
 FLAGS = [*TINY, "--vis-every", "0"]  # 6 samples per epoch in batches of 2: 3 batches per epoch
 
@@ -138,3 +139,71 @@ def test_on_a_terminal_the_bar_is_labelled_and_a_warning_gets_its_own_line(tmp_p
     assert "it/s" not in plain
     warnings = [segment for segment in segments if "SIGINT received" in segment]
     assert warnings and all(segment.startswith("warning: SIGINT received") for segment in warnings), warnings
+
+
+def epoch_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if re.match(r"epoch +\d+/\d+  loss", line)]
+
+
+def test_a_resumed_epoch_reports_the_samples_it_trained_and_the_run_its_remaining_time(tmp_path, capsys,
+                                                                                        monkeypatch):
+    # Stopped after batch 2 of 3: the resumed session trains one batch (2 samples) of epoch 1, then epoch 2.
+    run = tmp_path / "my run"
+    monkeypatch.setattr(faults, "_hits", {})
+    monkeypatch.setenv("USEG_KILL_AT", "step:2:SIGTERM")
+    assert main(["train", "--run-dir", str(run), "--epochs", "2", *FLAGS, "--quiet"]) == 143
+    monkeypatch.delenv("USEG_KILL_AT")
+    capsys.readouterr()
+    assert main(["resume", "latest", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    [log_path] = (run / "logs").glob("training_*.json")
+    epochs = json.loads(log_path.read_text())["epochs"]
+    assert [row["samples_trained"] for row in epochs] == [2, 6]  # not a whole epoch's 6 for the resumed one
+    for row in epochs:  # the rate is those samples over the epoch's time (rounded as recorded)
+        assert row["samples_per_s"] == pytest.approx(row["samples_trained"] / row["epoch_time_s"], rel=0.01, abs=0.01)
+    first, last = epoch_lines(out)
+    assert f"{epochs[0]['samples_per_s']:.1f} samples/s" in first, first
+    assert re.search(r"samples/s  ~\d+ (s|min) left", first), first  # one epoch to go
+    assert "left" not in last, last  # nothing after the last epoch
+    lines = out.splitlines()
+    done = next(index for index, line in enumerate(lines) if line.startswith("Done: 2 epochs"))
+    quoted = shlex.quote(str(run))
+    assert lines[done + 1] == f"Next: useg history --run-dir {quoted} | useg evaluate --run-dir {quoted}", out
+
+
+def test_next_steps_name_the_pictures_when_the_run_drew_some(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), "--epochs", "1", *TINY, "--vis-every", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    done = next(index for index, line in enumerate(lines) if line.startswith("Done: 1 epoch"))
+    assert lines[done + 1] == (f"Next: useg history --run-dir {run} | useg evaluate --run-dir {run} | "
+                               f"pictures in {run / 'visualizations_training'}")
+    assert "left" not in epoch_lines("\n".join(lines))[0]  # a one-epoch run has nothing left after it
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0.2, "~1 s left"), (40.4, "~40 s left"), (59.6, "~1 min left"), (725, "~12 min left"),
+    (7500, "~2 h 5 min left"),
+])
+def test_remaining_time_reads_in_the_largest_sensible_unit(seconds, text):
+    assert remaining_text(seconds) == text
+
+
+def test_the_remaining_time_scales_a_partial_epoch_to_a_whole_one():
+    # 1 s of steps for 2 of 6 samples, 2 s of validation and save: a whole epoch is 3 s of steps + 2 s.
+    assert whole_epoch_time(3.0, 1.0, 2, 6) == pytest.approx(5.0)
+    assert remaining_time([5.0, 4.0, 100.0], 3) == pytest.approx(15.0)  # the median, not one slow epoch
+    assert remaining_time([5.0], 0) is None
+
+
+def test_a_resumed_partial_epoch_is_not_called_slow():
+    # Its rate pays a whole validation for a third of the samples: lower, with nothing else on the cores.
+    assert slowdown_note([48.0, 50.0, 52.0, 5.0], [6, 6, 6, 2], 6) == ""
+    assert "SLOW" in slowdown_note([48.0, 50.0, 52.0, 5.0], [6, 6, 6, 6], 6)
+    assert slowdown_note([48.0, 5.0, 50.0, 52.0, 49.0], [6, 2, 6, 6, 6], 6) == ""
+
+
+def test_pretrained_help_names_every_kind_of_file_it_takes():
+    train_help = next(parser for name, parser in parsers(build_parser()) if name == "useg train").format_help()
+    text = " ".join(train_help.split())
+    assert "a useg checkpoint such as best_model.pt, or a useg export" in text, text

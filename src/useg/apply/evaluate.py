@@ -22,13 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from useg.checkpoint.atomic import write_file_atomically
+from useg.checkpoint import warn_to_stderr as warn  # stderr: `--json` output stays parseable
 from useg.data import SegDataset, Task, make_batch
 from useg.data.medical import keeping_last_mask
 from useg.data.tasks import candidates, choose_supports, class_members
 from useg.errors import ConfigError, DataError
+from useg.apply.outputs import Written, write_keeping_earlier
 from useg.apply.targets import SPLITS, EvalSet, load_eval_set
-from useg.apply.predict import TrainedModel, probabilities, warn
+from useg.apply.predict import TrainedModel, probabilities
 from useg.apply.scores import describe, hausdorff95, mean_over_classes, scores, summarise
 
 __all__ = ["SPLITS", "Evaluation", "evaluate", "hausdorff95", "scores", "describe", "write_csv"]
@@ -47,6 +48,7 @@ class SweepPoint:
     ensembles: int
     rows: list[dict[str, Any]]
     per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: list[Task] = field(default_factory=list, repr=False)  # rows[i] scores tasks[i] (its first draw)
 
     def to_dict(self) -> dict[str, Any]:
         return {"support_size": self.support_size, "ensembles": self.ensembles,
@@ -237,6 +239,7 @@ def score_tasks(trained: TrainedModel, evalset: EvalSet, tasks: list[Task], size
             if member + 1 in points:
                 points[member + 1].rows += [score_row(evalset, task, prob[0] / (member + 1), with_paths)
                                             for task, prob in zip(chunk, total)]
+                points[member + 1].tasks += chunk
         advance(len(chunk))
     for point in points.values():
         point.per_class = summarise(point.rows, evalset.dataset.classes)
@@ -262,12 +265,30 @@ def score_row(evalset: EvalSet, task: Task, prob: torch.Tensor, with_paths: bool
     at one half and scored against the native truth; HD95 is in pixels of the original image."""
     dataset = evalset.dataset
     truth = evalset.native_masks(task.target)[task.cls]
-    if tuple(prob.shape) != truth.shape:
-        prob = F.interpolate(prob[None, None], size=truth.shape, mode="bilinear", align_corners=False)[0, 0]
+    prob = at_size(prob, truth.shape)
     row = {"image": dataset.ids[task.target], "class": dataset.classes[task.cls], **scores(prob.numpy() > 0.5, truth)}
     if with_paths:
         row["file"] = evalset.files[task.target]
     return row
+
+
+def at_size(prob: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """An (H, W) probability map resized (bilinear) to `shape`, as predict resizes back to the input's size."""
+    if tuple(prob.shape) == tuple(shape):
+        return prob
+    return F.interpolate(prob[None, None], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0]
+
+
+def task_prediction(trained: TrainedModel, evalset: EvalSet, task: Task, ensembles: int, seed: int) -> np.ndarray:
+    """The 0/1 prediction a row scored: the mean of `ensembles` draws (the first is `task`'s), at the target's
+    native size."""
+    members = class_members(evalset.dataset, evalset.pool)
+    total = None
+    for member in range(ensembles):
+        draw = task if member == 0 else redraw(evalset.dataset, members, task, seed, member)
+        probs = task_probabilities(trained, evalset.dataset, [draw])[0, 0]
+        total = probs if total is None else total + probs
+    return at_size(total / ensembles, evalset.native_masks(task.target).shape[1:]).numpy() > 0.5
 
 
 def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
@@ -285,8 +306,9 @@ def csv_columns(result: Evaluation, with_paths: bool) -> tuple[str, ...]:
     return CSV_COLUMNS + (SWEEP_COLUMNS if result.is_sweep else ()) + (("file",) if with_paths else ())
 
 
-def write_csv(path: str | Path, result: Evaluation | list[dict[str, Any]], with_paths: bool = False) -> Path:
-    """Write the rows (every sweep point's) atomically: a full disk leaves the previous CSV (or none)."""
+def write_csv(path: str | Path, result: Evaluation | list[dict[str, Any]], with_paths: bool = False) -> Written:
+    """Write the rows (every sweep point's) atomically: a full disk leaves the previous CSV (or none). An earlier
+    CSV of that name with other rows is kept as `<name>_<its time>.csv` (apply/outputs.py)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"--csv {path} is a folder; give a file name such as {path / 'evaluation.csv'}")
@@ -294,5 +316,4 @@ def write_csv(path: str | Path, result: Evaluation | list[dict[str, Any]], with_
         text = csv_text(result, CSV_COLUMNS)
     else:
         text = csv_text(result.all_rows(), csv_columns(result, with_paths))
-    return write_file_atomically(path, text.encode("utf-8"), create_folder=True,
-                                 then="run useg evaluate again (or pass --csv elsewhere)")
+    return write_keeping_earlier(path, text.encode("utf-8"), then="run useg evaluate again (or pass --csv elsewhere)")

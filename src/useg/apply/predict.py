@@ -4,8 +4,9 @@ Inputs are read as training reads them (every format and intensity rule of
 `useg.data.images` and `useg.data.medical`). Inputs of any size are resized to
 the model's square size (the rule every data layout uses), predicted from a
 fixed, seeded support set per class (or the mean of K seeded draws,
-`--ensembles K`), and the probability map is resized back to the input's
-original size before thresholding. Several classes give one mask per class and a
+`--ensembles K`; never the input itself: `useg.apply.supports`), and the
+probability map is resized back to the input's original size before
+thresholding. Several classes give one mask per class and a
 label map (`<stem>_label_map.png`, values named in `classes.json`). A 3-D volume
 is predicted slice by slice along the slice axis and its masks are written as
 one NIfTI volume each (`<stem>.nii.gz`, 0/1, with a NIfTI input's geometry).
@@ -20,12 +21,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import shlex
-import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,23 +32,20 @@ import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
 
 from useg.training import state as training_state
-from useg.checkpoint import nonfinite_weights
-from useg.checkpoint.atomic import write_file_atomically
-from useg.checkpoint.integrity import open_verified
-from useg.checkpoint.layout import checkpoints_folder
-from useg.checkpoint.loading import checkpoint_path, describe_problem, load_verified, open_resolved
-from useg.checkpoint.manager import warn_to_stderr as warn  # to stderr, so `--json` output stays parseable
-from useg.data import SegDataset, load_dataset
-from useg.data.dataset import select_classes
+from useg.checkpoint import OpenCheckpoint, checkpoint_path, open_checkpoint, verify_checkpoint
+from useg.checkpoint import warn_to_stderr as warn  # to stderr, so `--json` output stays parseable
+from useg.files import write_file_atomically
 from useg.data.folders import is_folders
-from useg.data.images import IMAGE_SUFFIXES, file_stem, file_suffix, is_image_file, is_medical, open_image
-from useg.data.images import open_upright, read_grey, resize_grey, to_grey
+from useg.data.formats import IMAGE_SUFFIXES, file_stem, file_suffix, is_image_file, is_medical
+from useg.data.images import open_image, open_upright, read_grey, resize_grey, to_grey
 from useg.data.labels import CLASSES_FILE
 from useg.data.medical import read_medical_image, slices
-from useg.data.tasks import check_support_size_setting
 from useg.errors import CheckpointError, DataError
-from useg.model import UniverSeg, build_from_config, infer_widths
+from useg.model import UniverSeg, build_from_config
+from useg.run_folder import checkpoints_folder
+from useg.weights import fit_weights, model_weights, require_finite
 from useg.apply.scores import boundary
+from useg.apply.supports import SupportSet, file_id
 from useg.viz import contrasting_tints
 
 # Overlay tints per class (RGB) on grey images, in the support set's class order (colour images: viz.contrasting_tints).
@@ -85,69 +81,45 @@ class TrainedModel:
         return int(self.config.get("seed", 0))
 
 
-@dataclass
-class SupportSet:
-    """The fixed supports of one class: K draws of (S, H, W) images in [0, 1] and 0/1 labels, (K, S, H, W)."""
-
-    cls: str
-    images: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def size(self) -> int:
-        return self.images.shape[1]
-
-
-def open_checkpoint(run_dir: str | Path, which: str | None) -> tuple[Path, BinaryIO]:
-    """The verified open file `which` names (default best): latest, best, an epoch number or a path.
-
-    Hashed once: the handle returned is the one whose bytes were checked.
-    """
+def open_trained(run_dir: str | Path, which: str | None) -> OpenCheckpoint:
+    """The verified checkpoint `which` names in the run (default best): latest, best, an epoch number
+    or a path; kept open, so the bytes loaded are the bytes hashed (once)."""
     which = which or "best"
     folder = checkpoints_folder(run_dir)
-    if which in ("latest", "best") or which.isdigit():
-        if not folder.is_dir():
-            raise CheckpointError(f"no checkpoints in {folder}: train first (useg train --run-dir {shlex.quote(str(run_dir))}), "
-                                  "or pass --run-dir or a checkpoint path")
-        return open_resolved(folder, which, warn)
-    path = checkpoint_path(folder, which)
-    result, handle = open_verified(path)
-    if handle is not None:
-        return path, handle
-    if result.status == "missing-checksum":
+    named = which in ("latest", "best") or which.isdigit()
+    if named and not folder.is_dir():
+        raise CheckpointError(f"no checkpoints in {folder}: train first (useg train --run-dir {shlex.quote(str(run_dir))}), "
+                              "or pass --run-dir or a checkpoint path")
+    try:
+        return open_checkpoint(folder, which, warn)
+    except CheckpointError:
+        if not named:
+            refuse_plain_weight_file(which, checkpoint_path(folder, which))
+        raise
+
+
+def refuse_plain_weight_file(which: str, path: Path) -> None:
+    """A file refused for having no sidecar is no useg checkpoint: say where such a file belongs.
+
+    Asked only once opening it failed, so a valid checkpoint is hashed once.
+    """
+    if verify_checkpoint(path).status == "missing-checksum":
         raise CheckpointError(f"{which} has no checksum sidecar, so it is no useg checkpoint; a plain weight file "
                               "(such as the official UniverSeg one) starts training with useg train --pretrained FILE")
-    raise CheckpointError(describe_problem(result))
 
 
 def load_trained(run_dir: str | Path = ".", which: str | None = None) -> TrainedModel:
     """Load a run's checkpoint (verified, weights_only) and rebuild its model in eval mode."""
-    path, handle = open_checkpoint(run_dir, which)
-    with handle:
-        state = load_verified(path, handle)
+    opened = open_trained(run_dir, which)
+    path, state = opened.path, opened.load()
     training_state.require_model_parts(state, path)
-    weights = training_state.model_weights(state)
-    bad = nonfinite_weights(weights)
-    if bad is not None:
-        raise CheckpointError(f"{path} holds NaN or inf weights in {bad} (a diverged run); "
-                              "use a checkpoint saved before the divergence (see `useg checkpoints list`)")
+    weights = model_weights(state)
+    require_finite(weights, path)
     model = build_from_config(state[training_state.MODEL_CONFIG])
-    fit_weights(model, weights, path)
+    fit_weights(model, weights, path, own_config=True)
     model.eval()
     return TrainedModel(model, path, int(state.get(training_state.EPOCH, 0)), training_state.saved_config(state),
                         training_state.saved_classes(state), training_state.saved_split(state))
-
-
-def fit_weights(model: UniverSeg, weights: dict, path: Path) -> None:
-    """Load weights into the model built from the same checkpoint's model_config; refuse a mismatch."""
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError:
-        found = ",".join(map(str, infer_widths(weights) or ())) or "unknown"
-        raise CheckpointError(
-            f"{path}: its weights (widths {found}) do not fit its model_config (widths "
-            f"{','.join(map(str, model.widths))}); the file was edited or mixed up: use another checkpoint"
-        ) from None
 
 
 @torch.no_grad()
@@ -156,66 +128,6 @@ def probabilities(model: UniverSeg, targets: torch.Tensor, support_images: torch
     """Sigmoid foreground probabilities (B, 1, H, W) for targets (B, 1, H, W) and supports (B, S, 1, H, W)."""
     model.eval()
     return torch.sigmoid(model(targets, support_images, support_labels))
-
-
-def support_sets(supports: SegDataset, wanted: list[str] | None, support_size: int, seed: int,
-                 ensembles: int = 1) -> list[SupportSet]:
-    """Per chosen class, `ensembles` seeded draws of up to `support_size` images showing it."""
-    check_support_size_setting(support_size)
-    if ensembles < 1:
-        raise DataError(f"--ensembles must be at least 1, not {ensembles}")
-    chosen = select_classes(supports.classes, wanted)
-    shown = {cls: np.flatnonzero(supports.masks[:, cls].any(axis=(1, 2))) for cls in chosen}
-    unshown = [supports.classes[cls] for cls in chosen if not len(shown[cls])]
-    if unshown and (wanted or len(unshown) == len(chosen)):
-        raise DataError(f"no support image shows class {', '.join(unshown)}; add such images or choose --classes")
-    if unshown:
-        warn(f"no support image shows class {', '.join(unshown)}; not predicted")
-    return [pick_supports(supports, cls, shown[cls], support_size, seed, ensembles)
-            for cls in chosen if len(shown[cls])]
-
-
-def pick_supports(supports: SegDataset, cls: int, members: np.ndarray, support_size: int, seed: int,
-                  ensembles: int = 1) -> SupportSet:
-    """Seeded picks without repeats; all of them when there are fewer than `support_size`.
-
-    The first draw is the one a single prediction uses, so `--ensembles 1` keeps earlier masks.
-    """
-    name = supports.classes[cls]
-    if len(members) < support_size:
-        warn(f"class {name} has {len(members)} support images, fewer than --support-size {support_size}; "
-             f"using all {len(members)}")
-    size = min(support_size, len(members))
-    picks = []
-    for member in range(ensembles):
-        rng = np.random.default_rng([seed, cls] if member == 0 else [seed, cls, member])
-        picks.append(np.sort(rng.choice(members, size=size, replace=False)))
-    picked = np.stack(picks)
-    return SupportSet(name, supports.images[picked], supports.masks[picked, cls].astype(np.float32))
-
-
-def load_supports(trained: TrainedModel, folder: str | Path, wanted: list[str] | None, support_size: int | None,
-                  *, options: dict | None = None, ensembles: int = 1,
-                  seed: int | None = None) -> tuple[list[SupportSet], bool]:
-    """The support sets from a folder in any training layout, at the model's size; and whether it is multi-class.
-
-    `options`: load_dataset keywords for the folder (label, class_names)."""
-    folder = Path(folder)
-    if folder.is_dir() and not any(folder.iterdir()):
-        raise DataError(f"support folder {folder} is empty; it needs images with masks in a training layout")
-    data = name_like_the_run(load_dataset(folder, image_size=trained.image_size, **(options or {})), trained)
-    size = trained.support_size if support_size is None else support_size
-    seed = trained.seed if seed is None else seed
-    if seed < 0:
-        raise DataError(f"--seed must be 0 or more, not {seed}")
-    return support_sets(data, wanted, size, seed, ensembles), len(data.classes) > 1
-
-
-def name_like_the_run(supports: SegDataset, trained: TrainedModel) -> SegDataset:
-    """Plain binary supports (the loader's `foreground`) take the name of a one-class run's class."""
-    if supports.classes == ["foreground"] and len(trained.classes) == 1 and trained.classes != ["foreground"]:
-        supports.classes = list(trained.classes)
-    return supports
 
 
 @dataclass
@@ -493,15 +405,6 @@ def protected_files(items: list[InputImage], support: Path, out: Path) -> Protec
     return Protected(images=file_ids(item.path for item in items), support=file_ids(found), support_folder=support,
                      support_stems={file_stem(path) for path in found if is_image_file(path)},
                      labelled=labelled_folder(out))
-
-
-def file_id(path: Path) -> tuple[int, int] | None:
-    """The (device, inode) of the regular file `path` leads to, through symlinks; None when there is none."""
-    try:
-        status = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return (status.st_dev, status.st_ino) if stat.S_ISREG(status.st_mode) else None
 
 
 def file_ids(paths) -> dict[tuple[int, int], Path]:

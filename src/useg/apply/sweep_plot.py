@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from useg.viz import save_figure
+from useg.apply.outputs import Written, write_keeping_earlier
+from useg.viz import figure_png
 
 SUPPORT_SWEEP_PICTURE = "evaluation_support_sweep.png"
 ENSEMBLE_SWEEP_PICTURE = "evaluation_ensemble_sweep.png"
@@ -23,8 +24,9 @@ def curves(points: list, axis: str) -> dict[str, list[tuple[int, float, float]]]
     return lines
 
 
-def save_sweep_picture(path: Path, points: list, axis: str, title: str, status: dict[str, str]) -> Path:
-    """Mean Dice per class with a band of one standard deviation over the targets (clipped to [0, 1])."""
+def save_sweep_picture(path: Path, points: list, axis: str, title: str, status: dict[str, str]) -> Written:
+    """Mean Dice per class with a band of one standard deviation over the targets (clipped to [0, 1]); an earlier
+    picture of that name is kept (apply/outputs.py). The title is also the PNG's Title text."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,22 +48,33 @@ def save_sweep_picture(path: Path, points: list, axis: str, title: str, status: 
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=100, then="run useg evaluate again (or pass --csv elsewhere)")
+    png = figure_png(fig, dpi=100, metadata={"Title": title})
+    return write_keeping_earlier(path, png, then="run useg evaluate again (or pass --csv elsewhere)")
 
 
-def save_sweep_pictures(folder: Path, result) -> list[Path]:
+def save_sweep_pictures(folder: Path, result) -> list[Written]:
     """`evaluation_support_sweep.png` when several support sizes were scored (at the largest ensemble
     count), `evaluation_ensemble_sweep.png` when several ensemble counts were (at the largest size)."""
     written = []
     name = Path(result.checkpoint).name
+    scored = f"on {scored_on(result)}"
     if len(result.support_sizes()) > 1 or result.skipped:
         points = [point for point in result.points if point.ensembles == result.ensembles]
-        title = f"{name} (epoch {result.epoch}), ensembles={result.ensembles}, seed={result.seed}"
+        title = f"{name} (epoch {result.epoch}) {scored}\nensembles={result.ensembles}, seed={result.seed}"
         written.append(save_sweep_picture(folder / SUPPORT_SWEEP_PICTURE, points, "support_size", title,
                                           result.class_status))
     if len(result.ensemble_counts()) > 1:
         points = [point for point in result.points if point.support_size == result.support_size]
-        title = f"{name} (epoch {result.epoch}), S={result.support_size}, seed={result.seed}"
+        title = f"{name} (epoch {result.epoch}) {scored}\nS={result.support_size}, seed={result.seed}"
         written.append(save_sweep_picture(folder / ENSEMBLE_SWEEP_PICTURE, points, "ensembles", title,
                                           result.class_status))
     return written
+
+
+def scored_on(result) -> str:
+    """What was scored, without a path (a folder may be named after a patient): `the run's test split`,
+    `a held-out folder (every image)`, `..., supports from a second folder`."""
+    if not result.data.held_out:
+        return f"the run's {result.split} split"
+    support = ", supports from a second folder" if result.data.support_data else ""
+    return f"a held-out folder (every image){support}"

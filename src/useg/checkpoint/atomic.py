@@ -1,8 +1,9 @@
-"""Durable writes: a file is either its old complete self or its new complete self, never torn.
+"""Durable writes of checkpoint files, with the messages a training run gives when one fails.
 
-The protocol (PostgreSQL's durable_rename): write a hidden temp file in the same
-folder, fsync it, os.replace it onto the final name, fsync the folder. The file
-fsync makes the bytes durable; only the folder fsync makes the rename durable.
+The protocol itself (hidden temp file, fsync, os.replace, fsync of the folder) lives in
+useg.files; this module adds what only the checkpoints folder needs: errors that say
+`useg checkpoints clean` and `--run-dir`, the start-up check that the folder takes files,
+the clean-up of temp files left by killed writers, and early writeback of large files.
 """
 
 from __future__ import annotations
@@ -10,20 +11,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from useg.errors import CheckpointError, UsegError
+from useg.errors import CheckpointError
+from useg.files import (FULL_DISK, NOT_WRITABLE, TEMP_SUFFIX, free_bytes, is_temp_name, json_text, new_temp_file,
+                        remove_quietly, replace_durably, write_all)
 
-from .layout import TEMP_SUFFIX, is_temp_name
-
-FILE_MODE = 0o644  # mkstemp creates 0600; checkpoints are meant to be shared and copied
-_FULL_DISK = {errno.ENOSPC, errno.EDQUOT}
-_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 
 
@@ -54,21 +51,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json_text(obj) + "\n").encode("utf-8"))
 
 
-def json_text(obj: Any, **options: Any) -> str:
-    """Strict JSON of `obj`: NaN and inf, which JSON lacks (bare `NaN` breaks strict readers), become null."""
-    return json.dumps(_finite_or_none(obj), indent=2, allow_nan=False, **options)
-
-
-def _finite_or_none(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {key: _finite_or_none(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_none(item) for item in value]
-    return value
-
-
 def write_temp_file(directory: Path, name: str, data: bytes | memoryview) -> Path:
     """Write `data` to a new hidden `.NAME.*.tmp` in `directory`, fsynced, mode 0644; return its path."""
     return write_temp(directory, name, len(data), lambda fd: write_all(fd, data))
@@ -76,69 +58,12 @@ def write_temp_file(directory: Path, name: str, data: bytes | memoryview) -> Pat
 
 def write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int], None],
                needed: Callable[[], int] | None = None) -> Path:
-    """Create a hidden `.NAME.*.tmp` in `directory`, let `fill(fd)` write it, then fsync; return its path.
+    """`useg.files.new_temp_file` with its errors explained for a checkpoints folder.
 
-    `size_hint` bytes are reserved first, so a full disk usually fails before any byte is
-    written; a file that ends up shorter is cut to what `fill` wrote. On a full disk the
-    error names `needed()` bytes (default: the hint). On any error the temp file is removed.
+    On a full disk the error names `needed()` bytes (default: the hint).
     """
     with explain_write_errors(directory, needed or (lambda: size_hint)):
-        return _write_temp(directory, name, size_hint, fill)
-
-
-def _write_temp(directory: Path, name: str, size_hint: int, fill: Callable[[int], None],
-                mode: int = FILE_MODE, sync: bool = True) -> Path:
-    """`write_temp` with its OSErrors as they are, for callers that explain them their own way.
-    mkstemp creates the file 0600, so a narrower `mode` holds from the first byte written.
-    `sync=False` skips the fsync (caches: losing one after a power cut costs a recomputation)."""
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=TEMP_SUFFIX)
-    try:
-        _preallocate(fd, size_hint)
-        fill(fd)
-        end = os.lseek(fd, 0, os.SEEK_CUR)
-        if os.fstat(fd).st_size > end:
-            os.ftruncate(fd, end)  # drop the reserved space fill did not use
-        os.fchmod(fd, mode)
-        # A failed fsync is not retried: the kernel may already have dropped the dirty
-        # pages, so a second fsync can "succeed" over lost data (PostgreSQL's fsyncgate).
-        if sync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        remove_quietly(Path(temp))
-        raise
-    os.close(fd)
-    return Path(temp)
-
-
-def atomic_write_cache(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Replace `path` with `data` atomically (readers see the old or the new file) but without fsync,
-    for caches; `mode` whatever the umask. OSErrors are left to the caller, which may ignore them."""
-    temp = _write_temp(path.parent, path.name, len(data), lambda fd: write_all(fd, data), mode, sync=False)
-    try:
-        os.replace(temp, path)
-    except BaseException:
-        remove_quietly(temp)
-        raise
-
-
-def replace_durably(temp: Path, final: Path) -> None:
-    """os.replace `temp` onto `final` and fsync the folder; `temp` is removed if the rename fails."""
-    try:
-        os.replace(temp, final)
-    except BaseException:
-        remove_quietly(temp)
-        raise
-    fsync_directory(final.parent)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make renames and unlinks inside `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return new_temp_file(directory, name, size_hint, fill)
 
 
 def check_writable(directory: Path) -> None:
@@ -160,12 +85,6 @@ def remove_stale_temp_files(directory: Path) -> list[Path]:
     return removed
 
 
-def remove_quietly(path: Path) -> None:
-    """Unlink `path`, ignoring a file that is already gone."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
 @contextlib.contextmanager
 def explain_write_errors(directory: Path, nbytes: int | Callable[[], int] | None = None) -> Iterator[None]:
     """Turn a full disk, an unwritable folder or a disk's I/O error into a one-line CheckpointError.
@@ -175,14 +94,14 @@ def explain_write_errors(directory: Path, nbytes: int | Callable[[], int] | None
     try:
         yield
     except OSError as error:
-        if error.errno in _FULL_DISK:
+        if error.errno in FULL_DISK:
             nbytes = nbytes() if callable(nbytes) else nbytes
-            needs = f": writing needs {nbytes} bytes, {_free_bytes(directory)} are free" if nbytes else ""
+            needs = f": writing needs {nbytes} bytes, {free_bytes(directory)} are free" if nbytes else ""
             raise CheckpointError(
                 f"not enough space in {directory}{needs}; free some space "
                 "(e.g. `useg checkpoints clean --keep 1`) or use another --run-dir"
             ) from error
-        if error.errno in _NOT_WRITABLE:
+        if error.errno in NOT_WRITABLE:
             raise CheckpointError(
                 f"cannot write in {directory}: {error.strerror}; fix its permissions or use another --run-dir"
             ) from error
@@ -194,80 +113,6 @@ def explain_write_errors(directory: Path, nbytes: int | Callable[[], int] | None
                 "checkpoints are kept); check the disk (e.g. `dmesg`) or use another --run-dir"
             ) from error
         raise
-
-
-def write_file_atomically(path: str | os.PathLike, data: bytes, *, create_folder: bool = False,
-                          then: str = "try again", mode: int = FILE_MODE) -> Path:
-    """Replace `path` with `data` as `atomic_write_bytes` does, for the files that are not checkpoints
-    (pictures, curves, CSVs, masks): a full disk, an unwritable, missing or vanished folder or a
-    failing disk is one UsegError naming the file, the fix and `then` (what to do after it).
-    No partial file and no temp file is left. `create_folder`: make the missing folders first;
-    `mode`: the file's permissions (e.g. 0o600 for a file only its owner may read)."""
-    path = Path(path)
-    with explain_file_errors(path, then, len(data)):
-        if create_folder:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        temp = _write_temp(path.parent, path.name, len(data), lambda fd: write_all(fd, data), mode)
-        replace_durably(temp, path)
-    return path
-
-
-@contextlib.contextmanager
-def explain_file_errors(path: Path, then: str = "try again", nbytes: int = 0) -> Iterator[None]:
-    """Turn the OSErrors a user can fix, while writing `path` (or making a folder), into one-line
-    UsegErrors naming it and ending with `then`; `nbytes`: what the write needed."""
-    try:
-        yield
-    except OSError as error:
-        reason = _file_error_reason(path, nbytes, error)
-        if reason is None:
-            raise
-        raise UsegError(f"cannot write {path}: {reason}, then {then}") from error
-
-
-def _file_error_reason(path: Path, nbytes: int, error: OSError) -> str | None:
-    folder = path.parent
-    if error.errno in _FULL_DISK:
-        needs = f"the file needs {nbytes} bytes, " if nbytes else ""
-        return f"the disk is full ({needs}{_free_bytes(folder)} bytes are free); free some space"
-    if error.errno in _NOT_WRITABLE:
-        return f"{error.strerror} in {folder}; make the folder writable or choose another one"
-    if error.errno == errno.ENOENT:
-        return f"the folder {folder} does not exist (it may have been removed); create it or choose another one"
-    if error.errno in (errno.ENOTDIR, errno.EEXIST):
-        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
-        return f"{blocker} is a file, not a folder; move it away or choose another folder"
-    if error.errno == errno.EIO:
-        return "the disk reported an I/O error (it may be failing or disconnected); check it"
-    return None
-
-
-def _free_bytes(directory: Path) -> int | str:
-    try:
-        stats = os.statvfs(directory)
-    except OSError:
-        return "?"
-    return stats.f_bavail * stats.f_frsize
-
-
-def _preallocate(fd: int, size: int) -> None:
-    # Reserving the space first makes a full disk fail here, before any byte is written.
-    if size == 0 or not hasattr(os, "posix_fallocate"):
-        return
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as error:
-        if error.errno in _FULL_DISK:
-            raise
-        # EOPNOTSUPP/EINVAL: the file system cannot preallocate; the write below still reports ENOSPC.
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    """os.write until every byte of `data` is written (a single write may be short)."""
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def start_writeback(fd: int, offset: int, nbytes: int) -> None:

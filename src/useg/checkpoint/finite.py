@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .walk import leaves
+from .state_walk import leaves
 
 _INFINITIES = (float("inf"), float("-inf"))
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .atomic import FILE_MODE, atomic_write_cache
+from useg.files import FILE_MODE, atomic_write_cache
+
 from .layout import VERIFIED_CACHE_NAME, pending_path, sidecar_path
 
 STATUSES = ("ok", "corrupt", "missing-checksum", "missing", "unsafe")

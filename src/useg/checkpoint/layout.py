@@ -1,4 +1,8 @@
-"""File names inside a checkpoints folder: the one place that spells them."""
+"""File names inside a checkpoints folder: the one place that spells them.
+
+Temp files (`.NAME.*.tmp`) are named by useg.files, which writes them; where the checkpoints
+folder sits in a run folder (`RUN_DIR/checkpoints`) is useg.run_folder's business.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,6 @@ LOCK_NAME = ".lock"
 VERIFIED_CACHE_NAME = ".verified.json"  # hashes already checked, by name (see integrity.known_verified)
 SIDECAR_SUFFIX = ".json"
 PENDING_SUFFIX = ".json.pending"
-TEMP_SUFFIX = ".tmp"
 
 _PERIODIC_RE = re.compile(r"^epoch_(\d+)_checkpoint\.pt$")
 
@@ -53,26 +56,9 @@ def pending_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + PENDING_SUFFIX)
 
 
-def is_temp_name(name: str) -> bool:
-    """Our temp files are hidden and end in `.tmp`, so they never look like checkpoints."""
-    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
-
-
 def checkpoint_files(directory: Path) -> list[Path]:
     """Every visible `*.pt` file in `directory` (empty when it does not exist)."""
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.glob("*.pt") if not p.name.startswith("."))
 
-
-CHECKPOINTS_DIR = "checkpoints"  # a run folder's checkpoints live in RUN_DIR/checkpoints/
-
-
-def checkpoints_folder(run_dir: str | Path) -> Path:
-    """`RUN_DIR/checkpoints`: where a run's checkpoints live."""
-    return Path(run_dir) / CHECKPOINTS_DIR
-
-
-def is_checkpoints_folder(folder: Path) -> bool:
-    """True for a folder named like a run's checkpoints folder."""
-    return folder.name == CHECKPOINTS_DIR

@@ -16,7 +16,7 @@ from useg.errors import CheckpointError
 
 from .integrity import VerifyResult, open_verified
 from .layout import BEST_NAME, FORMAT_VERSION, LATEST_NAME, periodic_name
-from .resume_points import resume_points
+from .resume_order import resume_points
 
 Which = str | int | os.PathLike
 

@@ -21,16 +21,16 @@ from .lock import RunLock, acquire_run_lock, lock_owner
 from .overlap import DeferredCopy
 from .policy import DEFAULT_PERCENTAGES, MID_EPOCH_KINDS, BestRule, SavePlan, checked_metrics, periodic_epochs
 from .policy import plan_save
-from .resume_points import resume_points
+from .resume_order import resume_points
 from .publish import finalize_pending_sidecars, publish_link, publish_state, remove_orphan_sidecars
 from .retention import CleanPlan, clean_checkpoints, plan_clean
 from .state import StagingPool, snapshot_state, snapshot_state_overlapped, stamp
 from .writer import BackgroundWriter
 
 # What best_model.pt leaves out unless told otherwise: the parts only resuming needs, under the
-# names this package's own examples use (useg's trainer passes its own list).
-DEFAULT_BEST_EXCLUDE = ("optimizer_state_dict", "scheduler_state_dict", "rng_state", "rng_state_per_rank",
-                        "sampler_state", "position")
+# names of CHECKPOINT_GUIDE.md's loop and examples/own_loop.py. useg's trainer passes its own
+# list (training/state.py, TRAINING_ONLY_KEYS): this package does not know the trainer's keys.
+DEFAULT_BEST_EXCLUDE = ("optimizer_state_dict", "scheduler_state_dict", "rng_state", "position")
 _MAX_SIDECAR_CONFIG_BYTES = 64 * 1024  # the sidecar copy of the config is for `useg checkpoints list`, not a second store
 OVERLAP_REFUSED = (
     "CheckpointManager(overlap_copies=True) is not offered: a change to the weights or optimizer state between "
@@ -59,6 +59,9 @@ class CheckpointManager:
 
     `best_metric` / `mode` ("max": higher is better, "min": lower) are the only notion of
     best: a save whose metrics hold a strictly better value of `best_metric` writes best_model.pt.
+    The manager owns "best so far" (`best_value`, `best_epoch`): read from best_model.pt on disk
+    at start, never only remembered, so that a restarted run, or one resumed from an older
+    epoch, never replaces a better best_model.pt. A loop that shows the best asks it.
 
     save() copies every tensor of the state before it returns, so nothing the loop does after
     it can reach the file. `overlap_copies=True` is refused with a ValueError: leaving copies
@@ -131,18 +134,17 @@ class CheckpointManager:
 
     # --- saving ---------------------------------------------------------------------------
 
-    def save(self, state: Mapping[str, Any], epoch: int, val_dice: float | None = None,
-             train_loss: float | None = None, kind: str = "epoch", step: int | None = None,
-             routine: bool | None = None, metrics: Mapping[str, float] | None = None,
-             **named_metrics: float) -> None:
+    def save(self, state: Mapping[str, Any], *, epoch: int, step: int | None = None,
+             metrics: Mapping[str, float] | None = None, kind: str = "epoch", routine: bool | None = None,
+             **keyword_metrics: float | None) -> None:
         """Save `state` (a dict of `state_dict()`-able parts and plain values) after `epoch` completed epochs.
 
         kind="epoch" rewrites latest, plus the periodic file when due and best_model.pt on a
         strictly better `best_metric`; kind="mid_epoch" (a routine save inside an epoch) and
-        kind="interrupt" (the save on a signal) rewrite latest only. Metrics, given as
-        `metrics={...}` or as keywords (`val_dice=0.71`, `train_loss=...`, any name), go to
-        the sidecar. The state is snapshotted now; with async_save the write happens in the
-        background (`wait()` returns when it is durable).
+        kind="interrupt" (the save on a signal) rewrite latest only. `metrics={...}` go to the
+        sidecar; a metric may also be given as a keyword (`val_dice=0.71`, any name; None
+        leaves it out), which counts as if it were in `metrics`. The state is snapshotted now;
+        with async_save the write happens in the background (`wait()` returns when it is durable).
 
         `routine` (mid-epoch kinds only; the default for kind="mid_epoch") marks a save that
         may be coalesced: asked for while an earlier save is still being written, it waits as
@@ -155,7 +157,7 @@ class CheckpointManager:
         routine = kind == "mid_epoch" if routine is None else routine
         if routine and kind not in MID_EPOCH_KINDS:
             raise ValueError(f"only mid-epoch saves (kind='mid_epoch' or 'interrupt') may be routine, not kind={kind!r}")
-        metrics = checked_metrics(metrics, named_metrics, val_dice=val_dice, train_loss=train_loss)
+        metrics = checked_metrics(metrics, keyword_metrics)
         value = metrics.get(self.best_rule.metric)
         plan = plan_save(kind, epoch, value, self.best_value, self.scheduled_epochs, self.best_rule)
         if self._writer is not None:
@@ -188,7 +190,7 @@ class CheckpointManager:
     def planned_files(self, epoch: int, val_dice: float | None = None, kind: str = "epoch",
                       metrics: Mapping[str, float] | None = None) -> list[str]:
         """The names of the files `save()` with these arguments would write now, by the same policy."""
-        value = checked_metrics(metrics, {}, val_dice=val_dice).get(self.best_rule.metric)
+        value = checked_metrics(metrics, {"val_dice": val_dice}).get(self.best_rule.metric)
         plan = plan_save(kind, epoch, value, self.best_value, self.scheduled_epochs, self.best_rule)
         return [name for name, due in ((BEST_NAME, plan.best), (periodic_name(epoch), plan.periodic),
                                        (LATEST_NAME, True)) if due]

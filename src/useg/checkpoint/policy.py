@@ -56,11 +56,6 @@ class BestRule:
         return value > best if self.mode == "max" else value < best
 
 
-def is_improvement(val_dice: float | None, best_val_dice: float | None) -> bool:
-    """The default rule (higher val_dice is better), strictly better than the best so far."""
-    return BestRule().improves(val_dice, best_val_dice)
-
-
 def plan_save(kind: str, epoch: int, value: float | None, best: float | None,
               scheduled: frozenset[int], rule: BestRule = BestRule()) -> SavePlan:
     """Decide the files for one save; a mid-epoch save (routine or on a signal) only refreshes latest.
@@ -91,16 +86,24 @@ def _checked_percentages(percentages: Iterable[int]) -> tuple[int, ...]:
     return checked
 
 
-def checked_metrics(metrics: Mapping[str, float] | None, named: Mapping[str, float],
-                    **builtin: float | None) -> dict[str, float]:
-    """Every metric as a float by name; `val_dice` / `train_loss` given as None are left out."""
-    merged = {**(metrics or {}), **named, **{name: value for name, value in builtin.items() if value is not None}}
-    checked = {}
-    for name, value in merged.items():
-        try:
-            if not isinstance(name, str) or isinstance(value, (bool, str, bytes)):
-                raise TypeError
-            checked[name] = float(value)  # numpy and one-element torch numbers too
-        except (TypeError, ValueError):
-            raise ValueError(f"metric {name!r} must be a number, got {value!r}") from None
-    return checked
+def checked_metrics(metrics: Mapping[str, float] | None, keywords: Mapping[str, float | None]) -> dict[str, float]:
+    """The one door for a save's metrics: `metrics={...}` plus those given as keywords
+    (`val_dice=0.71`), each a float by name. A keyword given as None is left out (a loop
+    without validation passes `val_dice=None`); a name given both ways is refused."""
+    merged = dict(metrics or {})
+    for name, value in keywords.items():
+        if value is None:
+            continue
+        if name in merged:
+            raise ValueError(f"metric {name!r} is given twice, in metrics= and as a keyword; give it once")
+        merged[name] = value
+    return {name: _metric_number(name, value) for name, value in merged.items()}
+
+
+def _metric_number(name: object, value: object) -> float:
+    try:
+        if not isinstance(name, str) or isinstance(value, (bool, str, bytes)):
+            raise TypeError
+        return float(value)  # numpy and one-element torch numbers too
+    except (TypeError, ValueError):
+        raise ValueError(f"metric {name!r} must be a number, got {value!r}") from None

@@ -19,19 +19,29 @@ On power loss, step 3 makes the checkpoint rename durable before the sidecar ren
 starts, so we never end up with a new sidecar next to the old bytes (which would make a
 good file look corrupt). Each sidecar records the inode of its file, so a reader that
 cannot hash (listing) can still tell which of the two sidecars describes the file.
+
+An export (`publish_export`: weights and a JSON that other programs read) follows the same
+steps with two changes, because those programs know no pending sidecars: the new sidecar
+waits in a hidden temp `.NAME.json.*.tmp`, and the old sidecar is removed (and the folder
+fsynced) before step 2. Killed at any instant it leaves the old pair, the new pair, or the
+new bytes with no sidecar; never new bytes beside an old sidecar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from useg.faults import kill_point
-from .atomic import atomic_write_json, fsync_directory, remove_quietly, replace_durably
+from useg.files import TEMP_SUFFIX, fsync_directory, json_text, remove_quietly, replace_durably
+
+from .atomic import atomic_write_json, write_temp_file
 from .integrity import read_sidecar, remember_verified, sha256_stream
-from .layout import PENDING_SUFFIX, SIDECAR_SUFFIX, TEMP_SUFFIX, pending_path, sidecar_path
+from .layout import PENDING_SUFFIX, SIDECAR_SUFFIX, pending_path, sidecar_path
 from .serialize import write_state_temp
 
 
@@ -62,20 +72,64 @@ def publish_temp(temp: Path, final: Path, sidecar: dict[str, Any]) -> None:
     """Steps 1-5 of the protocol above, for a durable temp file holding the new bytes."""
     pending = pending_path(final)
     sidecar = {**sidecar, "inode": os.stat(temp).st_ino}
-    try:
+    with _undone_unless_renamed(temp, pending, final):
         atomic_write_json(pending, sidecar)
         # Recorded before the rename, so a listing never sees the new file without its known hash.
         remember_verified(final, sidecar["sha256"], written=temp)
         kill_point("before-rename")
         replace_durably(temp, final)
         kill_point("after-rename")
-    except BaseException:
-        remove_quietly(temp)
-        if not _holds_inode(final, sidecar["inode"]):
-            remove_quietly(pending)  # the rename never happened: the pending sidecar describes nothing
-        raise
     replace_durably(pending, sidecar_path(final))
     kill_point("after-sidecar")
+
+
+def publish_export(final: Path, data: bytes, sidecar: dict[str, Any]) -> None:
+    """Durably replace `final` with `data` and `final`.json with `sidecar` (which carries the sha256
+    and size_bytes of `data`), for a pair that other programs read; see the module doc.
+
+    The folder and the JSON are the user's: no verified-hash cache is written beside the file and
+    the sidecar records no inode. Hidden temps of a killed export to `final` are removed first.
+    """
+    folder = final.parent
+    _remove_killed_temps(final)
+    temp = write_temp_file(folder, final.name, data)
+    try:
+        staged = write_temp_file(folder, sidecar_path(final).name, (json_text(sidecar) + "\n").encode("utf-8"))
+    except BaseException:
+        remove_quietly(temp)
+        raise
+    with _undone_unless_renamed(temp, staged, final):
+        kill_point("export-temps-written")
+        remove_quietly(sidecar_path(final))  # the old sidecar must never sit beside the new bytes
+        fsync_directory(folder)
+        kill_point("export-metadata-removed")
+        replace_durably(temp, final)
+        kill_point("export-weights-renamed")
+    replace_durably(staged, sidecar_path(final))
+
+
+@contextlib.contextmanager
+def _undone_unless_renamed(temp: Path, staged: Path, final: Path) -> Iterator[None]:
+    """On a failure, remove `temp` and, unless `temp` already became `final`, the sidecar staged
+    for it: before that rename it describes nothing; after it, it describes `final` and stays (a
+    pending sidecar rolls forward; an export's hidden one goes with the next export)."""
+    inode = os.stat(temp).st_ino
+    try:
+        yield
+    except BaseException:
+        remove_quietly(temp)
+        if not _holds_inode(final, inode):
+            remove_quietly(staged)
+        raise
+
+
+def _remove_killed_temps(final: Path) -> None:
+    """Delete the hidden temps (`.NAME.xxxxxxxx.tmp`, mkstemp's names) a killed export to `final` left."""
+    names = "|".join(re.escape(name) for name in (final.name, sidecar_path(final).name))
+    pattern = re.compile(rf"^\.({names})\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}$")
+    for entry in os.scandir(final.parent):
+        if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+            remove_quietly(Path(entry.path))
 
 
 def finalize_pending_sidecars(directory: Path) -> list[Path]:

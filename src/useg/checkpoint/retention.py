@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .atomic import fsync_directory, remove_quietly
+from useg.files import fsync_directory, remove_quietly
+
 from .integrity import verify_checkpoint
 from .layout import LATEST_NAME, pending_path, sidecar_path
 from .listing import CheckpointInfo, list_checkpoints
-from .resume_points import ResumePoint, resume_points
+from .resume_order import ResumePoint, resume_points
 
 
 @dataclass(frozen=True)

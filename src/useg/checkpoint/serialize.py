@@ -20,8 +20,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .atomic import start_writeback, write_all, write_temp
 from useg.faults import kill_point
+from useg.files import write_all
+
+from .atomic import start_writeback, write_temp
 from .state import tensors_in
 
 _WRITEBACK_EVERY = 16 * 1024 * 1024

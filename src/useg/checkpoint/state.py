@@ -20,7 +20,7 @@ import useg
 
 from .layout import FORMAT_VERSION
 from .overlap import DeferredCopy, copy_tensors, optimizer_owned
-from .walk import leaves
+from .state_walk import leaves
 
 # Leaves the weights_only unpickler rebuilds without any non-allow-listed global.
 _SAFE_LEAVES = (type(None), bool, int, float, complex, str, bytes, bytearray, torch.dtype, torch.device)

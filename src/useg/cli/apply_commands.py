@@ -34,9 +34,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                           help="average the probabilities of K support draws (default 1); a list (1,2,4) or range "
                                "(1..10) sweeps them")
     evaluate.add_argument("--seed", type=int, metavar="N", help="seed of the support draws (default: the run's seed)")
-    evaluate.add_argument("--csv", metavar="PATH", help="per-image CSV to write (default DIR/evaluation_<split>.csv)")
+    evaluate.add_argument("--csv", metavar="PATH",
+                          help="per-image CSV to write (default: evaluation_<split>.csv in the run folder); an "
+                               "earlier CSV of that name is kept as <name>_<its time>.csv")
+    evaluate.add_argument("--pictures", type=int, default=0, metavar="N",
+                          help="also draw the N worst and N best targets (image, truth, prediction at native size, "
+                               "Dice in the title) into <csv name>_pictures/ beside the CSV")
     evaluate.add_argument("--with-paths", action="store_true",
-                          help="add each image's file (relative to its data folder) to the CSV")
+                          help="add each image's file (relative to its data folder) to the CSV and the "
+                               "--pictures titles")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     evaluate.set_defaults(handler=cmd_evaluate)
     predict = commands.add_parser("predict", help="write mask PNGs for new images, given a folder of supports")
@@ -61,6 +67,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("--slice-axis", type=int, metavar="AXIS",
                          help="axis along which 3-D volumes (inputs and supports) are cut into slices: 0, 1 or 2 "
                               "(default: the run's, else 2); a volume's masks are one .nii.gz each")
+    predict.add_argument("--with-paths", action="store_true",
+                         help="name the support images drawn by their files (relative to --support) as well as "
+                              "their anonymous ids, and inputs by their paths")
     predict.add_argument("--overwrite", action="store_true",
                          help="allow writing over support files (masks, classes.json) and ground truth in --out; "
                               "input images are never written over")
@@ -69,7 +78,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
-    parser.add_argument("--run-dir", default=".", metavar="DIR", help="run folder (default .)")
+    parser.add_argument("--run-dir", metavar="DIR", help="run folder (default .; evaluate writes beside a checkpoint "
+                        "given as a path, in the run folder that holds it)")
     parser.add_argument("--support-size", metavar="S", help="supports per prediction (default: the run's); evaluate "
                         "takes a list (1,2,4,8) to sweep sizes")
 
@@ -79,16 +89,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from useg.apply.evaluate import evaluate
     from useg.apply.predict import load_trained
 
+    run_dir_given, args.run_dir = args.run_dir is not None, args.run_dir or "."
     sizes = None if args.support_size is None else number_list(args.support_size, "--support-size")
     counts = number_list(args.ensembles, "--ensembles")
+    if args.pictures < 0:
+        raise ConfigError(f"--pictures must be 0 or more, not {args.pictures}")
     trained = load_trained(args.run_dir, args.checkpoint)
     with ScoringProgress() as progress:  # on stderr in a terminal: stdout stays the table or the JSON
         result = evaluate(trained, data=args.data, annotations=args.annotations, split=args.split,
                           support_size=sizes, ensembles=counts, seed=args.seed, support=args.support,
                           data_options=data_flags(args), with_paths=args.with_paths, progress=progress)
     default_name = f"evaluation_{args.split}.csv" if not result.data.held_out else "evaluation_held_out.csv"
-    csv_path = Path(args.csv) if args.csv else Path(args.run_dir) / default_name
-    return report_evaluation(result, csv_path, as_json=args.json, with_paths=args.with_paths)
+    folder = Path(args.run_dir) if run_dir_given else run_folder_of(trained.path)
+    csv_path = Path(args.csv) if args.csv else folder / default_name
+    return report_evaluation(result, csv_path, as_json=args.json, with_paths=args.with_paths,
+                             pictures=args.pictures, trained=trained)
+
+
+def run_folder_of(checkpoint: Path) -> Path:
+    """The run folder that holds `checkpoint` (the folder above its checkpoints/), else the file's own folder."""
+    from useg.run_folder import is_checkpoints_folder
+
+    folder = Path(checkpoint).parent  # kept relative where it is, as the user wrote it
+    if folder.name in ("", ".", ".."):
+        folder = folder.resolve()
+    return folder.parent if is_checkpoints_folder(folder) else folder
 
 
 def number_list(text: str, flag: str) -> list[int]:
@@ -123,35 +148,54 @@ def data_flags(args: argparse.Namespace) -> dict:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from useg.checkpoint.atomic import explain_file_errors
+    from useg.files import explain_file_errors
     from useg.config import check_value
-    from useg.apply.predict import check_outputs, input_files, load_supports, load_trained, write_label_names
+    from useg.apply.predict import check_outputs, input_files, load_trained, write_label_names
+    from useg.apply.supports import load_support_pool
 
+    args.run_dir = args.run_dir or "."
     trained = load_trained(args.run_dir, args.checkpoint)
     size = None if args.support_size is None else one_number(args.support_size, "--support-size")
     axis = check_value("slice_axis", trained.config.get("slice_axis", 2) if args.slice_axis is None
                        else args.slice_axis)  # volumes are cut as the run was trained on them
     flags = {**data_flags(args), "slice_axis": axis}
-    sets, multi_class = load_supports(trained, args.support, flags.pop("classes", None), size, options=flags,
-                                      seed=args.seed, ensembles=one_number(args.ensembles, "--ensembles"))
+    pool = load_support_pool(trained, args.support, flags.pop("classes", None), size, options=flags,
+                             seed=args.seed, ensembles=one_number(args.ensembles, "--ensembles"))
+    sets, multi_class = pool.sets, pool.multi_class
     files = input_files(args.images, axis)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the masks")
     check_outputs(files, sets, out, multi_class=multi_class, overlay=args.overlay, support=args.support,
                   overwrite=args.overwrite)  # before anything is written
+    sets_of = {item.path: pool.sets_for(item.path) for item in files}  # an input among the supports: drawn without it
     with explain_file_errors(out, then="run useg predict again"):
         out.mkdir(parents=True, exist_ok=True)
-    written = predict_all(trained, files, sets, out, multi_class, args.overlay, axis)
+    written = predict_all(trained, files, sets_of, out, multi_class, args.overlay, axis)
     written += write_label_names(out, sets) is not None
     draws = f", {len(sets[0].images)} support draws averaged" if len(sets[0].images) > 1 else ""
     used = ", ".join(f"{s.cls} (S={s.size})" for s in sets) + draws
+    print("\n".join(support_lines(pool, files, sets_of, args.with_paths)))
     print(f"{len(files)} image(s) segmented for {used}: {written} file(s) written to {out}")
     return 0
 
 
-def predict_all(trained, files, sets, out: Path, multi_class: bool, overlay: bool, slice_axis: int = 2) -> int:
-    """Segment every input, with a progress bar on a terminal; returns the number of files written."""
+def support_lines(pool, files, sets_of: dict, with_paths: bool) -> list[str]:
+    """The images drawn per class, and the own draws of inputs that are support images themselves.
+    Inputs are named by their place in --images, and by their path with --with-paths."""
+    from useg.apply.supports import own_draws_report, support_report
+
+    lines = support_report(pool, with_paths)
+    for number, item in enumerate(files, 1):
+        label = f"input {item.path}" if with_paths else f"input {number} of {len(files)}"
+        lines += own_draws_report(pool, label, sets_of[item.path], with_paths)
+    return lines
+
+
+def predict_all(trained, files, sets_of: dict, out: Path, multi_class: bool, overlay: bool,
+                slice_axis: int = 2) -> int:
+    """Segment every input with its support sets (`sets_of[path]`), with a progress bar on a terminal; returns
+    the number of files written."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from useg.apply.predict import predict_file
@@ -161,6 +205,6 @@ def predict_all(trained, files, sets, out: Path, multi_class: bool, overlay: boo
     written = 0
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         for item in bar.track(files):
-            written += len(predict_file(trained, item, sets, out, multi_class=multi_class, overlay=overlay,
-                                        slice_axis=slice_axis))
+            written += len(predict_file(trained, item, sets_of[item.path], out, multi_class=multi_class,
+                                        overlay=overlay, slice_axis=slice_axis))
     return written

@@ -1,4 +1,4 @@
-"""What the checkpoint CLI, the menu and the seed scripts share: finding, describing, cleaning, exporting."""
+"""What the checkpoint CLI, the menu and the original scripts share: finding, describing, cleaning, exporting."""
 
 from __future__ import annotations
 
@@ -6,23 +6,16 @@ import hashlib
 import json
 import shlex
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from useg.checkpoint import CheckpointInfo, bytes_freed
-from useg.checkpoint import list_checkpoints, load_checkpoint, nonfinite_weights, resolve_checkpoint, verify_checkpoint
-from useg.checkpoint.atomic import explain_write_errors, fsync_directory, remove_quietly, replace_durably
-from useg.checkpoint.atomic import write_temp_file
-from useg.faults import kill_point
-from useg.checkpoint.layout import TEMP_SUFFIX, kind_from_name, pending_path, sidecar_path
-from useg.checkpoint.layout import LATEST_NAME, checkpoints_folder, is_checkpoints_folder
-from useg.checkpoint.listing import checkpoint_info
-from useg.checkpoint.lock import acquire_run_lock
-from useg.checkpoint.replaced import ReplacedFolder, remove_replaced, replaced_folders
-from useg.checkpoint.resume_points import ResumePoint, resume_points
-from useg.checkpoint.retention import CleanPlan
+from useg.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, verify_checkpoint
+from useg.checkpoint import LATEST_NAME, CleanPlan, ResumePoint, acquire_run_lock, checkpoint_info, explain_write_errors
+from useg.checkpoint import kind_from_name, pending_path, resume_points, sidecar_path
+from useg.config import batches_per_epoch
 from useg.errors import CheckpointError, UsegError
+from useg.run_folder import ReplacedFolder, checkpoints_folder, is_checkpoints_folder, remove_replaced, replaced_folders
 from useg.training import state as training_state
 from useg.training.history import latest_log, read_log
 
@@ -122,7 +115,7 @@ def batch_position(info: CheckpointInfo) -> tuple[int | None, int | None]:
     if not all(type(number) is int for number in numbers) or numbers[3] <= 0:
         return None, None
     step, epoch, samples, batch_size = numbers
-    batches = -(-samples // batch_size)
+    batches = batches_per_epoch(samples, batch_size)
     batch = step - epoch * batches
     return (batch, batches) if 0 <= batch <= batches else (None, None)
 
@@ -142,11 +135,6 @@ def resume_target(run_dir: str | Path, path: Path, valid: bool) -> str | None:
         return str(resolve_checkpoint(checkpoints_folder(run_dir), "latest", warn=lambda message: None))
     except CheckpointError:
         return None
-
-
-
-
-
 
 
 def check_keep(keep: int) -> int:
@@ -177,7 +165,6 @@ def clean_with_plan(run_dir: str | Path, keep: int, dry_run: bool) -> tuple[Clea
         plan = manager.plan_clean(keep)
         manager.clean(keep, dry_run=dry_run, plan=plan)
     return plan, bytes_freed(plan.remove)
-
 
 
 def clean_replaced(run_dir: str | Path, dry_run: bool) -> list[ReplacedFolder]:
@@ -211,12 +198,10 @@ def export_weights(path: str | Path, out: str | Path, dtype: str = "fp32") -> di
     weights = state.get(training_state.MODEL)
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path} holds no model_state_dict; export a useg checkpoint")
-    bad = nonfinite_weights(weights)
-    if bad is not None:
-        raise CheckpointError(f"{path} holds NaN or inf in {bad} (a diverged run) and was not exported; "
-                              "export a checkpoint saved before the divergence (see `useg checkpoints list`)")
     from useg.compute.precision import cast_weights
+    from useg.weights import require_finite
 
+    require_finite(weights, path, refused="exported")
     weights = cast_weights(weights, dtype)
     data = serialise_weights({name: tensor.contiguous() for name, tensor in weights.items()}, out.suffix)
     meta = {**export_metadata(state, path, out, data), "dtype": dtype}
@@ -254,33 +239,12 @@ def is_export_metadata(path: Path, out: Path) -> bool:
 
 def write_export(out: Path, data: bytes, meta: dict[str, Any]) -> None:
     """Replace the weights and their metadata so that a kill at any instant leaves metadata that
-    describes the weights beside it, or no metadata at all; never new weights with old metadata.
+    describes the weights beside it, or no metadata at all (the library's `publish_export`)."""
+    from useg.checkpoint import publish_export  # imports torch: only the commands that write pay for it
 
-    Order: both temps durable; old metadata removed; weights renamed; metadata renamed (each
-    step fsyncs the folder). Leftover temps of a killed export are removed by the next one.
-    """
-    meta_path = export_metadata_path(out)
     with explain_write_errors(out.parent, len(data)):
         make_export_folder(out.parent)
-        remove_killed_export_temps(out)
-        weights_temp = write_temp_file(out.parent, out.name, data)
-        try:
-            meta_temp = write_temp_file(out.parent, meta_path.name, (json.dumps(meta, indent=2) + "\n").encode())
-        except BaseException:
-            remove_quietly(weights_temp)
-            raise
-        try:
-            kill_point("export-temps-written")
-            remove_quietly(meta_path)  # the old metadata must never sit beside the new weights
-            fsync_directory(out.parent)
-            kill_point("export-metadata-removed")
-            replace_durably(weights_temp, out)
-            kill_point("export-weights-renamed")
-            replace_durably(meta_temp, meta_path)
-        except BaseException:
-            remove_quietly(weights_temp)
-            remove_quietly(meta_temp)
-            raise
+        publish_export(out, data, meta)
 
 
 def make_export_folder(folder: Path) -> None:
@@ -291,21 +255,14 @@ def make_export_folder(folder: Path) -> None:
                         "choose another output path") from None
 
 
-def remove_killed_export_temps(out: Path) -> None:
-    """Delete the hidden temp files (`.NAME.xxxxxxxx.tmp`, mkstemp's names) an export to `out` left when killed."""
-    names = "|".join(re.escape(name) for name in (out.name, export_metadata_path(out).name))
-    pattern = re.compile(rf"^\.({names})\.[a-z0-9_]{{8}}{re.escape(TEMP_SUFFIX)}$")
-    for entry in os.scandir(out.parent):
-        if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
-            remove_quietly(Path(entry.path))
-
-
 def export_metadata(state: dict[str, Any], source: Path, out: Path, data: bytes) -> dict[str, Any]:
     """What a user of the exported weights needs: how to rebuild the model and how good it was.
 
     sha256 and size_bytes also make it a sidecar that `useg checkpoints verify` and `--pretrained` check.
     """
-    weights = training_state.model_weights(state)
+    from useg.weights import model_weights  # imports torch: only export pays for it
+
+    weights = model_weights(state)
     return {"weights": out.name, "format": out.suffix[1:], "sha256": hashlib.sha256(data).hexdigest(),
             "size_bytes": len(data), "source": source.name, "epoch": state.get(training_state.EPOCH),
             "val_dice": training_state.recorded_val_dice(state),

@@ -7,10 +7,11 @@ import shlex
 from pathlib import Path
 
 from useg.cli import checkpoint_actions as manage
-from useg.checkpoint.layout import LATEST_NAME, checkpoints_folder
-from useg.checkpoint.replaced import replaced_folders
+from useg.checkpoint import LATEST_NAME
 from useg.cli import display
+from useg.config import PRECISIONS
 from useg.errors import UsegError
+from useg.run_folder import checkpoints_folder, replaced_folders
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -33,7 +34,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "export": ("write the model weights alone (.safetensors or .pt) plus metadata JSON", cmd_export,
                    [("path", {"help": "the checkpoint to export (any .pt the run wrote)"}),
                     ("out", {"help": "output file ending in .safetensors or .pt (its metadata goes to OUT.json)"}),
-                    ("--dtype", {"choices": ["fp32", "bf16", "fp16"], "default": "fp32",
+                    ("--dtype", {"choices": PRECISIONS, "default": "fp32",
                                  "help": "dtype of the exported weights (default fp32, as checkpoints hold them)"})]),
     }
     for name, (help_text, handler, arguments) in specs.items():

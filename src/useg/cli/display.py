@@ -10,12 +10,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from useg.checkpoint import CheckpointInfo
-from useg.checkpoint.atomic import json_text
-from useg.checkpoint.layout import LATEST_NAME
-from useg.checkpoint.replaced import ReplacedFolder
-from useg.checkpoint.resume_points import ResumePoint
-from useg.checkpoint.retention import CleanPlan
+from useg.checkpoint import LATEST_NAME, CheckpointInfo, CleanPlan, ResumePoint
+from useg.files import json_text
+from useg.run_folder import ReplacedFolder
 from useg.training.history import format_number  # the one number formatter (re-exported for the CLI)
 from useg.cli.checkpoint_actions import CONFIG_SUMMARY_KEYS, batch_position, points_by_path
 from useg.training.progress import position_text
@@ -104,7 +101,7 @@ def info_lines(details: dict[str, Any]) -> list[str]:
         f"created:       {details['created']}",
         f"config:        {summary or '-'}",
         f"precision:     {config.get('precision') or 'fp32 (before mixed precision existed)'}",
-        f"deterministic: {determinism_text(config)}",
+        f"deterministic: {determinism_text(config) if details['resume_command'] else NOT_A_RESUME_POINT}",
     ]
     if details["resume_command"]:
         lines.append(f"resume with:   {details['resume_command']}")
@@ -113,6 +110,9 @@ def info_lines(details: dict[str, Any]) -> list[str]:
     if details["resumes_from"]:
         lines.append(f"note:          latest is invalid; resuming falls back to {details['resumes_from']}")
     return lines
+
+
+NOT_A_RESUME_POINT = "- (weights only: not a resume point, so no resume to be bit-identical)"
 
 
 def determinism_text(config: dict[str, Any]) -> str:

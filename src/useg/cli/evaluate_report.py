@@ -3,39 +3,74 @@ bar on stderr while it scores."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from useg.checkpoint.atomic import json_text
+from useg.files import json_text
 from useg.cli.display import console as terminal_console
 from useg.cli.display import format_number
 
 
-def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool) -> int:
-    """JSON (printed once the CSV and pictures exist, as it names them) or the table first, then the files."""
-    from useg.apply.evaluate import write_csv
-    from useg.apply.sweep_plot import save_sweep_pictures
+def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool, pictures: int = 0,
+                      trained=None) -> int:
+    """JSON (printed once the CSV and pictures exist, as it names them) or the table first, then the files.
 
+    Every file written is named on the screen: in the table's lines, or in the JSON (then where an earlier file
+    is kept goes to stderr)."""
     if as_json:
-        csv_path = write_csv(csv_path, result, with_paths)
-        pictures = save_sweep_pictures(csv_path.parent, result)
-        print(json_text({**result.to_dict(), "csv": str(csv_path), "pictures": [str(path) for path in pictures]}))
+        csv_written, drawn = write_outputs(result, csv_path, with_paths, pictures, trained, say=lambda line: None,
+                                           note=lambda line: print(line, file=sys.stderr))
+        print(json_text({**result.to_dict(), "csv": str(csv_written), "pictures": [str(path) for path in drawn]}))
         return 0
     # The table first: a CSV the disk cannot take does not cost the user the scores.
     console = terminal_console()
     console.print(evaluation_table(result))
     if result.is_sweep:
         console.print(sweep_table(result))
-    csv_path = write_csv(csv_path, result, with_paths)
-    console.print(f"{len(result.all_rows())} rows written to {csv_path}", markup=False)
-    for path in save_sweep_pictures(csv_path.parent, result):
-        console.print(f"sweep picture written to {path}", markup=False)
+
+    def say(line: str) -> None:
+        console.print(line, markup=False, soft_wrap=True)  # unwrapped: a path stays one piece to copy
+
+    write_outputs(result, csv_path, with_paths, pictures, trained, say=say, note=say)
     return 0
+
+
+def write_outputs(result, csv_path: Path, with_paths: bool, pictures: int, trained, *,
+                  say: Callable[[str], None], note: Callable[[str], None]) -> tuple[Path, list[Path]]:
+    """Write the CSV, the sweep pictures and the `--pictures` targets, each named by `say` once written and each
+    earlier file kept aside by `note` at once (a later failure must not hide it); the CSV and the pictures."""
+    from useg.apply.evaluate import write_csv
+    from useg.apply.sweep_plot import save_sweep_pictures
+    from useg.apply.target_pictures import keep_earlier_pictures, pictures_folder, save_target_pictures
+
+    def kept(written) -> None:
+        if written.earlier is not None:
+            note(f"earlier {written.path.name} kept as {written.earlier}")
+
+    csv_written = write_csv(csv_path, result, with_paths)
+    say(f"{len(result.all_rows())} rows written to {csv_written.path}")
+    kept(csv_written)
+    drawn = []
+    for written in save_sweep_pictures(csv_written.path.parent, result):
+        say(f"sweep picture written to {written.path}")
+        kept(written)
+        drawn.append(written.path)
+    if pictures and trained is not None:
+        folder = pictures_folder(csv_written.path)
+        earlier = keep_earlier_pictures(folder)
+        if earlier is not None:
+            note(f"earlier pictures of {folder.name} kept in {earlier}")
+        targets = save_target_pictures(folder, result, trained, pictures, with_paths)
+        say(f"{len(targets)} pictures of the worst and best targets written to {folder}")
+        drawn += targets
+    return csv_written.path, drawn
 
 
 class ScoringProgress:

@@ -7,7 +7,27 @@ import os
 import sys
 from typing import Any
 
+from useg.config import LOSSES, PRECISIONS, TrainConfig
 from useg.errors import UsegError
+
+
+
+def default(key: str) -> str:
+    """`default 12`: TrainConfig's default for `key` as the flag takes it, so --help cannot drift from it."""
+    return "default " + flag_text(getattr(TrainConfig(), key))
+
+
+def flag_text(value: Any) -> str:
+    """A value as typed after its flag: 32,32,32,32 for a list, 1e-4 and 0 for floats, on/off for a switch."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(flag_text(item) for item in value)
+    if isinstance(value, float):
+        mantissa, exponent = f"{value:e}".split("e")
+        return min(f"{value:g}", f"{float(mantissa):g}e{int(exponent)}", key=len)
+    return str(value)
+
 
 TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--data", dict(help="data folder (Ovatus, images/+masks/, or MMOTU OTU_2d); default: embedded synthetic set")),
@@ -16,28 +36,32 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--classes", dict(help="comma-separated class names to train on (default: all)")),
     ("--class-names", dict(help="names of label-map values, e.g. 128=cytoplasm,255=nucleus (or a classes.json)")),
     ("--patient-pattern", dict(help="regex on image paths whose first group is the patient (default: subfolder)")),
-    ("--keep-empty", dict(type=float, help="share of empty-mask images kept as negative tasks (default 0)")),
-    ("--slice-axis", dict(type=int, help="axis along which 3-D volumes are cut into slices (default 2, the last)")),
+    ("--keep-empty", dict(type=float,
+                          help=f"share of empty-mask images kept as negative tasks ({default('keep_empty')})")),
+    ("--slice-axis", dict(type=int, help="axis along which 3-D volumes are cut into slices "
+                                         f"({default('slice_axis')}, the last)")),
     ("--config", dict(help="YAML or TOML file with the same keys as these flags")),
-    ("--epochs", dict(type=int, help="total epochs (default 12)")),
-    ("--batch-size", dict(type=int, help="targets per optimisation step (default 4)")),
-    ("--support-size", dict(type=int, help="support images per target (default 4)")),
-    ("--image-size", dict(type=int, help="square input size in pixels (default 64)")),
-    ("--widths", dict(help="channels per level, e.g. 64,64,64,64 (official) (default 32,32,32,32)")),
-    ("--lr", dict(type=float, help="Adam learning rate (default 1e-4)")),
-    ("--loss", dict(choices=["dice", "dice+bce"], help="training loss (default dice)")),
-    ("--seed", dict(type=int, help="random seed; 0 is a real seed (default 0)")),
-    ("--samples-per-epoch", dict(type=int, help="training tasks per epoch (default 512)")),
+    ("--epochs", dict(type=int, help=f"total epochs ({default('epochs')})")),
+    ("--batch-size", dict(type=int, help=f"targets per optimisation step ({default('batch_size')})")),
+    ("--support-size", dict(type=int, help=f"support images per target ({default('support_size')})")),
+    ("--image-size", dict(type=int, help=f"square input size in pixels ({default('image_size')})")),
+    ("--widths", dict(help=f"channels per level, e.g. 64,64,64,64 (official) ({default('widths')})")),
+    ("--lr", dict(type=float, help=f"Adam learning rate ({default('lr')})")),
+    ("--loss", dict(choices=LOSSES, help=f"training loss ({default('loss')})")),
+    ("--seed", dict(type=int, help=f"random seed; 0 is a real seed ({default('seed')})")),
+    ("--samples-per-epoch", dict(type=int, help=f"training tasks per epoch ({default('samples_per_epoch')})")),
     ("--split-file", dict(help="JSON {train: [ids], val: [ids], test: [ids]} overriding the seeded split")),
-    ("--pretrained", dict(help="initialise from an official-format UniverSeg weight file (a plain state_dict)")),
+    ("--pretrained", dict(help="initialise the weights from a file: the official UniverSeg weights (a plain "
+                               "state_dict), a useg checkpoint such as best_model.pt, or a useg export")),
     ("--save-every-steps", dict(type=int, help="also rewrite latest_checkpoint.pt every N steps")),
     ("--save-every-minutes", dict(type=float, help="also rewrite latest_checkpoint.pt every M minutes")),
-    ("--vis-every", dict(type=int, help="write prediction pictures every N epochs (0: never; default 1)")),
-    ("--vis-count", dict(type=int, help="validation targets pictured each time (default 3)")),
+    ("--vis-every", dict(type=int,
+                         help=f"write prediction pictures every N epochs (0: never; {default('vis_every')})")),
+    ("--vis-count", dict(type=int, help=f"validation targets pictured each time ({default('vis_count')})")),
     ("--num-threads", dict(type=int, help="CPU threads for torch (default: the usable cores minus one, and minus "
                                           "the data workers; a resume keeps the count the run computed with)")),
     ("--device", dict(help="cpu, cuda or cuda:N (default: CUDA when present); for this session only")),
-    ("--precision", dict(choices=["fp32", "bf16", "fp16"],
+    ("--precision", dict(choices=PRECISIONS,
                          help="autocast dtype for forward and loss; weights stay fp32 (default: fp32 on the CPU, "
                               "bf16 on CUDA, fp16 where bf16 is unsupported)")),
     ("--data-workers", dict(type=int, help="threads building batches ahead of training (0: on the training "
@@ -46,7 +70,8 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
 
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", help="run folder with checkpoints/, logs/, visualizations_training/ (default .)")
+    parser.add_argument("--run-dir",
+                        help=f"run folder with checkpoints/, logs/, visualizations_training/ ({default('run_dir')})")
     for flag, options in TRAIN_FLAGS:
         parser.add_argument(flag, **options)
     parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=None,
@@ -54,10 +79,11 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                         help="also log to TensorBoard (kept when the run is resumed)")
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                        help="deterministic kernels, for bit-identical resume (default on; --no-deterministic "
-                             "trades that for speed on a GPU)")
+                        help=f"deterministic kernels, for bit-identical resume ({default('deterministic')}; "
+                             "--no-deterministic trades that for speed on a GPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the model for training steps (default off; a resume keeps the run's)")
+                        help=f"torch.compile the model for training steps ({default('compile')}; a resume keeps "
+                             "the run's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The interactive training manager (`useg menu`): the seed's numbered menu over the same library."""
+"""The interactive training manager (`useg menu`): the original scripts' numbered menu over the same library."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from useg.cli import checkpoint_actions as manage
-from useg.checkpoint.layout import BEST_NAME, LATEST_NAME, checkpoints_folder, is_resume_name
-from useg.checkpoint.resume_points import ResumePoint, left_behind, resume_points
+from useg.checkpoint import BEST_NAME, LATEST_NAME, ResumePoint, checkpoint_files, left_behind, resume_points
 from useg.cli import display
 from useg.errors import CheckpointError, UsegError
+from useg.run_folder import checkpoints_folder, existing_run
 from useg.training.progress import position_text
 
 OPTIONS = (
@@ -136,7 +136,7 @@ def run_useg(arguments: list[str]) -> int:
 def start_training(run_dir: str, console: Console) -> None:
     """Ask for the run's settings and train; a folder that holds a run is resumed or set aside first."""
     overwrite = []
-    if existing_checkpoints(run_dir):
+    if existing_run(run_dir).files:
         decision = ask_about_existing_run(run_dir, console)
         if decision == "resume":
             resume_latest(run_dir, console)
@@ -148,24 +148,19 @@ def start_training(run_dir: str, console: Console) -> None:
     run_useg(["train", "--run-dir", run_dir, *settings, *overwrite])
 
 
-def existing_checkpoints(run_dir: str) -> list[Path]:
-    """The checkpoint files `useg train` would refuse to start over (the same rule as the trainer's)."""
-    folder = checkpoints_folder(run_dir)
-    return sorted(folder.glob("*.pt")) if folder.is_dir() else []
-
-
 def ask_about_existing_run(run_dir: str, console: Console) -> str | None:
     """'resume', 'overwrite' or None (go back), asked before any other question; resume only when it can."""
-    folder = checkpoints_folder(run_dir)
+    existing = existing_run(run_dir)
+    folder = existing.folder
     afresh = ("  o  start afresh: move its checkpoints and pictures to checkpoints_replaced_<time>/ "
               "(nothing is deleted; `useg checkpoints clean --replaced` removes such folders)")
-    files = existing_checkpoints(run_dir)
-    if any(is_resume_name(path.name) for path in files):
+    if existing.resumable:
         say(console, f"{folder} already holds a run ({describe_latest(folder)}).")
         say(console, "  r  resume it (as option 2)\n" + afresh)
         choices, prompt = {"r": "resume", "o": "overwrite"}, "Resume, overwrite, or Enter to go back? [r/o] "
-    else:  # e.g. a first epoch killed after best_model.pt was written but before latest
-        say(console, f"{folder} holds {', '.join(path.name for path in files)} but no checkpoint to resume from.")
+    else:
+        say(console, f"{folder} holds {', '.join(path.name for path in existing.files)} but no checkpoint to resume "
+                     "from.")
         say(console, afresh)
         choices, prompt = {"o": "overwrite"}, "Overwrite, or Enter to go back? [o] "
 
@@ -181,7 +176,7 @@ def describe_latest(folder: Path) -> str:
     from useg.checkpoint import list_checkpoints
     latest = next((info for info in list_checkpoints(folder) if info.name == LATEST_NAME), None)
     if latest is None or latest.epoch is None:
-        return f"{len(list(folder.glob('*.pt')))} checkpoint file(s)"
+        return f"{len(checkpoint_files(folder))} checkpoint file(s)"
     batch, batches = manage.batch_position(latest)
     return f"latest: {position_text(latest.epoch, batch or 0, batches, latest.total_epochs)}"
 

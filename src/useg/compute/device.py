@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -18,8 +19,8 @@ from useg.errors import ConfigError
 # cuBLAS is deterministic only with a fixed workspace (CUDA >= 10.2); torch refuses cuBLAS calls
 # under use_deterministic_algorithms(True) without it. Read when the first cuBLAS handle is made.
 CUBLAS_WORKSPACE = ":4096:8"
-DEVICE_FORMAT = re.compile(r"^(cpu|cuda(:[0-9]+)?)$")
 NO_DETERMINISTIC_KERNEL = re.compile(r"(\S+) does not have a deterministic implementation")
+MAX_DEFAULT_WORKERS = 4  # batch-building threads: past this the loader outruns any model step we measured
 
 
 def choose_device(requested: str | None, local_rank: int = 0, distributed: bool = False) -> torch.device:
@@ -97,40 +98,20 @@ def missing_deterministic_kernels(step: Callable[[], None]) -> list[str]:
     return sorted(set(found))
 
 
-def settle_determinism(model: torch.nn.Module, cfg, device: torch.device, anywhere, warn) -> None:
-    """With --deterministic, try one training step of `model` (tiny inputs, same ops) and fall back to
-    --no-deterministic, in cfg too (so the checkpoint records it), if some op has no deterministic kernel.
+def settle_determinism(probe, cfg, device: torch.device, anywhere, warn) -> None:
+    """With --deterministic, run `probe` (one training step at tiny inputs: the ops of a real step) and fall
+    back to --no-deterministic, in cfg too (so the checkpoint records it), if some op has no deterministic kernel.
 
     `anywhere(flag)` is True when any process says so: every rank must make the same choice.
     """
     if not cfg.deterministic:
         return
-    missing = missing_deterministic_kernels(lambda: probe_step(model, cfg, device))
+    missing = missing_deterministic_kernels(probe)
     if anywhere(bool(missing)):
         cfg.deterministic = False
         set_deterministic(False)
         warn(f"--deterministic: {', '.join(missing) or 'an op on another process'} has no deterministic kernel on "
              f"{device}; continuing as --no-deterministic (recorded in the checkpoint)")
-
-
-def probe_step(model: torch.nn.Module, cfg, device: torch.device) -> None:
-    """One forward, loss and backward at the smallest input the model takes; leaves no gradient behind.
-
-    The op types (and so the kernels determinism is about) are those of a real step; the inputs come
-    from their own generator, so the run's random streams are untouched.
-    """
-    from useg.training.losses import segmentation_loss
-    from useg.compute.precision import autocast
-
-    size = 2 ** len(cfg.widths)
-    generator = torch.Generator().manual_seed(0)
-    target = torch.rand(1, 1, size, size, generator=generator).to(device)
-    images = torch.rand(1, min(cfg.support_size, 2), 1, size, size, generator=generator).to(device)
-    labels = (images > 0.5).float()
-    with autocast(cfg.precision, device):
-        loss = segmentation_loss(model(target, images, labels).float(), (target > 0.5).float(), cfg.loss)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
 
 
 def operation_name(message: str) -> str:
@@ -156,7 +137,7 @@ def describe_compute(cfg) -> str:
     return ", " + ", ".join(parts) + f", {torch.get_num_threads()} CPU threads"
 
 
-# --- CPU threads -------------------------------------------------------------------------------
+# --- CPU cores: torch's threads and the batch-building threads ---------------------------------
 
 def usable_cores(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
     """How many cores this process may really use: its CPU affinity, capped by a cgroup CPU quota
@@ -233,17 +214,36 @@ def read_quota(folder: Path) -> float | None:
     return None
 
 
+class CoreSplit(NamedTuple):
+    threads: int  # torch's compute threads
+    workers: int  # threads building batches ahead of the training step (useg.data.prefetch)
+
+
+def split_cores(num_threads: int, data_workers: int | None) -> CoreSplit:
+    """How a run uses the CPU: --num-threads unless 0 and --data-workers when given; what they leave
+    open comes from the cores this process may use, the workers' share first, threads from the rest.
+
+    The one place that decides both numbers; the data package is only handed the worker count."""
+    cores = usable_cores()
+    workers = default_data_workers(cores) if data_workers is None else data_workers
+    return CoreSplit(num_threads or default_threads(cores, workers), workers)
+
+
 def choose_threads(requested: int, workers: int | None) -> int:
     """The CPU thread count a run computes with: `requested` (--num-threads) unless 0, else what this
     machine suggests for the cores this process may use and its data workers (--data-workers).
 
-    The one place that decides it: a resume keeps the count saved in its checkpoint (training_state),
-    which this function then only compares with, since the count changes a step's result."""
-    if requested:
-        return requested
-    from useg.data.prefetch import data_workers  # here: the data package imports this module
+    A resume keeps the count saved in its checkpoint (training_state), which this function then only
+    compares with, since the count changes a step's result."""
+    return split_cores(requested, workers).threads
 
-    return default_threads(usable_cores(), data_workers(workers))
+
+def default_data_workers(cores: int) -> int:
+    """One batch-building thread per core beyond the one training runs on (at least one, at most 4).
+
+    On one core a worker only adds switching, so there the loop builds its own batches.
+    """
+    return 0 if cores <= 1 else min(MAX_DEFAULT_WORKERS, max(1, cores // 2))
 
 
 def default_threads(cores: int, data_workers: int = 0) -> int:

@@ -10,8 +10,9 @@ from contextlib import nullcontext
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from useg.config import PRECISIONS  # their names (torch-free, for the command line); here what each computes in
+
+DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 def default_precision(device: torch.device) -> str:

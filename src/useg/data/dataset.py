@@ -38,6 +38,7 @@ class SegDataset:
     source: str  # "synthetic" | "ovatus" | "folders" | "mmotu"
     report: dict[str, int]
     predefined_split: dict[str, list[int]] | None = None
+    split_origin: str = ""  # where predefined_split came from, for the data line: "OTU_2D_annotation.json"
     notes: list[str] = field(default_factory=list)  # what the data line adds: how patients and classes were found
     sources: list[ImageSource] = field(default_factory=list)  # per image, or empty (synthetic)
     # (C, H, W) bool masks of image i at the size it has on disk (evaluation scores there);

@@ -19,8 +19,8 @@ from typing import Mapping
 import numpy as np
 
 from useg.data.dataset import ImageSource, SegDataset, class_report, image_id, no_usable_images, select_classes
-from useg.data.images import IMAGE_SUFFIXES, StoredMask, file_stem, is_image_file, is_medical, read_grey, read_mask
-from useg.data.images import read_mask_values, resize_grey
+from useg.data.formats import IMAGE_SUFFIXES, file_stem, is_image_file, is_medical
+from useg.data.images import StoredMask, read_grey, read_mask, read_mask_values, resize_grey
 from useg.data.labels import ClassPlan, MaskSurvey, class_names_for, plan_classes
 from useg.data.medical import read_medical_image, read_medical_mask, slices
 from useg.errors import DataError

@@ -7,7 +7,8 @@ files, 16-bit and floating-point files are scaled per image between their
 0.5th and 99.5th percentiles (`robust_unit`), and binary masks are resized
 bilinearly and thresholded at one half. Masks are read as integer values
 (`read_mask`); a lossy (JPEG) or fractional one is marked soft, and `useg.data.labels`
-thresholds it. NIfTI and DICOM files are read by `useg.data.medical`.
+thresholds it. NIfTI and DICOM files are read by `useg.data.medical`; which file goes to which
+reader is `useg.data.formats`.
 """
 
 from __future__ import annotations
@@ -20,70 +21,17 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from useg.data.formats import error_reason, is_medical, robust_unit
+from useg.data.medical import read_medical_image
 from useg.errors import DataError
-
-RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-MEDICAL_SUFFIXES = (".nii", ".nii.gz", ".dcm")
-IMAGE_SUFFIXES = RASTER_SUFFIXES + MEDICAL_SUFFIXES
-PERCENTILES = (0.5, 99.5)  # robust range of 16-bit, floating-point, CT and MR intensities
 
 # EXIF orientations that swap width and height (90 or 270 degree rotations).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
-def file_suffix(path: Path) -> str:
-    """The format suffix, lower case; `.nii.gz` counts as one."""
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-def file_stem(path: Path) -> str:
-    """The name without its format suffix (`scan.nii.gz` -> `scan`), for pairing images with masks."""
-    return path.name[: len(path.name) - len(file_suffix(path))] if file_suffix(path) else path.name
-
-
-def is_image_file(path: Path) -> bool:
-    """A file in a format useg reads: by suffix, or a suffix-less DICOM file (DICM after the preamble)."""
-    if not path.is_file() or path.name.startswith("."):
-        return False
-    suffix = file_suffix(path)
-    if suffix in IMAGE_SUFFIXES:
-        return True
-    return suffix == "" and has_dicom_magic(path)
-
-
-def has_dicom_magic(path: Path) -> bool:
-    try:
-        with path.open("rb") as file:
-            file.seek(128)
-            return file.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def is_medical(path: Path) -> bool:
-    return file_suffix(path) in MEDICAL_SUFFIXES or file_suffix(path) == ""
-
-
 def unreadable(kind: str, name: str, error: BaseException) -> DataError:
     """The one line for a file that cannot be decoded: which file, and why."""
     return DataError(f"cannot read {kind} {name} ({error_reason(error)}); replace or remove the file")
-
-
-def error_reason(error: BaseException, path: Path | None = None, name: str = "") -> str:
-    """A short reason without folders (a folder name may be a patient's name); `path` is shown as `name`."""
-    if isinstance(error, OSError) and error.filename is not None:
-        return error.strerror or type(error).__name__
-    reason = _REASONS.get(type(error).__name__) or (str(error).splitlines() or [""])[0][:160]
-    if path is not None:
-        reason = reason.replace(str(path), name)
-    return type(error).__name__ if not reason or "/" in reason or "\\" in reason else reason
-
-
-_REASONS = {
-    "UnidentifiedImageError": "not an image in a format Pillow reads",
-    "FileNotFoundError": "the file disappeared while reading",
-}
 
 
 def open_image(path: Path, name: str, kind: str = "image") -> Image.Image:
@@ -139,8 +87,6 @@ def open_upright(path: Path, name: str) -> Image.Image:
 def read_grey(path: Path, name: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Read an image as a (size, size) float32 grey array in [0, 1], plus its original (width, height)."""
     if is_medical(path):
-        from useg.data.medical import read_medical_image
-
         grey = read_medical_image(path, name)
         if grey.ndim != 2:
             raise DataError(f"image {name} is a 3-D volume of {grey.shape}; pass 2-D images here")
@@ -167,25 +113,6 @@ def to_grey(image: Image.Image) -> np.ndarray:
         return robust_unit(np.asarray(image, dtype=np.float32))
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     return rgb.mean(axis=2) / 255.0
-
-
-def robust_unit(values: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1] between the 0.5th and 99.5th percentile of the finite values, clipping outliers.
-
-    Used for 16-bit, floating-point, CT and MR data, whose stored range says little about where the
-    tissue is (a CT's -1024 air, an MR scanner's arbitrary units); a flat image becomes 0.
-    """
-    values = np.asarray(values, dtype=np.float32)
-    finite = values[np.isfinite(values)]
-    if not finite.size:
-        return np.zeros(values.shape, dtype=np.float32)
-    low, high = np.percentile(finite, PERCENTILES)
-    if high <= low:
-        low, high = float(finite.min()), float(finite.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.float32)
-    scaled = (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) / (high - low)
-    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
 
 
 def resize_grey(grey: np.ndarray, size: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from useg.checkpoint.atomic import write_file_atomically
+from useg.files import write_file_atomically
 
 INDEX_NAME = "data_index.json"
 INDEX_MODE = 0o600

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from useg.data.images import error_reason, file_suffix, robust_unit
+from useg.data.formats import error_reason, file_suffix, is_nifti, robust_unit
 from useg.errors import DataError
 
 
@@ -89,7 +89,7 @@ def read_medical(path: Path, name: str, *, as_mask: bool) -> np.ndarray:
     with warnings.catch_warnings():
         # nibabel and pydicom warn about header details (qfac, odd VRs) they then handle: not the user's to fix.
         warnings.simplefilter("ignore")
-        if file_suffix(path) in (".nii", ".nii.gz"):
+        if is_nifti(path):
             values = _read_nifti(path, name, kind)
         else:
             values = _read_dicom(path, name, kind, as_mask)

@@ -7,7 +7,8 @@ received. Threads rather than processes: the batch builder's work is numpy
 copies and arithmetic, which release the GIL, so threads run it in parallel
 with the training step without pickling the dataset into every worker or
 copying each batch back through a pipe (`python -m bench --only sampler`
-measures both). Batches come out as CPU tensors, ready to pin.
+measures both). Batches come out as CPU tensors, ready to pin. How many threads build
+them is the caller's choice (`useg.compute.device.split_cores` shares out the cores).
 """
 
 from __future__ import annotations
@@ -19,24 +20,6 @@ from typing import Callable, Iterator, TypeVar
 Item = TypeVar("Item")
 
 QUEUE_BATCHES_PER_WORKER = 2  # enough to hide one slow batch; more only holds memory
-MAX_DEFAULT_WORKERS = 4  # past this the loader outruns any model step we measured
-
-
-def data_workers(setting: int | None) -> int:
-    """--data-workers as given, or the default for the cores this process may use when not given."""
-    return default_data_workers() if setting is None else setting
-
-
-def default_data_workers(cores: int | None = None) -> int:
-    """One batch-building thread per core beyond the one training runs on (at least one, at most 4).
-
-    On one core a worker only adds switching, so there the loop builds its own batches.
-    """
-    if cores is None:
-        from useg.compute.device import usable_cores  # affinity and cgroup quota
-
-        cores = usable_cores()
-    return 0 if cores <= 1 else min(MAX_DEFAULT_WORKERS, max(1, cores // 2))
 
 
 class Prefetcher:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from useg.config import batches_per_epoch
 from useg.data.augment import augment_into, augment_task, noise_bank
 from useg.data.dataset import SegDataset
 from useg.errors import ConfigError, DataError
@@ -27,9 +28,10 @@ DRAW_VERSION = 2  # what new runs draw; see useg.data.augment for what version 1
 DRAW_VERSIONS = (1, 2)
 
 
-def draw_version_to_resume(state: dict | None) -> int:
-    """The draw version a run continues with: its checkpoint's, 1 for files written before versions."""
-    return DRAW_VERSION if state is None else state["sampler_state"].get("draw_version", 1)
+def draw_version_to_resume(saved: int | None) -> int:
+    """The draw version a run continues with: the one its checkpoint was drawn with (`saved`, read
+    by useg.training.state.saved_draw_version), DRAW_VERSION for a new run (None)."""
+    return DRAW_VERSION if saved is None else saved
 
 
 @dataclass
@@ -156,7 +158,7 @@ class TaskSampler:
         return np.concatenate([targets, self._negatives[counts >= 1]])
 
     def num_batches(self, batch_size: int) -> int:
-        return -(-self.samples_per_epoch // batch_size)
+        return batches_per_epoch(self.samples_per_epoch, batch_size)
 
     def task(self, epoch: int, index: int) -> Task:
         """The task at `index` of `epoch`: depends only on (seed, epoch, index)."""

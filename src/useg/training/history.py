@@ -11,34 +11,37 @@ from typing import Any
 from rich.table import Table
 
 from useg.checkpoint import atomic_write_json
-from useg.checkpoint.policy import BestRule
 
-# Per-epoch lists; index i holds epoch i + 1. The first four are the seed's names.
+# Per-epoch lists; index i holds epoch i + 1. The first four are the original scripts' names.
 EPOCH_KEYS = (
     "train_loss", "val_dice", "val_dice_per_class", "val_dice_std", "val_dice_min", "val_dice_max",
     "lr", "epoch_time_s", "samples_per_s", "checkpoint_time_s", "checkpoints_written", "skipped_steps",
+    "samples_trained",  # the samples this epoch trained: fewer than samples_per_epoch when resumed mid-epoch
 )
 
 
 def new_history() -> dict[str, Any]:
-    """An empty history: the per-epoch lists plus best_val_dice / best_epoch."""
+    """An empty history: the per-epoch lists plus best_val_dice / best_epoch (see `set_best`)."""
     history: dict[str, Any] = {key: [] for key in EPOCH_KEYS}
     history.update(best_val_dice=None, best_epoch=None, resumed_at=[])
     return history
 
 
-def append_epoch(history: dict[str, Any], record: dict[str, Any], rule: BestRule = BestRule()) -> bool:
-    """Add one epoch's numbers; returns True when it is a new best by `rule` (the checkpoint
-    manager's rule, so that the history's best epoch is the epoch best_model.pt holds)."""
+def append_epoch(history: dict[str, Any], record: dict[str, Any]) -> None:
+    """Add one epoch's numbers (the best so far is not the history's to decide: see `set_best`)."""
     done = len(history["train_loss"])
     for key in EPOCH_KEYS:
         history.setdefault(key, [None] * done).append(record.get(key))  # a key newer than the run: None before
-    epoch = len(history["train_loss"])
-    value = record[rule.metric]
-    improved = rule.improves(value, history["best_val_dice"])
-    if improved:
-        history["best_val_dice"], history["best_epoch"] = value, epoch
-    return improved
+
+
+def set_best(history: dict[str, Any], value: float | None, epoch: int | None) -> None:
+    """Record the best val Dice so far and its epoch, as the checkpoint manager reports them.
+
+    The manager owns "best": it reads best_model.pt from disk, so after a resume from an older
+    epoch the best may be an epoch of the branch the run has left (its row here then holds the
+    new branch's Dice). The history copies it, so that every line that names the best names the
+    weights in best_model.pt."""
+    history["best_val_dice"], history["best_epoch"] = value, epoch
 
 
 def epoch_rows(history: dict[str, Any]) -> list[dict[str, Any]]:
@@ -95,7 +98,8 @@ def history_table(history: dict[str, Any], title: str = "Training history") -> T
     resumed = set(history.get("resumed_at") or [])
     for row in epoch_rows(history):
         marks = []
-        if row["epoch"] == history.get("best_epoch"):
+        # Not when the best is an epoch of a branch a resume left (that row holds the new branch's Dice).
+        if row["epoch"] == history.get("best_epoch") and row["val_dice"] == history.get("best_val_dice"):
             marks.append("* best")
         if row["epoch"] - 1 in resumed and row["epoch"] > 1:
             marks.append("resumed")

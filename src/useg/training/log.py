@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 import useg
-from useg.checkpoint.position import Position
+from useg.checkpoint import Position
 from useg.config import TrainConfig, changed_keys
 from useg.data import Split
 from useg.compute.distributed import World
@@ -23,7 +23,8 @@ def describe_data(dataset, split: Split, val_tasks: int) -> str:
     skipped = {key: value for key, value in report.items() if key.startswith(("skipped", "missing")) and value}
     text = (f"Data: {dataset.source}, {len(dataset.ids)} images of {report.get('patients', '?')} patients, "
             f"classes {', '.join(dataset.classes)}; split train/val/test = "
-            f"{len(split.train)}/{len(split.val)}/{len(split.test)} images; {val_tasks} validation tasks")
+            f"{len(split.train)}/{len(split.val)}/{len(split.test)} images"
+            f"{f' ({split.origin})' if split.origin else ''}; {val_tasks} validation tasks")
     if skipped:
         text += "; skipped: " + ", ".join(f"{key}={value}" for key, value in skipped.items())
     if dataset.notes:

@@ -11,24 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from useg.training import state as training_state
-from useg.checkpoint import CheckpointManager, capture_rng_state, is_locked, load_checkpoint, lock_owner
+from useg.checkpoint import LATEST_NAME, BestRule, CheckpointManager, OpenCheckpoint, capture_rng_state, is_locked
+from useg.checkpoint import BEST_NAME, load_checkpoint, lock_owner, mid_epoch_save_due, read_metadata
 from useg.faults import kill_point, kill_point_named
-from useg.checkpoint.layout import LATEST_NAME, is_resume_name
-from useg.checkpoint.listing import read_metadata
-from useg.checkpoint.loading import OpenCheckpoint
-from useg.checkpoint.policy import BestRule, mid_epoch_save_due
 from useg.config import TrainConfig
-from useg.compute.device import choose_device, choose_threads, compute_settings, to_device
+from useg.compute.device import choose_device, choose_threads, compute_settings, split_cores, to_device
 from useg.compute.distributed import World, any_rank, barrier, check_replicas_agree, close_world, gather_objects
 from useg.compute.distributed import init_world, local_part, mean_over_ranks, on_main
 from useg.errors import CheckpointError, ConfigError, DivergedError
-from useg.training.history import append_epoch, log_tensorboard, write_log
+from useg.training.history import append_epoch, log_tensorboard, set_best, write_log
 from useg.training.losses import segmentation_loss
 from useg.model import model_config
 from useg.compute.precision import autocast, optimizer_step, scaler_state
-from useg.training.progress import Progress, SaveCounts, plural, position_text
-from useg.run_folder import RunPaths, remove_unused_folders, run_paths, set_aside_checkpoints
-from useg.data.prefetch import Prefetcher, data_workers
+from useg.training.progress import Progress, SaveCounts, plural, position_text, remaining_time, whole_epoch_time
+from useg.run_folder import ExistingRun, RunPaths, existing_run, remove_unused_folders, run_paths
+from useg.run_folder import set_aside_checkpoints
+from useg.data.prefetch import Prefetcher
 from useg.training.log import record_saves
 from useg.training.setup import Run, build_run
 from useg.training.state import TrainingPosition, check_resume_state, saved_position_text
@@ -36,7 +34,9 @@ from useg.training.schedule import step_epoch_schedule
 from useg.training.signals import StopRequest, TrainingInterrupted
 from useg.training.validation import picture_tasks, save_pictures, validate
 
-BEST = BestRule("val_dice", "max")  # what the history and best_model.pt call best
+# What best_model.pt holds: the checkpoint manager applies the rule and owns the best so far;
+# the history and the screen ask it (`take_managers_best`, `record_epoch_best`).
+BEST = BestRule("val_dice", "max")
 
 
 def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = False, console=None,
@@ -76,9 +76,19 @@ def train_in_settings(cfg: TrainConfig, resume: str | None, overwrite: bool, con
 def say_done(run: Run, progress: Progress) -> None:
     history, epochs = run.history, run.cfg.epochs
     untrained = history.get("initial_val_dice")
+    # Next: goes out with Done: in one print, so that nothing of the run is left once Done: is on the screen.
     progress.line(f"Done: {plural(epochs, 'epoch')}, best val Dice {history['best_val_dice']:.4f} at epoch "
                   f"{history['best_epoch']}" + (f" (untrained {untrained:.4f})" if untrained is not None else "")
-                  + f"; checkpoints in {run.paths.checkpoints}")
+                  + f"; checkpoints in {run.paths.checkpoints}\n{next_steps(run.paths)}")
+
+
+def next_steps(paths: RunPaths) -> str:
+    """What to do with a trained run, as commands to paste (a folder with spaces stays one word)."""
+    run_dir = shlex.quote(str(paths.root))
+    steps = [f"useg history --run-dir {run_dir}", f"useg evaluate --run-dir {run_dir}"]
+    if paths.visualizations.is_dir() and any(paths.visualizations.glob("*.png")):
+        steps.append(f"pictures in {shlex.quote(str(paths.visualizations))}")
+    return "Next: " + " | ".join(steps)
 
 
 def stopped_after_the_run(run: Run, stop: StopRequest, progress: Progress) -> TrainingInterrupted:
@@ -139,6 +149,7 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
         position = TrainingPosition()
         if state is not None:
             position = check_resume_state(state, path, cfg, warn=progress.warn, say=progress.line)
+            take_managers_best(world, manager, training_state.saved_history(state))
             if run_is_complete(state, position, cfg, progress):
                 raise RunComplete(training_state.saved_history(state))
         return build_run(cfg, paths, world, manager, state, path, position, progress)
@@ -147,6 +158,14 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
             manager.close()
             remove_unused_folders(created)
         raise
+
+
+def take_managers_best(world: World, manager: CheckpointManager | None, history: dict[str, Any]) -> None:
+    """The resumed history's best becomes best_model.pt's, as the manager read it from disk: after a
+    resume from an older epoch it may be an epoch of the branch the run leaves, which a worse
+    epoch of the new branch does not replace."""
+    best = on_main(world, lambda: (manager.best_value, manager.best_epoch), share=True)
+    set_best(history, *best)
 
 
 def run_is_complete(state: dict, position: TrainingPosition, cfg: TrainConfig, progress: Progress) -> bool:
@@ -190,7 +209,7 @@ def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, pro
         if resume is None and manager.list():
             if not overwrite:
                 # Another trainer finished here between our check and our lock: never write over its run.
-                raise CheckpointError(already_holds(paths, sorted(paths.checkpoints.glob("*.pt"))))
+                raise CheckpointError(already_holds(existing_run(paths.root)))
             set_aside_checkpoints(paths, progress.warn)
             manager.forget_best()  # the best it read from disk was the old run's
     except BaseException:
@@ -204,25 +223,24 @@ def check_run_dir(paths: RunPaths, resume: str | None, overwrite: bool) -> None:
     for folder in (paths.root, paths.checkpoints, paths.logs, paths.visualizations):
         if folder.exists() and not folder.is_dir():
             raise ConfigError(f"{folder} is a file, not a folder; move it away or use another --run-dir")
-    existing = sorted(paths.checkpoints.glob("*.pt")) if paths.checkpoints.is_dir() else []
-    if resume is not None or not existing:
+    existing = existing_run(paths.root)
+    if resume is not None or not existing.files:
         return
     if not overwrite:
-        raise CheckpointError(already_holds(paths, existing))
+        raise CheckpointError(already_holds(existing))
     if is_locked(paths.checkpoints):
         owner = lock_owner(paths.checkpoints) or {}
         raise CheckpointError(f"{paths.root} is being trained by process {owner.get('pid', '?')}; "
                               "it cannot be overwritten now")
 
 
-def already_holds(paths: RunPaths, existing: list[Path]) -> str:
+def already_holds(existing: ExistingRun) -> str:
     """Why a fresh run may not start in this folder, and what to do: resume only when there is a resume point."""
-    if any(is_resume_name(path.name) for path in existing):
-        return (f"{paths.checkpoints} already holds {len(existing)} checkpoint(s); "
+    if existing.resumable:
+        return (f"{existing.folder} already holds {len(existing.files)} checkpoint(s); "
                 "continue with --resume latest, or start afresh with --overwrite")
-    # e.g. a first epoch killed after best_model.pt was written but before latest
-    names = ", ".join(path.name for path in existing)
-    return (f"{paths.checkpoints} holds {names} but no checkpoint to resume from; start afresh with --overwrite "
+    names = ", ".join(path.name for path in existing.files)
+    return (f"{existing.folder} holds {names} but no checkpoint to resume from; start afresh with --overwrite "
             "(it sets those files aside) or use another --run-dir")
 
 
@@ -232,24 +250,33 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
     pictured = picture_tasks(run.val_tasks, cfg.vis_count)
     if position.at_start:
         record_untrained_dice(run, progress)
+    whole_epochs: list[float] = []  # this session's epochs, each as the seconds a whole one takes
+    mark = time.perf_counter()
     while position.epoch < cfg.epochs:
-        started = time.perf_counter()
+        started, first_batch = time.perf_counter(), position.batch
         saves_before = save_counts(run)
         run_one_epoch(run, stop, progress)
+        steps_time = time.perf_counter() - started
         step_epoch_schedule(run.scheduler)
         kill_point("validation")
         record = validate(run.model, run.dataset, run.val_tasks, 2 * cfg.batch_size, run.device, run.world)
         train_time = time.perf_counter() - started
+        # A resume mid-epoch trains only the rest of it: the rate counts those samples, not a whole epoch's.
+        samples = cfg.samples_per_epoch - first_batch * cfg.batch_size
         record.update(skipped_steps=run.skipped_steps - sum(n or 0 for n in run.history.get("skipped_steps", [])),
                       train_loss=position.mean_loss, lr=run.optimizer.param_groups[0]["lr"],
-                      epoch_time_s=round(train_time, 3),
-                      samples_per_s=round(cfg.samples_per_epoch / max(train_time, 1e-9), 2))
-        improved = append_epoch(run.history, record, BEST)
+                      epoch_time_s=round(train_time, 3), samples_trained=samples,
+                      samples_per_s=round(samples / max(train_time, 1e-9), 2))
+        append_epoch(run.history, record)
         position.finish_epoch()
-        save_epoch_checkpoint(run, record)
+        improved = save_epoch_checkpoint(run, record)
         epoch_end_kill_point(run)
+        now = time.perf_counter()  # since the last summary: this epoch, its save and the last pictures
+        whole_epochs.append(whole_epoch_time(now - mark, steps_time, samples, cfg.samples_per_epoch))
+        mark = now
         progress.epoch_summary(position.epoch, cfg.epochs, record, improved, run.history,
-                               saves=epoch_saves(run, saves_before))
+                               saves=epoch_saves(run, saves_before), samples_per_epoch=cfg.samples_per_epoch,
+                               remaining_s=remaining_time(whole_epochs, cfg.epochs - position.epoch))
         # Pictures after the checkpoint: a picture that cannot be written must not cost the epoch.
         if cfg.vis_every and position.epoch % cfg.vis_every == 0:
             on_main(run.world, lambda: save_pictures(run.model, run.dataset, pictured, run.paths.visualizations,
@@ -314,7 +341,7 @@ def run_one_epoch(run: Run, stop: StopRequest, progress: Progress) -> None:
     def build(index: int):
         return local_part(run.sampler.batch(epoch, index, cfg.batch_size), run.world)
 
-    ahead = Prefetcher(build, range(position.batch, batches), data_workers(cfg.data_workers))
+    ahead = Prefetcher(build, range(position.batch, batches), split_cores(cfg.num_threads, cfg.data_workers).workers)
     with progress.epoch_bar(position.epoch + 1, cfg.epochs, batches, position.batch, cfg.batch_size) as bar, ahead:
         for _, batch in ahead:
             train_step(run, batch)
@@ -387,19 +414,37 @@ def save_checkpoint(run: Run, **save_args) -> None:
     barrier(run.world)
 
 
-def save_epoch_checkpoint(run: Run, record: dict[str, Any]) -> None:
-    """Checkpoint after a finished epoch (written in the background), then rewrite the log."""
+def save_epoch_checkpoint(run: Run, record: dict[str, Any]) -> bool:
+    """Checkpoint after a finished epoch (written in the background), then rewrite the log.
+    Returns whether the epoch is a new best (best_model.pt is written)."""
     check_replicas_agree(run.world, run.model)
     epoch = run.position.epoch
-    if run.manager is not None:
-        run.history["checkpoints_written"][-1] = run.manager.planned_files(epoch, record["val_dice"])
+    improved = record_epoch_best(run, record)
     started = time.perf_counter()
-    save_checkpoint(run, val_dice=record["val_dice"], train_loss=record["train_loss"])
+    save_checkpoint(run, metrics={"val_dice": record["val_dice"], "train_loss": record["train_loss"]})
     run.history["checkpoint_time_s"][-1] = round(time.perf_counter() - started, 4)
     if run.world.is_main:
         record_saves(run.log, run.manager)
         write_log(run.log_path, run.log, run.history)
         log_tensorboard(run.tensorboard, epoch, record)
+    return improved
+
+
+def record_epoch_best(run: Run, record: dict[str, Any]) -> bool:
+    """Ask the checkpoint manager which files this epoch's save writes and what the best is then;
+    record both in the history (before the save, which holds it) and return whether this epoch is
+    the new best. Rank 0 asks; every rank's history gets the answer."""
+    epoch, value = run.position.epoch, record[BEST.metric]
+
+    def ask() -> tuple[list[str], tuple[float | None, int | None]]:
+        planned = run.manager.planned_files(epoch, metrics={BEST.metric: value})
+        improved = BEST_NAME in planned  # save() then makes (value, epoch) the manager's best
+        return planned, (value, epoch) if improved else (run.manager.best_value, run.manager.best_epoch)
+
+    planned, best = on_main(run.world, ask, share=True)
+    run.history["checkpoints_written"][-1] = planned
+    set_best(run.history, *best)
+    return BEST_NAME in planned
 
 
 def save_interrupt(run: Run, stop: StopRequest, progress: Progress) -> None:

@@ -82,13 +82,42 @@ class Progress:
                 self.live = None
 
     def epoch_summary(self, epoch: int, epochs: int, record: dict[str, Any], improved: bool,
-                      history: dict[str, Any], saves: SaveCounts | None = None) -> None:
+                      history: dict[str, Any], saves: SaveCounts | None = None, samples_per_epoch: int | None = None,
+                      remaining_s: float | None = None) -> None:
+        """The epoch's line; `remaining_s`: the estimate for the run's remaining epochs (None: none left)."""
         best = " *best*" if improved else f" (best {history['best_val_dice']:.4f} @ {history['best_epoch']})"
+        left = f"  {remaining_text(remaining_s)}" if remaining_s is not None else ""
+        slow = slowdown_note(history["samples_per_s"], history.get("samples_trained"), samples_per_epoch)
         self.console.print(
             f"epoch {epoch:>3}/{epochs}  loss {record['train_loss']:.4f}  val Dice {record['val_dice']:.4f}{best}  "
-            f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s  {record['samples_per_s']:.1f} samples/s"
-            + skipped_note(record) + saves_note(saves) + slowdown_note(history["samples_per_s"]),
+            f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s  {record['samples_per_s']:.1f} samples/s{left}"
+            + skipped_note(record) + saves_note(saves) + slow,
             markup=False, highlight=False, soft_wrap=True)
+
+
+def whole_epoch_time(seconds: float, steps_s: float, samples: int, samples_per_epoch: int) -> float:
+    """The seconds a whole epoch takes, from one that trained `samples` of its `samples_per_epoch` in
+    `steps_s` of its `seconds` (the rest, validation and the save, is the same for any part of an epoch)."""
+    return seconds - steps_s + steps_s * samples_per_epoch / max(samples, 1)
+
+
+def remaining_time(whole_epochs: list[float], epochs_left: int) -> float | None:
+    """The run's remaining seconds: the median whole epoch of this session times the epochs left;
+    None after the last epoch."""
+    if epochs_left <= 0 or not whole_epochs:
+        return None
+    return statistics.median(whole_epochs) * epochs_left
+
+
+def remaining_text(seconds: float) -> str:
+    """`~40 s left`, `~12 min left`, `~2 h 5 min left`."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"~{max(seconds, 1)} s left"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"~{minutes} min left"
+    return f"~{minutes // 60} h {minutes % 60} min left"
 
 
 @dataclass
@@ -121,14 +150,21 @@ def skipped_note(record: dict[str, Any]) -> str:
     return f"  {skipped} step(s) skipped by the fp16 loss scaler (inf gradients)" if skipped else ""
 
 
-def slowdown_note(samples_per_s: list) -> str:
+def slowdown_note(samples_per_s: list, samples_trained: list | None = None,
+                  samples_per_epoch: int | None = None) -> str:
     """A warning when the last epoch ran at under a third of the run's median so far (at least two
-    earlier epochs): something else took the cores, the classic cause of a 20x slower epoch."""
-    earlier = [value for value in samples_per_s[:-1] if value]
-    if len(earlier) < 2 or not samples_per_s[-1]:
+    earlier epochs): something else took the cores, the classic cause of a 20x slower epoch.
+
+    Only whole epochs are compared: the rest of an epoch resumed mid-way pays a whole validation for
+    fewer samples, so its samples/s is lower without anything being wrong."""
+    trained = samples_trained or []
+    whole = [rate if samples_per_epoch is None or index >= len(trained) or trained[index] in (None, samples_per_epoch)
+             else None for index, rate in enumerate(samples_per_s)]
+    earlier = [value for value in whole[:-1] if value]
+    if len(earlier) < 2 or not whole[-1]:
         return ""
     median = statistics.median(earlier)
-    if samples_per_s[-1] >= median / 3:
+    if whole[-1] >= median / 3:
         return ""
     return (f"  SLOW: under a third of this run's {median:.1f} samples/s; another process may be using these "
             "cores (try --num-threads 1, or fewer than now)")

@@ -13,16 +13,19 @@ from useg.training import state as training_state
 from useg.checkpoint import CheckpointManager, restore_rng_state
 from useg.config import TrainConfig
 from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
+from useg.data.splits import split_from_file
 from useg.data.tasks import draw_version_to_resume
 from useg.data.index import write_data_index
 from useg.compute.device import choose_device, choose_threads, compile_model, describe_compute, settle_determinism
 from useg.compute.distributed import World, any_rank, broadcast_object, wrap_distributed
 from useg.errors import ConfigError
 from useg.training.history import new_history, new_log_name, open_tensorboard
-from useg.model import build_universeg, load_pretrained
-from useg.compute.precision import default_precision, make_scaler, restore_scaler
+from useg.model import build_universeg
+from useg.weights import load_pretrained
+from useg.compute.precision import autocast, default_precision, make_scaler, restore_scaler
 from useg.training.progress import Progress
 from useg.run_folder import RunPaths
+from useg.training.losses import segmentation_loss
 from useg.training.log import describe_data, describe_world, log_header, new_session, open_log
 from useg.training.schedule import align_schedule, build_scheduler
 from useg.training.state import TrainingPosition
@@ -61,7 +64,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
     dataset = load_dataset(cfg.data, image_size=cfg.image_size, seed=cfg.seed, **data_options(cfg))
     split = choose_split(cfg, dataset, state)
     sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
-                          samples_per_epoch=cfg.samples_per_epoch, draw_version=draw_version_to_resume(state))
+                          samples_per_epoch=cfg.samples_per_epoch,
+                          draw_version=draw_version_to_resume(training_state.saved_draw_version(state) if state else None))
     val_tasks = validation_tasks(dataset, split.val, split.train, support_size=cfg.support_size, seed=cfg.seed)
     device = choose_device(cfg.device, world.local_rank, world.enabled)
     cfg.device = str(device)  # saved as chosen: a resume chooses again and compares the type
@@ -79,7 +83,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
               scaler=make_scaler(cfg.precision, device), position=position)
     if state is not None:
         restore_state(run, state, progress)
-    settle_determinism(model, cfg, device, lambda flag: any_rank(world, flag), progress.warn)
+    settle_determinism(lambda: probe_step(model, cfg, device), cfg, device, lambda flag: any_rank(world, flag),
+                       progress.warn)
     if state is not None:
         say_how_the_resume_computes(cfg, training_state.saved_config(state), device, progress)
     run.train_model = wrap_model(model, world, cfg)
@@ -135,15 +140,16 @@ def wrap_model(model: torch.nn.Module, world: World, cfg: TrainConfig) -> torch.
 
 
 def choose_split(cfg: TrainConfig, dataset, state: dict | None) -> Split:
-    """The patient-level split: the saved one on resume, else a file's or a seeded new one."""
+    """The patient-level split: the saved one on resume, else a --split-file's (ids or file names), else the
+    data's published one (MMOTU) or a seeded new one; `split.origin` says which for the data line."""
     if state is not None:
-        return Split.from_dict(training_state.saved_split(state), dataset)
+        return Split.from_dict(training_state.saved_split(state), dataset)  # origin: "saved with the run"
     if cfg.split_file:
         try:
-            saved = json.loads(Path(cfg.split_file).read_text(encoding="utf-8"))
+            saved = json.loads(Path(cfg.split_file).read_text(encoding="utf-8-sig"))
         except (OSError, ValueError) as err:
             raise ConfigError(f"--split-file {cfg.split_file}: cannot read it ({type(err).__name__})") from None
-        return Split.from_dict(saved, dataset)
+        return split_from_file(saved, dataset, seed=cfg.seed, file_name=Path(cfg.split_file).name)
     return split_by_patient(dataset, seed=cfg.seed, fractions=tuple(cfg.split_fractions))
 
 
@@ -165,3 +171,20 @@ def restore_state(run: Run, state: dict[str, Any], progress: Progress) -> None:
     log_file = state.get(training_state.LOG_FILE)
     if log_file:
         run.log_path = run.paths.logs / log_file
+
+
+def probe_step(model: torch.nn.Module, cfg, device: torch.device) -> None:
+    """One forward, loss and backward at the smallest input the model takes; leaves no gradient behind.
+
+    The op types (and so the kernels determinism is about) are those of a real step; the inputs come
+    from their own generator, so the run's random streams are untouched.
+    """
+    size = 2 ** len(cfg.widths)
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(1, 1, size, size, generator=generator).to(device)
+    images = torch.rand(1, min(cfg.support_size, 2), 1, size, size, generator=generator).to(device)
+    labels = (images > 0.5).float()
+    with autocast(cfg.precision, device):
+        loss = segmentation_loss(model(target, images, labels).float(), (target > 0.5).float(), cfg.loss)
+    loss.backward()
+    model.zero_grad(set_to_none=True)

@@ -1,7 +1,7 @@
 """The training checkpoint dict: its key names, building it from a run's parts, reading it back.
 
 One plain dict at the top level, readable with one `torch.load(weights_only=True)`: the
-seed's keys (`epoch`, `model_state_dict`, `optimizer_state_dict`, ...) plus what exact
+original scripts' keys (`epoch`, `model_state_dict`, `optimizer_state_dict`, ...) plus what exact
 resume needs. Everything that writes or reads a training checkpoint goes through here,
 so that the keys have one spelling. Takes explicit parts, never the trainer's `Run`.
 """
@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from useg.checkpoint.position import Position
-from useg.config import COMPUTE_KEYS, RETUNABLE_KEYS, TrainConfig, incompatible_keys
+from useg.checkpoint import Position
+from useg.config import COMPUTE_KEYS, RETUNABLE_KEYS, TrainConfig, batches_per_epoch, incompatible_keys
 from useg.errors import CheckpointError, ConfigError
 from useg.training.progress import position_text
+from useg.weights import MODEL_WEIGHTS as MODEL
 
 EPOCH = "epoch"
 STEP = "step"
-MODEL = "model_state_dict"
 OPTIMIZER = "optimizer_state_dict"
 SCHEDULER = "scheduler_state_dict"
 GRAD_SCALER = "grad_scaler_state_dict"  # the fp16 loss scaler ({} for fp32 / bf16)
@@ -75,6 +75,13 @@ def saved_position(state: Mapping[str, Any]) -> TrainingPosition:
         record = dict(zip(("epoch", "batch_index", "loss_sum", "loss_count"), record))
     return TrainingPosition(epoch=state[EPOCH], batch=record["batch_index"], step=state[STEP],
                             loss_sum=record["loss_sum"], loss_count=record["loss_count"])
+
+
+def saved_draw_version(state: Mapping[str, Any]) -> int:
+    """How the checkpoint's batches were drawn (see useg.data.tasks): the version its data position
+    records, 1 for files written before versions were recorded (also the old tuple position)."""
+    record = state[POSITION]
+    return record.get("draw_version", 1) if isinstance(record, Mapping) else 1
 
 
 def build_training_state(*, position: TrainingPosition, cfg: TrainConfig, world_size: int, draw_version: int,
@@ -147,13 +154,6 @@ def recorded_val_dice(state: Mapping[str, Any]) -> float | None:
     return value if value is not None else (saved_history(state).get("val_dice") or [None])[-1]
 
 
-def model_weights(state: Any) -> Any:
-    """The weights inside a useg checkpoint, or `state` itself when it is a plain state_dict."""
-    if isinstance(state, Mapping) and isinstance(state.get(MODEL), Mapping):
-        return state[MODEL]
-    return state
-
-
 def require_model_parts(state: Mapping[str, Any], path: Path) -> None:
     """Refuse a file that cannot rebuild and apply a model."""
     missing = [key for key in MODEL_KEYS if key not in state]
@@ -188,7 +188,8 @@ def check_resume_state(state: Mapping[str, Any], path: Path, cfg: TrainConfig, *
 def saved_position_text(state: Mapping[str, Any], total: int) -> str:
     """A checkpoint's position in the words every message uses (see progress.position_text)."""
     record = state[POSITION]
-    batches = -(-record["samples_per_epoch"] // record["batch_size"]) if "samples_per_epoch" in record else None
+    known = "samples_per_epoch" in record
+    batches = batches_per_epoch(record["samples_per_epoch"], record["batch_size"]) if known else None
     return position_text(state[EPOCH], saved_position(state).batch, batches, total)
 
 
