@@ -129,7 +129,7 @@ MAY_IMPORT = {
     "errors": set(), "faults": set(), "files": {"errors"}, "config": {"errors"},
     "checkpoint": {"errors", "files", "faults"},
     "model": {"errors"},
-    "weights": {"model", "checkpoint", "errors"},
+    "weights": {"model", "checkpoint", "config", "errors"},
     "compute": {"config", "errors"},
     "data": {"config", "files", "errors"},
     "run_folder": {"checkpoint", "files", "faults", "errors"},

@@ -18,7 +18,11 @@ from useg.errors import ConfigError
 # The values of the choice settings, for the rules below and the command line's choices (torch-free:
 # useg.compute.precision maps each precision to its dtype, useg.compute.device reads the device).
 LOSSES = ("dice", "dice+bce")
+# Where a useg checkpoint or .pt export keeps the model's weights (the original scripts' key): shared,
+# torch-free, by training/state.py (which owns the other keys) and weights.py (which reads weights).
+MODEL_WEIGHTS = "model_state_dict"
 PRECISIONS = ("fp32", "bf16", "fp16")
+RESIZE_MODES = ("squash", "pad")  # how images become the square input: useg.data.geometry
 DEVICE_FORMAT = r"cpu|cuda(:[0-9]+)?"
 
 
@@ -39,6 +43,7 @@ class TrainConfig:
     batch_size: int = 4
     support_size: int = 4
     image_size: int = 64
+    resize: str = "squash"  # one of RESIZE_MODES
     widths: list[int] = field(default_factory=lambda: [32, 32, 32, 32])
     lr: float = 1e-4
     min_lr_ratio: float = 0.05
@@ -86,6 +91,13 @@ RETUNABLE_KEYS = frozenset({"lr", "min_lr_ratio", "loss"})
 COMPUTE_KEYS = ("num_threads", "compile", "precision", "deterministic")
 # What the run records about itself in its config: no flag, no config-file key.
 RECORDED_KEYS = frozenset({"bit_identical"})
+# Keys that checkpoints saved before the key existed lack, with the value those runs computed with.
+OLDER_RUN_VALUES = {"resize": "squash"}
+
+
+def saved_value(saved: dict[str, Any], key: str) -> Any:
+    """A saved config's value of `key`; what older runs computed with where they lack it."""
+    return saved.get(key, OLDER_RUN_VALUES.get(key))
 
 
 def batches_per_epoch(samples_per_epoch: int, batch_size: int) -> int:
@@ -313,6 +325,8 @@ RULES: dict[str, tuple[Any, str]] = {
     "batch_size": (integer(1), "a positive integer"),
     "support_size": (integer(1), "a positive integer"),
     "image_size": (integer(1), "a positive integer"),
+    "resize": (choice(*RESIZE_MODES), "squash (stretch to the square) or pad (keep the aspect ratio, letterbox "
+                                      "with 0)"),
     "widths": (listed(integer(1), lambda count: count >= 2),
                "at least two comma-separated positive integers, e.g. 32,32,32,32"),
     "lr": (number(0, above_low=True), "a positive number, e.g. 1e-4"),
@@ -352,10 +366,11 @@ def incompatible_keys(saved: dict[str, Any], current: TrainConfig) -> list[str]:
     """Keys whose change would make a resumed run compute something else."""
     now = current.to_dict()
     allowed = HARMLESS_KEYS | RETUNABLE_KEYS | set(COMPUTE_KEYS)
-    return sorted(key for key in now if key not in allowed and key in saved and saved[key] != now[key])
+    known = set(saved) | set(OLDER_RUN_VALUES)
+    return sorted(key for key in now if key not in allowed and key in known and saved_value(saved, key) != now[key])
 
 
 def changed_keys(saved: dict[str, Any], current: TrainConfig) -> dict[str, list[Any]]:
     """Every key that differs, as {key: [old, new]}, for the history."""
     now = current.to_dict()
-    return {key: [saved.get(key), now[key]] for key in now if saved.get(key) != now[key]}
+    return {key: [saved_value(saved, key), now[key]] for key in now if saved_value(saved, key) != now[key]}

@@ -244,7 +244,8 @@ def test_export_round_trip_pt_and_safetensors_load_strictly(trained, tmp_path, c
     code, result = useg_json(capsys, "checkpoints", "export", str(source), str(tmp_path / "out" / "w.pt"))
     assert code == 0 and result["format"] == "pt" and result["model_config"]["widths"] == [8, 8]
     model = build_universeg((8, 8))
-    model.load_state_dict(torch.load(tmp_path / "out" / "w.pt", weights_only=True), strict=True)
+    # a .pt export is a dict (model_state_dict beside what applying needs), readable with weights_only
+    model.load_state_dict(torch.load(tmp_path / "out" / "w.pt", weights_only=True)["model_state_dict"], strict=True)
     assert main(["checkpoints", "export", str(source), str(tmp_path / "w.safetensors")]) == 0
     assert "w.safetensors" in capsys.readouterr().out
     weights = load_file(tmp_path / "w.safetensors")

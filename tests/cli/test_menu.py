@@ -8,6 +8,7 @@ import io
 import os
 import re
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import termios
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from useg.checkpoint import list_checkpoints
 from tiny import train_tiny
@@ -71,6 +74,53 @@ def start_in_terminal(run: Path) -> tuple[subprocess.Popen, int]:
                              env={**os.environ, "TERM": "xterm-256color"})
     os.close(terminal)
     return child, controller
+
+
+def type_at_terminal(run: Path, steps: list[tuple[bytes, bytes]]) -> str:
+    """Answer each question of `useg menu` typed at a real terminal: wait for `marker`, type `answer` and Enter;
+    return the screen without its colour codes once the menu has exited 0."""
+    child, controller = start_in_terminal(run)
+    seen = bytearray()
+    try:
+        for marker, answer in steps:
+            read_until(controller, marker, seen, timeout=120)
+            os.write(controller, answer + b"\r")  # Enter sends a carriage return
+        read_to_end(controller, seen)
+        assert child.wait(timeout=60) == 0
+    finally:
+        child.kill()
+        os.close(controller)
+    return ANSI.sub("", seen.decode(errors="replace"))
+
+
+def folder_data(root: Path, values: tuple[int, ...] = (255,)) -> Path:
+    """images/ + masks/ data of 8 small scans; one value: binary masks, several: a label map."""
+    rng = np.random.default_rng(0)
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(root / "images" / f"scan{i}.png")
+        mask = np.zeros((24, 24), dtype=np.uint8)
+        for row, value in enumerate(values):
+            mask[2 + 8 * row:8 + 8 * row, 3 + i:12 + i] = value
+        Image.fromarray(mask).save(root / "masks" / f"scan{i}.png")
+    return root
+
+
+def listed_numbers(out: str) -> list[dict[str, int]]:
+    """Each checkpoint table printed in `out`: file name -> its number."""
+    tables = re.split(r"^Checkpoints in ", out, flags=re.M)[1:]
+    return [{name: int(number) for number, name in re.findall(r"^ +(\d+) +(\S+\.pt)", table, flags=re.M)}
+            for table in tables]
+
+
+def number_of(run: Path, name: str) -> int:
+    """The number every listing gives `name`: its place in `useg checkpoints list`."""
+    return [info.name for info in list_checkpoints(run / "checkpoints")].index(name) + 1
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(run)): path.read_bytes() for path in run.rglob("*") if path.is_file()}
 
 
 def tiny_config(folder: Path) -> Path:
@@ -140,13 +190,15 @@ def test_clean_option_says_what_it_keeps_when_a_file_is_damaged(run, monkeypatch
 
 
 def test_menu_answers_bad_input_by_asking_again(run, monkeypatch, capsys):
-    code, out = menu(monkeypatch, capsys, run, "x\n5\n0\nmany\n\n4\n99\n\n3\nabc\n")
+    best = number_of(run, "best_model.pt")
+    code, out = menu(monkeypatch, capsys, run, f"x\n5\n0\nmany\n\n4\n99\n\n3\nabc\n{best}\n")
     assert code == 0  # input ran out: the menu ends cleanly
     assert "Unknown option 'x'" in out
     assert out.count("Please give a whole number of at least 1") == 2
     assert out.count("Keep how many periodic checkpoints?") == 3  # asked again until Enter went back
     assert "No checkpoint number '99'" in out and "No checkpoint number 'abc'" in out
-    assert out.count("Checkpoint number (1-5") == 2 and out.count("Checkpoint number (1-4") == 2
+    assert "best_model.pt cannot resume the run; type" in out  # listed, but not a resume point
+    assert out.count("Checkpoint number (1-5") == 2 and out.count("Resume from checkpoint number (") == 3
     assert len(periodic_names(run)) == 3
 
 
@@ -157,31 +209,35 @@ def test_info_option_shows_the_chosen_checkpoint(run, monkeypatch, capsys):
     assert code == 0 and "kind:          latest" in out and f"useg resume latest --run-dir {run}" in out
 
 
-def resume_numbers(out: str) -> dict[str, int]:
-    """The number each file has in option 3's table, as printed."""
-    return {name: int(number) for number, name in re.findall(r"^ +(\d+) +(\S+\.pt)", out, flags=re.M)}
+def resume_line(out: str) -> list[str]:
+    """Option 3's resume points as it names them, `number name`, in the order resume tries them."""
+    [line] = re.findall(r"^Can resume the run, in the order `useg resume latest` tries them: (.*)$", out, flags=re.M)
+    return line.split(", ")
 
 
-def test_resume_option_lists_only_resume_points_and_names_best_apart(run, monkeypatch, capsys):
+def test_resume_option_numbers_files_as_the_list_and_names_the_resume_points_in_order(run, monkeypatch, capsys):
     code, out = menu(monkeypatch, capsys, run, "3\n\nq\n")
     assert code == 0
-    assert sorted(resume_numbers(out)) == ["epoch_001_checkpoint.pt", "epoch_002_checkpoint.pt",
-                                           "epoch_003_checkpoint.pt", "latest_checkpoint.pt"]
-    assert resume_numbers(out)["latest_checkpoint.pt"] == 1  # the order resume tries them
-    assert "best: best_model.pt (epoch 3" in out and "cannot resume" in out
+    [table] = listed_numbers(out)
+    assert table == {info.name: number for number, info in enumerate(list_checkpoints(run / "checkpoints"), 1)}
+    assert resume_line(out) == [f"{table[name]} {name}" for name in (  # the order resume tries them
+        "latest_checkpoint.pt", "epoch_003_checkpoint.pt", "epoch_002_checkpoint.pt", "epoch_001_checkpoint.pt")]
+    assert f"{table['best_model.pt']}  best_model.pt (epoch 3" in out and "holds weights only and cannot resume" in out
 
 
 def test_resume_option_leaves_out_a_damaged_file_and_says_why(run, monkeypatch, capsys):
     damaged = run / "checkpoints" / "epoch_001_checkpoint.pt"
     damaged.write_bytes(damaged.read_bytes()[:-10])
-    code, out = menu(monkeypatch, capsys, run, "3\n\nq\n")
-    assert code == 0 and "not listed: epoch_001_checkpoint.pt is not valid" in out
-    assert "epoch_001_checkpoint.pt" not in resume_numbers(out)
+    number = number_of(run, "epoch_001_checkpoint.pt")
+    code, out = menu(monkeypatch, capsys, run, f"3\n{number}\n\nq\n")
+    assert code == 0 and f"{number}  epoch_001_checkpoint.pt cannot resume: not valid" in out
+    assert f"{number} epoch_001_checkpoint.pt" not in resume_line(out)
+    assert "epoch_001_checkpoint.pt cannot resume the run; type" in out  # chosen anyway: asked again
 
 
 def test_going_back_says_what_is_left_behind_and_no_starts_nothing(run, monkeypatch, capsys):
     before = {p.name: p.read_bytes() for p in (run / "checkpoints").glob("*.pt")}
-    code, out = menu(monkeypatch, capsys, run, "3\n3\nn\nq\n")  # 3: epoch_002 (latest, 003, 002, 001)
+    code, out = menu(monkeypatch, capsys, run, f"3\n{number_of(run, 'epoch_002_checkpoint.pt')}\nn\nq\n")
     assert code == 0
     assert "Going back to epoch_002_checkpoint.pt (epoch 2) leaves newer saves behind:" in out
     assert "latest_checkpoint.pt (latest, epoch 3, step 9): replaced by the first save from epoch_002" in out
@@ -190,12 +246,24 @@ def test_going_back_says_what_is_left_behind_and_no_starts_nothing(run, monkeypa
     assert {p.name: p.read_bytes() for p in (run / "checkpoints").glob("*.pt")} == before
 
 
+def test_every_listing_gives_a_file_the_same_number_and_7_lists_the_checkpoints(run, monkeypatch, capsys):
+    # Before: 3 numbered only the resume points, newest first, 4 every file oldest first, and 7 did not exist.
+    code, out = menu(monkeypatch, capsys, run, "7\n4\n\n3\n\nq\n")
+    assert code == 0 and "Unknown option" not in out
+    listed, info, resume = listed_numbers(out)
+    assert listed == info == resume and len(listed) == 5
+    assert listed == {info.name: number for number, info in enumerate(list_checkpoints(run / "checkpoints"), 1)}
+    assert all(listed[item.split(" ", 1)[1]] == int(item.split(" ", 1)[0]) for item in resume_line(out))
+    assert main(["checkpoints", "list", "--run-dir", str(run)]) == 0
+    assert listed_numbers(capsys.readouterr().out) == [listed]  # the command's numbers too
+
+
 def test_going_back_after_extending_keeps_the_runs_current_total_on_enter(run, monkeypatch, capfd):
     import torch
 
     assert main(["resume", "latest", "--run-dir", str(run), "--epochs", "4", "--quiet"]) == 0  # total now 4
     capfd.readouterr()
-    code, out = menu(monkeypatch, capfd, run, "3\n4\ny\n\nq\n")  # 4: epoch_002 (latest, 004, 003, 002, 001)
+    code, out = menu(monkeypatch, capfd, run, f"3\n{number_of(run, 'epoch_002_checkpoint.pt')}\ny\n\nq\n")
     assert code == 0
     assert "Going back to epoch_002_checkpoint.pt" in out and "Total epochs (Enter keeps the run's total, 4)" in out
     assert re.search(r"\$ useg resume \S+epoch_002_checkpoint\.pt --run-dir \S+ --epochs 4$", out, flags=re.M)
@@ -204,8 +272,9 @@ def test_going_back_after_extending_keeps_the_runs_current_total_on_enter(run, m
 
 
 def test_start_option_on_a_run_asks_first_and_offers_to_resume_it(run, monkeypatch, capsys):
-    code, out = menu(monkeypatch, capsys, run, "1\nmaybe\n\n1\nr\n")  # input ends at the epochs question
+    code, out = menu(monkeypatch, capsys, run, "1\n\nmaybe\n\n1\n\nr\n")  # input ends at the epochs question
     assert code == 0
+    assert out.count(f"Run folder (Enter: {run}): ") == 2
     assert out.count("already holds a run (latest: 3 of 3 epochs complete)") == 2
     assert "Type r, o, or Enter to go back (got 'maybe')" in out
     assert "Config file" not in out  # no question about a new run before the folder was settled
@@ -217,7 +286,7 @@ def test_start_option_on_a_lone_best_model_offers_only_to_start_afresh(tmp_path,
     for path in (run / "checkpoints").glob("*.pt*"):
         if not path.name.startswith("best_model.pt"):
             path.unlink()  # what a first epoch killed after best, before latest, leaves
-    code, out = menu(monkeypatch, capsys, run, "1\nr\n\nq\n")
+    code, out = menu(monkeypatch, capsys, run, "1\n\nr\n\nq\n")
     assert code == 0
     assert f"{run / 'checkpoints'} holds best_model.pt but no checkpoint to resume from." in out
     assert "resume it" not in out and "Type o, or Enter to go back (got 'r')" in out
@@ -228,43 +297,121 @@ def test_start_option_asks_the_settings_of_a_run_and_checks_each(tmp_path, monke
     import torch
 
     config, run = tiny_config(tmp_path), tmp_path / "new run"
-    answers = f"1\nmissing.yaml\n{config}\n{tmp_path / 'nowhere'}\n\nsolid\n0\n1\n31\n32\nmany\n2\nq\n"
+    answers = (f"1\n\nmissing.yaml\n{config}\n{tmp_path / 'nowhere'}\n\nsolid\n0\n1\n\n31\n32\nmany\n2\n"
+               "\n\n\nq\n")  # widths, batch size and lr: the config file's; Enter at the confirmation starts it
     code, out = menu(monkeypatch, capfd, run, answers)
     assert code == 0
     assert "config file missing.yaml not found" in out and "is not a folder" in out
     assert "--epochs must be a positive integer; got 0" in out and "--image-size 31 must be divisible by 2" in out
     assert "--support-size must be a positive integer; got 'many'" in out
     assert "Label-map masks" not in out  # the embedded set has no label maps
-    assert f"--config {config} --classes solid --epochs 1 --image-size 32 --support-size 2" in out
+    assert "Channels per level (--widths), comma-separated (Enter: 8,8)" in out  # the config file's value
+    assert f"--config {config} --classes solid --epochs 1 --image-size 32 --support-size 2\n" in out
+    assert "Start it? [Y/n]" in out  # a fresh folder: Enter starts
     state = torch.load(run / "checkpoints" / "latest_checkpoint.pt", weights_only=True)
     assert state["classes"] == ["solid"] and state["config"]["widths"] == [8, 8]
     assert (state["config"]["image_size"], state["config"]["support_size"], state["epoch"]) == (32, 2, 1)
+
+
+def test_start_option_asks_the_folder_widths_batch_size_and_lr_and_trains_with_them(tmp_path, monkeypatch, capfd):
+    # Before: the folder, widths, batch size and lr were never asked; the run went into the menu's folder.
+    import torch
+
+    config, other = tiny_config(tmp_path), tmp_path / "other run"
+    answers = f"1\n{other}\n{config}\n\n\n1\n4,4,4\n16\n\n3\n0\n2e-3\ny\nq\n"
+    code, out = menu(monkeypatch, capfd, tmp_path / "menu run", answers)
+    assert code == 0
+    assert "--lr must be a positive number, e.g. 1e-4; got 0.0" in out
+    assert "--epochs 1 --widths 4,4,4 --image-size 16 --batch-size 3 --lr 2e-3\n" in out
+    state = torch.load(other / "checkpoints" / "latest_checkpoint.pt", weights_only=True)
+    assert (state["config"]["widths"], state["config"]["batch_size"], state["config"]["lr"]) == ([4, 4, 4], 3, 2e-3)
+    assert not (tmp_path / "menu run" / "checkpoints").exists()
+
+
+def test_starting_afresh_in_a_run_folder_shows_the_command_and_no_leaves_the_run_in_place(run, monkeypatch, capsys):
+    # Before: the old checkpoints were set aside and training started without a last question.
+    before = snapshot(run)
+    code, out = menu(monkeypatch, capsys, run, "1\n\no\n" + "\n" * 9 + "\nq\n")  # Enter at [y/N]: no
+    assert code == 0
+    assert re.search(r"^\$ useg train --run-dir \S+ --epochs 3 --widths 8,8 --image-size 32 --support-size 2 "
+                     r"--batch-size 2 .*--samples-per-epoch 6 .*--overwrite$", out, flags=re.M)
+    assert "Set that run aside and start? [y/N]" in out and f"Nothing started; {run / 'checkpoints'} is as it was." in out
+    assert snapshot(run) == before and not list(run.glob("checkpoints_replaced_*"))
+
+
+def test_label_question_only_for_masks_that_hold_several_values(tmp_path, monkeypatch, capsys):
+    binary, label_map = folder_data(tmp_path / "binary"), folder_data(tmp_path / "labels", (128, 255))
+    mmotu = tmp_path / "mmotu"
+    (mmotu / "images").mkdir(parents=True)
+    (mmotu / "annotations").mkdir()
+    for data in (binary, mmotu, label_map):  # input ends at the question after classes
+        code, out = menu(monkeypatch, capsys, tmp_path / "run", f"1\n\n\n{data}\n\n")
+        assert code == 0 and out.rstrip().endswith(
+            "(Enter: every value):" if data == label_map else "Epochs (Enter: 12):"), (data, out[-300:])
+
+
+def test_starting_afresh_on_label_maps_keeps_the_runs_values_and_names(tmp_path, monkeypatch, capfd):
+    import torch
+
+    data = folder_data(tmp_path / "labels", (128, 255))
+    run = train_tiny(tmp_path / "run", 1, "--data", str(data), "--label", "255", "--class-names", "128=cyto,255=nucleus")
+    capfd.readouterr()
+    code, out = menu(monkeypatch, capfd, run, "1\n\no\n" + "\n" * 10 + "y\nq\n")
+    assert code == 0
+    assert "Label-map masks: the mask value(s) to train, e.g. 255 or 128,255 (Enter: 255):" in out
+    assert f"--data {data} --label 255 --epochs 1" in out and "--class-names 128=cyto,255=nucleus" in out
+    state = torch.load(run / "checkpoints" / "latest_checkpoint.pt", weights_only=True)
+    assert state["classes"] == ["nucleus"] and state["config"]["class_names"] == {"128": "cyto", "255": "nucleus"}
+
+
+def test_start_option_refuses_a_folder_without_data_useg_reads(tmp_path, monkeypatch, capsys):
+    (tmp_path / "photos").mkdir()
+    code, out = menu(monkeypatch, capsys, tmp_path / "run", f"1\n\n\n{tmp_path / 'photos'}\n")
+    assert code == 0 and f"{tmp_path / 'photos'} holds no data useg reads; expected an Ovatus folder" in out
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory) -> Path:
+    """A tiny 2-epoch run trained on binary images/ + masks/ data."""
+    folder = tmp_path_factory.mktemp("folders")
+    return train_tiny(folder / "run", 2, "--data", str(folder_data(folder / "scans")))
+
+
+def test_start_afresh_typed_at_a_terminal_keeps_the_runs_data_and_asks_what_matters(folder_run, tmp_path):
+    # Before: the data question offered the embedded set, a label-map question came for binary masks,
+    # widths, batch size, lr and the folder were never asked, and the run was set aside without a last question.
+    import torch
+
+    run = Path(shutil.copytree(folder_run, tmp_path / "run"))
+    data = torch.load(run / "checkpoints" / "latest_checkpoint.pt", weights_only=True)["config"]["data"]
+    old_latest = (run / "checkpoints" / "latest_checkpoint.pt").read_bytes()
+    screen = type_at_terminal(run, [
+        (PROMPT, b"1"), (b"Run folder", b""), (b"[r/o]", b"o"), (b"Config file", b""),
+        (f"Data folder (Enter: {data}; synthetic: the embedded set)".encode(), b""),
+        (b"Classes", b""), (b"Epochs (Enter: 2)", b"1"), (b"(--widths), comma-separated (Enter: 8,8)", b""),
+        (b"Image size in pixels (square) (Enter: 32)", b""), (b"Support images per target (Enter: 2)", b""),
+        (b"Batch size (targets per step) (Enter: 2)", b"3"), (b"Learning rate (Enter: 1e-4)", b"3e-4"),
+        (b"Set that run aside and start? [y/N]", b"y"), (PROMPT, b"q")])
+    assert "Label-map masks" not in screen  # binary masks: no values to pick
+    assert re.search(rf"\$ useg train --run-dir \S+ --data {re.escape(data)} --epochs 1 --widths 8,8 --image-size 32 "
+                     r"--support-size 2 --batch-size 3 --lr 3e-4 --samples-per-epoch 6 .*--overwrite", screen)
+    assert "moved the previous checkpoints (and pictures) to" in screen
+    [kept] = run.glob("checkpoints_replaced_*")
+    assert (kept / "latest_checkpoint.pt").read_bytes() == old_latest
+    config = torch.load(run / "checkpoints" / "latest_checkpoint.pt", weights_only=True)["config"]
+    assert (config["data"], config["widths"], config["batch_size"], config["lr"], config["epochs"]) == (
+        data, [8, 8], 3, 3e-4, 1)
+    assert config["samples_per_epoch"] == 6  # the replaced run's recipe, kept
 
 
 def test_start_option_overwrite_typed_at_a_terminal_sets_the_run_and_its_pictures_aside(run, tmp_path):
     (run / "visualizations_training").mkdir()
     (run / "visualizations_training" / "epoch_003_batch_000.png").write_bytes(b"old picture")
     old_latest = (run / "checkpoints" / "latest_checkpoint.pt").read_bytes()
-    child, controller = start_in_terminal(run)
-    seen = bytearray()
-    try:
-        read_until(controller, PROMPT, seen)
-        os.write(controller, b"1\r")
-        read_until(controller, b"[r/o]", seen)
-        os.write(controller, b"o\r")
-        read_until(controller, b"Config file", seen)
-        os.write(controller, f"{tiny_config(tmp_path)}\r".encode())
-        for question in (b"Data folder", b"Classes", b"Epochs", b"Image size", b"Support"):
-            read_until(controller, question, seen)
-            os.write(controller, b"1\r" if question == b"Epochs" else b"\r")
-        read_until(controller, PROMPT, seen, timeout=120)
-        os.write(controller, b"q\r")
-        read_to_end(controller, seen)
-        assert child.wait(timeout=60) == 0
-    finally:
-        child.kill()
-        os.close(controller)
-    screen = ANSI.sub("", seen.decode(errors="replace"))
+    screen = type_at_terminal(run, [
+        (PROMPT, b"1"), (b"Run folder", b""), (b"[r/o]", b"o"), (b"Config file", str(tiny_config(tmp_path)).encode()),
+        (b"Data folder", b""), (b"Classes", b""), (b"Epochs", b"1"), (b"Channels", b""), (b"Image size", b""),
+        (b"Support", b""), (b"Batch size", b""), (b"Learning rate", b""), (b"[y/N]", b"y"), (PROMPT, b"q")])
     assert "--overwrite" in screen and "moved the previous checkpoints (and pictures) to" in screen
     [kept] = run.glob("checkpoints_replaced_*")
     assert (kept / "latest_checkpoint.pt").read_bytes() == old_latest

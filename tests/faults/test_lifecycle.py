@@ -355,8 +355,8 @@ class Lifecycle(RuleBasedStateMachine):
         if verify_checkpoint(source).ok:
             assert result.returncode == 0, result.stderr[-3000:]
             weights = load_plain(source)["model_state_dict"]
-            if suffix == ".pt":
-                exported = torch.load(out, weights_only=True)
+            if suffix == ".pt":  # the weights beside the description applying them needs
+                exported = torch.load(out, weights_only=True)["model_state_dict"]
             else:
                 from safetensors.torch import load_file
                 exported = load_file(out)

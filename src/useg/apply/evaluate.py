@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from useg.checkpoint import warn_to_stderr as warn  # stderr: `--json` output stays parseable
 from useg.data import SegDataset, Task, make_batch
+from useg.data.geometry import from_square
 from useg.data.medical import keeping_last_mask
 from useg.data.tasks import candidates, choose_supports, class_members
 from useg.errors import ConfigError, DataError
@@ -137,6 +137,9 @@ def evaluate(trained: TrainedModel, *, data: str | None = None, annotations: str
     counts = sorted(set(as_list(ensembles, 1)))
     seed = trained.seed if seed is None else seed
     check_settings(sizes, counts, seed)
+    if trained.export is not None and data is None:
+        raise ConfigError(f"{trained.path.name} is an export: it carries no split of its run's data (nor the data's "
+                          "path); pass --data FOLDER to score a labelled folder")
     evalset = load_eval_set(trained, data=data, annotations=annotations, split=split, support=support,
                             options=data_options)
     status = evalset.class_status(trained.classes)
@@ -261,22 +264,21 @@ def task_probabilities(trained: TrainedModel, dataset: SegDataset, tasks: list[T
 
 
 def score_row(evalset: EvalSet, task: Task, prob: torch.Tensor, with_paths: bool) -> dict[str, Any]:
-    """One CSV row: the probability map resized to the target's native size (as predict does), thresholded
+    """One CSV row: the probability map brought back to the target's native size (as predict does), thresholded
     at one half and scored against the native truth; HD95 is in pixels of the original image."""
     dataset = evalset.dataset
     truth = evalset.native_masks(task.target)[task.cls]
-    prob = at_size(prob, truth.shape)
+    prob = at_size(prob, truth.shape, evalset.resize)
     row = {"image": dataset.ids[task.target], "class": dataset.classes[task.cls], **scores(prob.numpy() > 0.5, truth)}
     if with_paths:
         row["file"] = evalset.files[task.target]
     return row
 
 
-def at_size(prob: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """An (H, W) probability map resized (bilinear) to `shape`, as predict resizes back to the input's size."""
-    if tuple(prob.shape) == tuple(shape):
-        return prob
-    return F.interpolate(prob[None, None], size=tuple(shape), mode="bilinear", align_corners=False)[0, 0]
+def at_size(prob: torch.Tensor, shape: tuple[int, ...], mode: str = "squash") -> torch.Tensor:
+    """An (H, W) probability map of the square at `shape`, as predict brings it back to the input's size
+    (`mode`: the run's --resize; pad's letterbox is cropped first)."""
+    return from_square(prob, shape, mode)
 
 
 def task_prediction(trained: TrainedModel, evalset: EvalSet, task: Task, ensembles: int, seed: int) -> np.ndarray:
@@ -288,7 +290,7 @@ def task_prediction(trained: TrainedModel, evalset: EvalSet, task: Task, ensembl
         draw = task if member == 0 else redraw(evalset.dataset, members, task, seed, member)
         probs = task_probabilities(trained, evalset.dataset, [draw])[0, 0]
         total = probs if total is None else total + probs
-    return at_size(total / ensembles, evalset.native_masks(task.target).shape[1:]).numpy() > 0.5
+    return at_size(total / ensembles, evalset.native_masks(task.target).shape[1:], evalset.resize).numpy() > 0.5
 
 
 def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:

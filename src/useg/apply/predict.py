@@ -1,12 +1,13 @@
 """Apply a trained model: load it from a run's checkpoint and segment new images from a support folder.
 
 Inputs are read as training reads them (every format and intensity rule of
-`useg.data.images` and `useg.data.medical`). Inputs of any size are resized to
-the model's square size (the rule every data layout uses), predicted from a
+`useg.data.images` and `useg.data.medical`). Inputs of any size are made into
+the model's square as the run was trained (`--resize`: squashed, or letterboxed
+with `pad`; `useg.data.geometry`), predicted from a
 fixed, seeded support set per class (or the mean of K seeded draws,
 `--ensembles K`; never the input itself: `useg.apply.supports`), and the
-probability map is resized back to the input's original size before
-thresholding. Several classes give one mask per class and a
+probability map goes back to the input's original size (letterbox cropped,
+then resized) before thresholding. Several classes give one mask per class and a
 label map (`<stem>_label_map.png`, values named in `classes.json`). A 3-D volume
 is predicted slice by slice along the slice axis and its masks are written as
 one NIfTI volume each (`<stem>.nii.gz`, 0/1, with a NIfTI input's geometry).
@@ -28,22 +29,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
 
 from useg.training import state as training_state
-from useg.checkpoint import OpenCheckpoint, checkpoint_path, open_checkpoint, verify_checkpoint
+from useg.checkpoint import OpenCheckpoint, checkpoint_path, open_checkpoint, sidecar_path
 from useg.checkpoint import warn_to_stderr as warn  # to stderr, so `--json` output stays parseable
+from useg.config import saved_value
 from useg.files import write_file_atomically
 from useg.data.folders import is_folders
 from useg.data.formats import IMAGE_SUFFIXES, file_stem, file_suffix, is_image_file, is_medical
+from useg.data.geometry import from_square
 from useg.data.images import open_image, open_upright, read_grey, resize_grey, to_grey
 from useg.data.labels import CLASSES_FILE
 from useg.data.medical import read_medical_image, slices
 from useg.errors import CheckpointError, DataError
 from useg.model import UniverSeg, build_from_config
 from useg.run_folder import checkpoints_folder
-from useg.weights import fit_weights, model_weights, require_finite
+from useg.weights import fit_weights, is_export_sidecar, model_weights, read_export, require_finite
 from useg.apply.scores import boundary
 from useg.apply.supports import SupportSet, file_id
 from useg.viz import contrasting_tints
@@ -59,18 +61,24 @@ VOLUME_SUFFIX = ".nii.gz"
 
 @dataclass
 class TrainedModel:
-    """A model rebuilt from a checkpoint, with the training config it was saved with."""
+    """A model rebuilt from a checkpoint or an export, with the training config it was saved with."""
 
     model: UniverSeg
     path: Path
     epoch: int
-    config: dict[str, Any]
+    config: dict[str, Any]  # an export's: only what applying needs (no data path)
     classes: list[str]
     split: dict[str, list[str]] | None  # anonymous image ids per split, as training saved them
+    export: dict[str, Any] | None = None  # an export's description (useg.weights); None for a run's checkpoint
 
     @property
     def image_size(self) -> int:
         return int(self.config["image_size"])
+
+    @property
+    def resize(self) -> str:
+        """How the run made images square (`--resize`); runs saved before the setting squashed."""
+        return str(saved_value(self.config, "resize"))
 
     @property
     def support_size(self) -> int:
@@ -90,26 +98,14 @@ def open_trained(run_dir: str | Path, which: str | None) -> OpenCheckpoint:
     if named and not folder.is_dir():
         raise CheckpointError(f"no checkpoints in {folder}: train first (useg train --run-dir {shlex.quote(str(run_dir))}), "
                               "or pass --run-dir or a checkpoint path")
-    try:
-        return open_checkpoint(folder, which, warn)
-    except CheckpointError:
-        if not named:
-            refuse_plain_weight_file(which, checkpoint_path(folder, which))
-        raise
-
-
-def refuse_plain_weight_file(which: str, path: Path) -> None:
-    """A file refused for having no sidecar is no useg checkpoint: say where such a file belongs.
-
-    Asked only once opening it failed, so a valid checkpoint is hashed once.
-    """
-    if verify_checkpoint(path).status == "missing-checksum":
-        raise CheckpointError(f"{which} has no checksum sidecar, so it is no useg checkpoint; a plain weight file "
-                              "(such as the official UniverSeg one) starts training with useg train --pretrained FILE")
+    return open_checkpoint(folder, which, warn)  # a file without a sidecar is read as an export (export_path)
 
 
 def load_trained(run_dir: str | Path = ".", which: str | None = None) -> TrainedModel:
-    """Load a run's checkpoint (verified, weights_only) and rebuild its model in eval mode."""
+    """Load a run's checkpoint or an export (verified, weights_only) and rebuild its model in eval mode."""
+    shared = export_path(run_dir, which)
+    if shared is not None:
+        return load_export(shared)
     opened = open_trained(run_dir, which)
     path, state = opened.path, opened.load()
     training_state.require_model_parts(state, path)
@@ -120,6 +116,27 @@ def load_trained(run_dir: str | Path = ".", which: str | None = None) -> Trained
     model.eval()
     return TrainedModel(model, path, int(state.get(training_state.EPOCH, 0)), training_state.saved_config(state),
                         training_state.saved_classes(state), training_state.saved_split(state))
+
+
+def export_path(run_dir: str | Path, which: str | None) -> Path | None:
+    """The file `which` names when it is read as an export: it has an export's sidecar, or no sidecar at all
+    (then `read_export` says what a lone file is, e.g. a checkpoint whose .json was not copied with it)."""
+    if which is None or which in ("latest", "best") or which.isdigit():
+        return None
+    path = checkpoint_path(checkpoints_folder(run_dir), which)
+    if not path.is_file() or (sidecar_path(path).exists() and not is_export_sidecar(path)):
+        return None
+    return path
+
+
+def load_export(path: Path) -> TrainedModel:
+    """Rebuild the model an export describes (see useg.weights), in eval mode; it carries no split."""
+    export = read_export(path)
+    model = build_from_config(export.info["model_config"])
+    fit_weights(model, export.weights, path, own_config=True)
+    model.eval()
+    return TrainedModel(model, path, int(export.info.get("epoch") or 0), dict(export.info["config"]),
+                        list(export.info.get("classes") or []), None, export.info)
 
 
 @torch.no_grad()
@@ -216,7 +233,7 @@ def plane_probabilities(trained: TrainedModel, grey: np.ndarray, shape: tuple[in
     for member in range(draws):
         probs = member_probabilities(trained, target, sets, member)
         total = probs if total is None else total + probs
-    full = F.interpolate(total / draws, size=tuple(shape), mode="bilinear", align_corners=False)
+    full = from_square(total / draws, shape, trained.resize)
     return {s.cls: full[i, 0].numpy() for i, s in enumerate(sets)}
 
 
@@ -251,7 +268,7 @@ def predict_file(trained: TrainedModel, item: InputImage, sets: list[SupportSet]
 def predict_image(trained: TrainedModel, item: InputImage, sets: list[SupportSet], out: Path, *,
                   multi_class: bool, overlay: bool) -> list[Path]:
     """Mask PNG(s) (0/255) of a 2-D image, a label map for several classes, and `<stem>_overlay.png` when asked."""
-    grey, (width, height) = read_grey(item.path, str(item.path), trained.image_size)
+    grey, (width, height) = read_grey(item.path, str(item.path), trained.image_size, trained.resize)
     probs = plane_probabilities(trained, grey, (height, width), sets)
     masks = {cls: prob > 0.5 for cls, prob in probs.items()}
     pictures = {out / name: masks[cls].astype(np.uint8) * 255
@@ -273,7 +290,8 @@ def predict_volume(trained: TrainedModel, item: InputImage, sets: list[SupportSe
     labels: list[np.ndarray] = []
     written = []
     for number, plane in enumerate(slices(volume, slice_axis)):
-        probs = plane_probabilities(trained, resize_grey(plane, trained.image_size), plane.shape, sets)
+        probs = plane_probabilities(trained, resize_grey(plane, trained.image_size, trained.resize), plane.shape,
+                                    sets)
         for cls, prob in probs.items():
             masks[cls].append(prob > 0.5)
         if len(sets) > 1:

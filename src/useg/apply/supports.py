@@ -131,7 +131,8 @@ def load_support_pool(trained: TrainedModel, folder: str | Path, wanted: list[st
     folder = Path(folder)
     if folder.is_dir() and not any(folder.iterdir()):
         raise DataError(f"support folder {folder} is empty; it needs images with masks in a training layout")
-    data = name_like_the_run(load_dataset(folder, image_size=trained.image_size, **(options or {})), trained)
+    options = {**(options or {}), "resize": trained.resize}  # supports are made square as the run's images were
+    data = name_like_the_run(load_dataset(folder, image_size=trained.image_size, **options), trained)
     size = trained.support_size if support_size is None else support_size
     seed = trained.seed if seed is None else seed
     if seed < 0:

@@ -16,13 +16,14 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
 
 from useg.apply.evaluate import Evaluation, task_prediction
 from useg.apply.outputs import keep_folder
 from useg.apply.predict import TrainedModel
 from useg.apply.sweep_plot import scored_on
 from useg.apply.targets import EvalSet
+from useg.data.geometry import from_square
 from useg.data.images import is_medical, open_upright, to_grey
 from useg.data.medical import read_medical_image, slices
 from useg.errors import DataError
@@ -89,8 +90,8 @@ def native_image(evalset: EvalSet, index: int, shape: tuple[int, int], slice_axi
     loaded = evalset.dataset.images[index]
     if loaded.shape == tuple(shape):
         return loaded
-    resized = Image.fromarray(loaded.astype(np.float32)).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+    native = from_square(torch.from_numpy(loaded.astype(np.float32)), shape, evalset.resize)  # as predictions are
+    return np.clip(native.numpy(), 0.0, 1.0)
 
 
 def read_native_image(evalset: EvalSet, index: int, slice_axis: int) -> np.ndarray | None:

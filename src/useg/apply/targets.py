@@ -38,6 +38,7 @@ class EvalSet:
     data: str | None
     support_data: str | None
     files: list[str]  # per dataset image: its file relative to its data folder ("" when unknown)
+    resize: str = "squash"  # how the images were made square: the run's --resize (useg.data.geometry)
 
     _native: OrderedDict[int, np.ndarray] = field(default_factory=OrderedDict, repr=False)
     _native_bytes: int = field(default=0, repr=False)
@@ -103,6 +104,7 @@ def run_split(trained: TrainedModel, data: str | None, annotations: str | None, 
                               "data)")
     data = trained.config.get("data") if data is None else data
     saved_options["annotations"] = annotations or saved_options.get("annotations")
+    saved_options["resize"] = trained.resize
     dataset = load_dataset(data, image_size=trained.image_size, seed=trained.seed, **saved_options)
     if trained.classes and dataset.classes != trained.classes:
         raise DataError(f"the data has classes {', '.join(dataset.classes)} but {trained.path.name} was trained on "
@@ -115,18 +117,19 @@ def run_split(trained: TrainedModel, data: str | None, annotations: str | None, 
         raise DataError(f"the {split} split of {trained.path.name} is empty; evaluate --split "
                         f"{'val' if split == 'test' else 'test'} instead")
     dataset = only_classes(dataset, options.get("classes"))
-    return EvalSet(dataset, targets, saved.train, split, False, data, None, dataset_files(dataset))
+    return EvalSet(dataset, targets, saved.train, split, False, data, None, dataset_files(dataset), trained.resize)
 
 
 def held_out(trained: TrainedModel, data: str, annotations: str | None, support: str | None,
              options: dict) -> EvalSet:
     """Every image of `data` as a target; supports from `data` itself or from the `support` folder."""
+    options = {**options, "resize": trained.resize}
     targets = load_dataset(data, image_size=trained.image_size, annotations=annotations, seed=trained.seed,
                            **options)
     files = dataset_files(targets)
     if support is None:
         everything = np.arange(len(targets))
-        return EvalSet(targets, everything, everything, "all", True, data, None, files)
+        return EvalSet(targets, everything, everything, "all", True, data, None, files, trained.resize)
     # Classes are matched by name, so --classes applies to the targets only.
     support_options = {key: value for key, value in options.items() if key != "classes"}
     supports = load_dataset(support, image_size=trained.image_size, seed=trained.seed, **support_options)
@@ -138,7 +141,7 @@ def held_out(trained: TrainedModel, data: str, annotations: str | None, support:
     both = stack_datasets(targets, supports)
     everything = np.arange(len(both))
     return EvalSet(both, everything[:len(targets)], everything[len(targets):], "all", True, data, support,
-                   files + dataset_files(supports))
+                   files + dataset_files(supports), trained.resize)
 
 
 def only_classes(dataset: SegDataset, wanted: list[str] | None) -> SegDataset:

@@ -26,7 +26,8 @@ The modules inside. The write path, in the order a save runs:
   deleted) and lock (one trainer per folder).
 The read path: listing (what a folder holds, from sidecars alone) -> resume_order (which
 files can resume a run, in order) -> integrity (checksums, verification, the verified-hash
-cache, the weights_only check) -> loading (always verified first, then `weights_only=True`).
+cache, the weights_only check; content: what a file's bytes are, torch.save, safetensors
+or foreign) -> loading (always verified first, then `weights_only=True`).
 Both use layout (file names), state_walk (the leaves of a nested state), rng and position.
 
 The names are imported on first use (PEP 562), so that reading sidecars, e.g.
@@ -86,6 +87,8 @@ _WHERE = {
     "load_verified": "loading",
     "open_resolved": "loading",
     "open_verified": "integrity",
+    "identify_content": "content",
+    "safetensors_header": "content",
     "warn_to_stderr": "manager",
     "explain_write_errors": "atomic",
     "publish_export": "publish",

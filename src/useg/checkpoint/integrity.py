@@ -3,7 +3,10 @@
 Every checkpoint `NAME.pt` has a sidecar `NAME.pt.json` recording the sha256 and size
 of its bytes (see publish.py for how the two stay consistent through a crash).
 Verification never executes the pickle: it hashes the bytes and lists the globals
-the pickle would import (torch's static disassembly), nothing more.
+the pickle would import (torch's static disassembly), nothing more. A file whose
+sidecar names the format `safetensors` (an export), or one without a sidecar that is
+one, has its header checked instead; a file without a sidecar that is neither format
+is `foreign` (content.py names what it looks like), not damaged.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from typing import Any, BinaryIO
 
 from useg.files import FILE_MODE, atomic_write_cache
 
+from .content import EMPTY, FOREIGN, PICKLE, SAFETENSORS, identify_content, safetensors_header
 from .layout import VERIFIED_CACHE_NAME, pending_path, sidecar_path
 
-STATUSES = ("ok", "corrupt", "missing-checksum", "missing", "unsafe")
+STATUSES = ("ok", "corrupt", "missing-checksum", "missing", "unsafe", "foreign")
+NOT_OURS = "not a useg checkpoint or export"  # how a foreign file's reason begins
 _CHUNK = 4 * 1024 * 1024
 _RETRIES_WHEN_REPLACED = 3
 
@@ -225,15 +230,31 @@ def _verify_open_file(path: Path, handle: BinaryIO) -> VerifyResult:
     matching = next((c for c in same_size if c["sha256"] == digest), None)
     if matching is None:
         return VerifyResult(path, "corrupt", "sha256 of the file does not match its sidecar (bytes changed on disk)")
+    if matching.get("format") == SAFETENSORS:
+        return _check_safetensors(path, handle, matching)
     return _check_pickle(path, handle, matching)
 
 
 def _verify_without_sidecar(path: Path, handle: BinaryIO, problem: str) -> VerifyResult:
-    # Still look inside: an unsafe or truncated file deserves that status more than "no checksum".
-    result = _check_pickle(path, handle, None)
+    # Still look inside: an unsafe, truncated or foreign file deserves that status more than "no checksum".
+    content = identify_content(handle)
+    if content.kind in (FOREIGN, PICKLE):
+        return VerifyResult(path, "foreign", f"{NOT_OURS}: {content.looks_like}")
+    if content.kind == EMPTY:
+        return VerifyResult(path, "corrupt", "the file is empty (truncated?)")
+    check = _check_safetensors if content.kind == SAFETENSORS else _check_pickle
+    result = check(path, handle, None)
     if not result.ok:
         return result
     return VerifyResult(path, "missing-checksum", f"{problem}, so its bytes cannot be checked")
+
+
+def _check_safetensors(path: Path, handle: BinaryIO, metadata: dict | None) -> VerifyResult:
+    try:
+        safetensors_header(handle)
+    except ValueError as error:
+        return VerifyResult(path, "corrupt", f"not a complete safetensors file: {error}")
+    return VerifyResult(path, "ok", "", metadata)
 
 
 def _check_pickle(path: Path, handle: BinaryIO, metadata: dict | None) -> VerifyResult:

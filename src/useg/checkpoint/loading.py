@@ -14,6 +14,7 @@ from typing import Any, BinaryIO, Callable
 
 from useg.errors import CheckpointError
 
+from .content import SAFETENSORS, identify_content
 from .integrity import VerifyResult, open_verified
 from .layout import BEST_NAME, FORMAT_VERSION, LATEST_NAME, periodic_name
 from .resume_order import resume_points
@@ -25,6 +26,7 @@ _ADVICE = {
     "missing-checksum": "it cannot be verified; restore its .json sidecar or pick another checkpoint",
     "corrupt": "it was damaged on disk; resume from another checkpoint (see `useg checkpoints list`)",
     "unsafe": "it was not loaded and nothing in it ran; do not use this file",
+    "foreign": "check that this is the file you meant (useg reads its checkpoints and `useg checkpoints export` files)",
 }
 
 
@@ -41,6 +43,10 @@ def load_verified(path: Path, handle: BinaryIO) -> dict[str, Any]:
     """Load an already verified open checkpoint and check that this useg can read its format."""
     import torch  # here, not at the top: finding and listing checkpoints should not pay torch's start-up
 
+    content = identify_content(handle)
+    if content.kind == SAFETENSORS:  # verified against its sidecar, but weights alone: nothing to resume
+        raise CheckpointError(f"{path}: {content.looks_like} (weights alone, e.g. an export), not a torch.save "
+                              "checkpoint, so it cannot be resumed; use it with --pretrained or useg predict")
     try:
         state = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -53,7 +59,8 @@ def load_verified(path: Path, handle: BinaryIO) -> dict[str, Any]:
 
 def describe_problem(result: VerifyResult) -> str:
     """One line naming the file, what is wrong with it and what to do."""
-    return f"{result.path}: {result.status}: {result.reason}; {_ADVICE.get(result.status, '')}".rstrip("; ")
+    status = "" if result.status == "foreign" else f"{result.status}: "  # its reason says it: not a useg file
+    return f"{result.path}: {status}{result.reason}; {_ADVICE.get(result.status, '')}".rstrip("; ")
 
 
 def checkpoint_path(directory: Path, which: Which) -> Path:

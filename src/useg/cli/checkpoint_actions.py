@@ -12,6 +12,7 @@ from typing import Any
 from useg.checkpoint import CheckpointInfo, bytes_freed
 from useg.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, verify_checkpoint
 from useg.checkpoint import LATEST_NAME, CleanPlan, ResumePoint, acquire_run_lock, checkpoint_info, explain_write_errors
+from useg.checkpoint import VerifyResult, describe_problem, identify_content, read_metadata
 from useg.checkpoint import kind_from_name, pending_path, resume_points, sidecar_path
 from useg.config import batches_per_epoch
 from useg.errors import CheckpointError, UsegError
@@ -24,6 +25,8 @@ RECORD_KEYS = ("path", "name", "kind", "epoch", "step", "train_loss", "val_dice"
                "total_epochs", "size_bytes", "created", "valid", "status", "reason", "same_as_latest", "abandoned",
                "metrics")
 CONFIG_SUMMARY_KEYS = ("data", "image_size", "widths", "support_size", "batch_size", "lr", "seed", "classes")
+# What applying a model needs of its run's config: all of it that an export carries.
+APPLY_CONFIG_KEYS = ("image_size", "resize", "support_size", "seed", "slice_axis", "label", "classes", "class_names")
 
 
 def checkpoints_dir(run_dir: str | Path) -> Path:
@@ -72,7 +75,24 @@ def points_by_path(infos: list[CheckpointInfo]) -> dict[Path, ResumePoint]:
 def verify_records(run_dir: str | Path, path: str | Path | None = None) -> list[dict[str, Any]]:
     """Hash-check one file or every checkpoint of the run; one record each."""
     paths = [require_file(path)] if path else [info.path for info in run_checkpoints(run_dir)]
-    return [record(checkpoint_info(p), verify_checkpoint(p)) for p in paths]
+    return [record(checkpoint_info(p), verify_file(p)) for p in paths]
+
+
+def verify_file(path: Path) -> VerifyResult:
+    """The library's verdict on `path`; an export without its sidecar is ok when its weights match the
+    checksum it carries inside (see useg.weights)."""
+    result = verify_checkpoint(path)
+    if result.status != "missing-checksum":
+        return result
+    from useg.weights import is_export, read_export  # imports torch: only a file without a sidecar pays for it
+
+    if not is_export(path):
+        return result
+    try:
+        read_export(path)
+    except CheckpointError as error:
+        return VerifyResult(path, "corrupt", str(error).removeprefix(f"{path}: ").removeprefix("corrupt: "))
+    return VerifyResult(path, "ok", f"no sidecar {sidecar_path(path).name}: checked against the checksum it carries")
 
 
 def resume_command(run_dir: str | Path, path: Path, kind: str | None, epoch: int | None) -> str | None:
@@ -92,7 +112,13 @@ def resume_command(run_dir: str | Path, path: Path, kind: str | None, epoch: int
 def describe(path: str | Path, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Details of one checkpoint from its sidecar (no tensors), plus the command to resume from it."""
     path = require_file(path)
+    from useg.weights import is_export  # imports torch, as verifying does
+
+    if is_export(path):
+        return describe_export(path)
     info, result = checkpoint_info(path), verify_checkpoint(path)
+    if result.status == "foreign":
+        raise CheckpointError(describe_problem(result))
     if info.status == "missing-checksum" and result.status == "corrupt":
         raise CheckpointError(f"{path} is not a useg checkpoint (no sidecar {path.name}.json and {result.reason})")
     run_dir = run_dir if run_dir is not None else run_dir_of(path, info.config)
@@ -101,6 +127,28 @@ def describe(path: str | Path, run_dir: str | Path | None = None) -> dict[str, A
             "batch": batch, "batches_per_epoch": batches,
             "resume_command": resume_command(run_dir, path, info.kind, info.epoch),
             "resumes_from": resume_target(run_dir, path, result.ok)}
+
+
+# What `checkpoints info` shows of an export's description (useg.weights), besides its file and checks.
+EXPORT_INFO_KEYS = ("useg_version", "source", "epoch", "val_dice", "model_config", "config", "classes", "intensity",
+                    "dtype", "parameters", "content_sha256")
+
+
+def describe_export(path: Path) -> dict[str, Any]:
+    """Details of an export from the description it carries (or, when its bytes are damaged, its sidecar's)."""
+    from useg.weights import read_export
+
+    result = verify_file(path)
+    description = read_export(path).info if result.ok else (read_metadata(path) or {})
+    config = description.get("config") or {}
+    with open(path, "rb") as handle:
+        kind = identify_content(handle).kind
+    return {"path": str(path), "name": path.name, "kind": "export", "format": "pt" if kind == "torch" else kind,
+            "valid": result.ok, "status": result.status, "reason": result.reason,
+            "sha256": (read_metadata(path) or {}).get("sha256"), "size_bytes": path.stat().st_size,
+            **{key: description.get(key) for key in EXPORT_INFO_KEYS},
+            "image_size": config.get("image_size"), "support_size": config.get("support_size"),
+            "apply_command": f"useg predict {shlex.quote(str(path))} --support DIR --images DIR --out DIR"}
 
 
 def batch_position(info: CheckpointInfo) -> tuple[int | None, int | None]:
@@ -188,8 +236,9 @@ def clean_replaced(run_dir: str | Path, dry_run: bool) -> list[ReplacedFolder]:
 
 
 def export_weights(path: str | Path, out: str | Path, dtype: str = "fp32") -> dict[str, Any]:
-    """Write a checkpoint's model weights alone (.safetensors or .pt) plus a JSON of metadata; floating-point
-    tensors in `dtype` (fp32, bf16 or fp16; checkpoints hold fp32)."""
+    """Write the shareable model file of a checkpoint (.safetensors or .pt: its weights and what applying them
+    needs, see useg.weights) plus OUT.json, the same with the file's sha256; floating-point tensors in `dtype`
+    (fp32, bf16 or fp16; checkpoints hold fp32)."""
     path, out = require_file(path), Path(out)
     if out.suffix not in (".safetensors", ".pt"):
         raise UsegError(f"export target {out} must end in .safetensors or .pt")
@@ -199,12 +248,12 @@ def export_weights(path: str | Path, out: str | Path, dtype: str = "fp32") -> di
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path} holds no model_state_dict; export a useg checkpoint")
     from useg.compute.precision import cast_weights
-    from useg.weights import require_finite
+    from useg.weights import export_bytes, require_finite
 
     require_finite(weights, path, refused="exported")
-    weights = cast_weights(weights, dtype)
-    data = serialise_weights({name: tensor.contiguous() for name, tensor in weights.items()}, out.suffix)
-    meta = {**export_metadata(state, path, out, data), "dtype": dtype}
+    weights = {name: tensor.contiguous() for name, tensor in cast_weights(weights, dtype).items()}
+    data, description = export_bytes(weights, export_description(state, path, dtype), out.suffix)
+    meta = export_metadata(description, out, data)
     write_export(out, data, meta)
     return {**meta, "path": str(out), "metadata_path": str(export_metadata_path(out))}
 
@@ -234,7 +283,9 @@ def is_export_metadata(path: Path, out: Path) -> bool:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(meta, dict) and meta.get("weights") == out.name and "source" in meta and "kind" not in meta
+    from useg.weights import is_export_metadata as describes_export
+
+    return describes_export(meta, out.name)
 
 
 def write_export(out: Path, data: bytes, meta: dict[str, Any]) -> None:
@@ -255,34 +306,48 @@ def make_export_folder(folder: Path) -> None:
                         "choose another output path") from None
 
 
-def export_metadata(state: dict[str, Any], source: Path, out: Path, data: bytes) -> dict[str, Any]:
-    """What a user of the exported weights needs: how to rebuild the model and how good it was.
-
-    sha256 and size_bytes also make it a sidecar that `useg checkpoints verify` and `--pretrained` check.
-    """
+def export_description(state: dict[str, Any], source: Path, dtype: str) -> dict[str, Any]:
+    """What an export carries inside: how to rebuild the model, how to feed it, how good it was, and
+    nothing of where its data lived (no paths: the file is meant to be shared)."""
+    from useg import __version__
+    from useg.config import saved_value
     from useg.weights import model_weights  # imports torch: only export pays for it
 
-    weights = model_weights(state)
+    saved = training_state.saved_config(state)
+    config = {key: saved_value(saved, key) for key in APPLY_CONFIG_KEYS if saved_value(saved, key) is not None}
+    return {"useg_version": __version__, "model_config": state.get(training_state.MODEL_CONFIG), "config": config,
+            "classes": training_state.saved_classes(state), "intensity": intensity_handling(config),
+            "source": source.name, "epoch": state.get(training_state.EPOCH),
+            "val_dice": training_state.recorded_val_dice(state), "dtype": dtype,
+            "parameters": sum(t.numel() for t in model_weights(state).values())}
+
+
+def export_metadata(description: dict[str, Any], out: Path, data: bytes) -> dict[str, Any]:
+    """OUT.json: the description the export carries, plus the file's name, format, sha256 and size (which make
+    it a sidecar that `useg checkpoints verify`, predict and `--pretrained` check) and the sizes applying uses."""
+    config = description["config"]
     return {"weights": out.name, "format": out.suffix[1:], "sha256": hashlib.sha256(data).hexdigest(),
-            "size_bytes": len(data), "source": source.name, "epoch": state.get(training_state.EPOCH),
-            "val_dice": training_state.recorded_val_dice(state),
-            "model_config": state.get(training_state.MODEL_CONFIG), "classes": state.get(training_state.CLASSES),
-            "image_size": training_state.saved_config(state).get("image_size"),
-            "parameters": sum(t.numel() for t in weights.values())}
+            "size_bytes": len(data), **description, "image_size": config.get("image_size"),
+            "support_size": config.get("support_size")}
 
 
-def serialise_weights(weights: dict, suffix: str) -> bytes:
-    if suffix == ".safetensors":
-        from safetensors.torch import save
+def intensity_handling(config: dict[str, Any]) -> dict[str, str]:
+    """How training turned files into the model's input (useg.data.images, useg.data.medical, --resize), in
+    words, so that whoever applies an export outside useg can feed it the same way."""
+    from useg.data.formats import PERCENTILES
 
-        return save(weights)
-    import io
-
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(weights, buffer)
-    return buffer.getvalue()
+    low, high = PERCENTILES
+    size = config.get("image_size")
+    square = {"pad": f"letterboxed to {size}x{size} (aspect ratio kept, padded with 0), bilinear",
+              "squash": f"stretched to {size}x{size} (aspect ratio not kept), bilinear"}
+    return {"8-bit images": "grey = mean of R, G and B, divided by 255",
+            "16-bit and floating-point images": f"scaled per image between its {low}th and {high}th percentiles "
+                                                "to [0, 1]",
+            "NIfTI and DICOM": f"scaled per file (a volume as a whole) between its {low}th and {high}th "
+                               f"percentiles to [0, 1]; volumes cut into slices along axis "
+                               f"{config.get('slice_axis', 2)}",
+            "to the model's size": square.get(str(config.get("resize", "squash")), str(config.get("resize"))),
+            "masks": "0/1 per class; predictions are sigmoid probabilities thresholded at 0.5"}
 
 
 def run_history(run_dir: str | Path) -> dict[str, Any]:

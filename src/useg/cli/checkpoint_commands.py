@@ -21,7 +21,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     specs = {
         "list": ("table of every checkpoint (no tensors loaded)", cmd_list, []),
         "latest": ("details of the latest checkpoint and how to resume", cmd_latest, []),
-        "info": ("details of one checkpoint file", cmd_info, [("path", {"help": "the checkpoint file (.pt)"})]),
+        "info": ("details of one checkpoint or export file", cmd_info,
+                 [("path", {"help": "the checkpoint (.pt) or export (.safetensors or .pt) file"})]),
         "verify": ("check one file or all: exit 0 only if all are valid", cmd_verify,
                    [("path", {"nargs": "?", "help": "one checkpoint file (default: every checkpoint of --run-dir)"})]),
         "clean": ("keep the N newest periodic checkpoints (latest and best always stay); --replaced removes "
@@ -31,9 +32,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                                    "help": "remove the checkpoints_replaced_<time>/ folders (old runs and their "
                                            "pictures) that --overwrite set aside; checkpoints/ is never touched"}),
                    ("--dry-run", {"action": "store_true", "help": "show what would go, remove nothing"})]),
-        "export": ("write the model weights alone (.safetensors or .pt) plus metadata JSON", cmd_export,
+        "export": ("write the shareable model file (.safetensors or .pt): the weights and what applying them "
+                   "needs, plus OUT.json", cmd_export,
                    [("path", {"help": "the checkpoint to export (any .pt the run wrote)"}),
-                    ("out", {"help": "output file ending in .safetensors or .pt (its metadata goes to OUT.json)"}),
+                    ("out", {"help": "output file ending in .safetensors or .pt (its checksum and metadata also "
+                                     "go to OUT.json)"}),
                     ("--dtype", {"choices": PRECISIONS, "default": "fp32",
                                  "help": "dtype of the exported weights (default fp32, as checkpoints hold them)"})]),
     }
@@ -95,7 +98,8 @@ def cmd_verify(args) -> int:
         display.print_json(rows)
         return 1 if bad else 0
     for row in rows:
-        print(f"ok   {row['path']}" if row["valid"] else f"BAD  {row['path']}: {row['status']}: {row['reason']}")
+        note = f" ({row['reason']})" if row["reason"] else ""  # e.g. an export checked by the checksum it carries
+        print(f"ok   {row['path']}{note}" if row["valid"] else f"BAD  {row['path']}: {row['status']}: {row['reason']}")
     print(f"{len(rows) - bad} valid, {bad} invalid")
     return 1 if bad else 0
 
@@ -146,6 +150,9 @@ def cmd_export(args) -> int:
     else:
         print(f"wrote {result['path']} ({result['parameters']:,} {result['dtype']} parameters) and "
               f"{result['metadata_path']}")
+        print(f"{result['path']} is the file to share: useg predict, useg evaluate --data and --pretrained take it "
+              f"(image size {result['image_size']}, support size {result['support_size']}, classes "
+              f"{', '.join(result['classes']) or '-'})")
     return 0
 
 

@@ -88,6 +88,8 @@ def note(info: CheckpointInfo, point: ResumePoint | None) -> str:
 
 def info_lines(details: dict[str, Any]) -> list[str]:
     """`checkpoints latest` / `info` as readable lines."""
+    if details["kind"] == "export":
+        return export_lines(details)
     config = details["config"]
     summary = ", ".join(f"{key}={config[key]}" for key in CONFIG_SUMMARY_KEYS if key in config)
     status = "valid" if details["valid"] else f"INVALID ({details['status']}: {details['reason']})"
@@ -110,6 +112,30 @@ def info_lines(details: dict[str, Any]) -> list[str]:
     if details["resumes_from"]:
         lines.append(f"note:          latest is invalid; resuming falls back to {details['resumes_from']}")
     return lines
+
+
+def export_lines(details: dict[str, Any]) -> list[str]:
+    """`checkpoints info` of an export: what it carries and how to apply it."""
+    status = "valid" if details["valid"] else f"INVALID ({details['status']}: {details['reason']})"
+    if details["valid"] and details["reason"]:
+        status += f"; {details['reason']}"
+    config, model = details["config"] or {}, details["model_config"] or {}
+    widths = ",".join(map(str, model.get("widths") or [])) or "-"
+    parameters = f"{details['parameters']:,}" if isinstance(details["parameters"], int) else "-"
+    lines = [
+        f"file:          {details['path']} ({format_size(details['size_bytes'])}, {status})",
+        f"kind:          export ({details['format']}) of {details['source'] or '-'}, written by useg "
+        f"{details['useg_version'] or '-'}",
+        f"position:      epoch {details['epoch'] if details['epoch'] is not None else '-'}",
+        f"val Dice:      {format_number(details['val_dice'])}",
+        f"model:         widths {widths}, {parameters} {details['dtype'] or ''} parameters".rstrip(),
+        f"applies at:    image size {details['image_size']} ({config.get('resize', 'squash')}), support size "
+        f"{details['support_size']}, seed {config.get('seed', 0)}",
+        f"classes:       {', '.join(details['classes'] or []) or '-'}",
+        "intensity:",
+    ]
+    lines += [f"  {what}: {rule}" for what, rule in (details["intensity"] or {}).items()]
+    return lines + [f"apply with:    {details['apply_command']}"]
 
 
 NOT_A_RESUME_POINT = "- (weights only: not a resume point, so no resume to be bit-identical)"
@@ -164,3 +190,18 @@ def clean_replaced_lines(folders: list[ReplacedFolder], dry_run: bool, run_dir: 
 def print_json(value: Any) -> None:
     """Print `value` as strict JSON (NaN and inf as null; paths and other objects as strings)."""
     print(json_text(value, default=str))
+
+
+def flag_text(value: Any) -> str:
+    """A value as typed after its flag, as `useg train --help` shows defaults: 32,32,32,32 for a list,
+    1e-4 and 0 for floats, 128=cytoplasm for class names, on/off for a switch."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(flag_text(item) for item in value)
+    if isinstance(value, dict):  # --class-names
+        return ",".join(f"{key}={name}" for key, name in value.items())
+    if isinstance(value, float):
+        mantissa, exponent = f"{value:e}".split("e")
+        return min(f"{value:g}", f"{float(mantissa):g}e{int(exponent)}", key=len)
+    return str(value)

@@ -7,26 +7,15 @@ import os
 import sys
 from typing import Any
 
-from useg.config import LOSSES, PRECISIONS, TrainConfig
+from useg.config import LOSSES, PRECISIONS, RESIZE_MODES, TrainConfig
 from useg.errors import UsegError
+from useg.cli.display import flag_text
 
 
 
 def default(key: str) -> str:
     """`default 12`: TrainConfig's default for `key` as the flag takes it, so --help cannot drift from it."""
     return "default " + flag_text(getattr(TrainConfig(), key))
-
-
-def flag_text(value: Any) -> str:
-    """A value as typed after its flag: 32,32,32,32 for a list, 1e-4 and 0 for floats, on/off for a switch."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, list):
-        return ",".join(flag_text(item) for item in value)
-    if isinstance(value, float):
-        mantissa, exponent = f"{value:e}".split("e")
-        return min(f"{value:g}", f"{float(mantissa):g}e{int(exponent)}", key=len)
-    return str(value)
 
 
 TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
@@ -45,12 +34,18 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--batch-size", dict(type=int, help=f"targets per optimisation step ({default('batch_size')})")),
     ("--support-size", dict(type=int, help=f"support images per target ({default('support_size')})")),
     ("--image-size", dict(type=int, help=f"square input size in pixels ({default('image_size')})")),
+    ("--resize", dict(choices=RESIZE_MODES,
+                      help="how images become that square: squash stretches them (aspect ratio not kept), pad "
+                           "scales the longer side to it and fills the rest with 0; predict and evaluate use the "
+                           f"run's ({default('resize')})")),
     ("--widths", dict(help=f"channels per level, e.g. 64,64,64,64 (official) ({default('widths')})")),
     ("--lr", dict(type=float, help=f"Adam learning rate ({default('lr')})")),
     ("--loss", dict(choices=LOSSES, help=f"training loss ({default('loss')})")),
     ("--seed", dict(type=int, help=f"random seed; 0 is a real seed ({default('seed')})")),
     ("--samples-per-epoch", dict(type=int, help=f"training tasks per epoch ({default('samples_per_epoch')})")),
-    ("--split-file", dict(help="JSON {train: [ids], val: [ids], test: [ids]} overriding the seeded split")),
+    ("--split-file", dict(help="JSON {train: [...], val: [...], test: [...]} overriding the seeded split; entries are "
+                          "anonymous ids or file names relative to the data folder; a missing test list is carved "
+                          "from train by patient")),
     ("--pretrained", dict(help="initialise the weights from a file: the official UniverSeg weights (a plain "
                                "state_dict), a useg checkpoint such as best_model.pt, or a useg export")),
     ("--save-every-steps", dict(type=int, help="also rewrite latest_checkpoint.pt every N steps")),

@@ -15,7 +15,7 @@ from useg.cli import checkpoint_actions as manage
 from useg.checkpoint import BEST_NAME, LATEST_NAME, ResumePoint, checkpoint_files, left_behind, resume_points
 from useg.cli import display
 from useg.errors import CheckpointError, UsegError
-from useg.run_folder import checkpoints_folder, existing_run
+from useg.run_folder import checkpoints_folder, existing_run, replaced_folders
 from useg.training.progress import position_text
 
 OPTIONS = (
@@ -25,21 +25,10 @@ OPTIONS = (
     ("4", "View checkpoint info"),
     ("5", "Clean old checkpoints"),
     ("6", "Show training history"),
+    ("7", "List checkpoints"),
     ("q", "Quit"),
 )
-
-# What option 1 asks, after an optional config file: (config key, flag, question). Enter keeps
-# the config file's value, else the default; these are the settings a run on new data needs.
-RUN_QUESTIONS = (
-    ("data", "--data", "Data folder"),
-    ("classes", "--classes", "Classes to train on, comma-separated"),
-    ("label", "--label", "Label-map masks: the mask value(s) to train, e.g. 255 or 128,255"),
-    ("epochs", "--epochs", "Epochs"),
-    ("image_size", "--image-size", "Image size in pixels (square)"),
-    ("support_size", "--support-size", "Support images per target"),
-)
-INTEGER_KEYS = frozenset({"epochs", "image_size", "support_size"})
-UNSET_MEANS = {"data": "the embedded synthetic set", "classes": "all", "label": "every value"}
+# Every listing (3, 4, 7) numbers the run's files as `useg checkpoints list` does: oldest first.
 
 
 class EndOfInput(Exception):
@@ -90,7 +79,7 @@ def run_menu(run_dir: str) -> int:
     console = display.console()
     enable_line_editing()
     actions = {"1": start_training, "2": resume_latest, "3": resume_specific, "4": view_info,
-               "5": clean_old, "6": show_history}
+               "5": clean_old, "6": show_history, "7": list_all}
     while True:
         console.print(f"\n[bold]UniverSeg training manager[/bold]  (run folder: {escape(str(Path(run_dir).resolve()))})")
         for key, label in OPTIONS:
@@ -105,7 +94,7 @@ def run_menu(run_dir: str) -> int:
         if choice in ("q", "quit", "exit"):
             return 0
         if choice not in actions:
-            say(console, f"Unknown option {choice!r}; type 1-6 or q.")
+            say(console, f"Unknown option {choice!r}; type 1-{len(actions)} or q.")
             continue
         try:
             actions[choice](run_dir, console)
@@ -117,9 +106,11 @@ def run_menu(run_dir: str) -> int:
             return 0
 
 
-def run_useg(arguments: list[str]) -> int:
-    """Run training as a child process, so Ctrl+C there stops training, not the menu."""
-    print("$ " + shlex.join(["useg", *arguments]))  # a line that can be pasted into a shell
+def run_useg(arguments: list[str], echo: bool = True) -> int:
+    """Run training as a child process, so Ctrl+C there stops training, not the menu; `echo`: print the
+    command first (option 1 has shown it already, to confirm it)."""
+    if echo:
+        print("$ " + shlex.join(["useg", *arguments]))  # a line that can be pasted into a shell
     with subprocess.Popen([sys.executable, "-m", "useg", *arguments]) as child:
         while True:
             try:
@@ -132,28 +123,78 @@ def run_useg(arguments: list[str]) -> int:
 
 # --- 1: a new run ---------------------------------------------------------------------------
 
+# What option 1 asks after the run folder and an optional config file: (config key, question). Enter keeps
+# the value shown: the config file's, else the replaced run's (starting afresh in a run folder), else
+# TrainConfig's default.
+RUN_QUESTIONS = (
+    ("data", "Data folder"),
+    ("classes", "Classes to train on, comma-separated"),
+    ("label", "Label-map masks: the mask value(s) to train, e.g. 255 or 128,255"),
+    ("epochs", "Epochs"),
+    ("widths", "Channels per level (--widths), comma-separated"),
+    ("image_size", "Image size in pixels (square)"),
+    ("support_size", "Support images per target"),
+    ("batch_size", "Batch size (targets per step)"),
+    ("lr", "Learning rate"),
+)
+QUESTION_KEYS = tuple(key for key, _ in RUN_QUESTIONS)
+INTEGER_KEYS = frozenset({"epochs", "image_size", "support_size", "batch_size"})
+FLOAT_KEYS = frozenset({"lr"})
+UNSET_MEANS = {"data": "the embedded synthetic set", "classes": "all", "label": "every value"}
+SYNTHETIC = "synthetic"  # the answer to the data question that chooses the embedded set over the run's data
+# A new run in a run folder also keeps the replaced run's recipe (the command shows it), not what each
+# machine or session chooses for itself (threads, device, precision, workers, output) ...
+RECIPE_KEYS = ("loss", "seed", "samples_per_epoch", "min_lr_ratio", "split_fractions", "periodic_percentages",
+               "vis_every", "vis_count", "save_every_steps", "save_every_minutes")
+# ... and, while its data stays the run's data, the settings that describe that data (data_keys()).
+LABEL_SAMPLE = 4  # masks read to tell label maps from binary masks before asking for --label
+
+
+def data_keys() -> tuple[str, ...]:
+    from useg.data.loading import DATA_OPTION_KEYS
+
+    return ("data", *DATA_OPTION_KEYS, "split_file")
+
 
 def start_training(run_dir: str, console: Console) -> None:
-    """Ask for the run's settings and train; a folder that holds a run is resumed or set aside first."""
-    overwrite = []
-    if existing_run(run_dir).files:
-        decision = ask_about_existing_run(run_dir, console)
+    """Ask for the run folder, then (when it holds a run) resume it or set it aside, then the settings;
+    show the `useg train` command and start it only after a yes."""
+    folder = ask_run_folder(run_dir, console)
+    overwrite, previous = False, {}
+    if existing_run(folder).files:
+        decision = ask_about_existing_run(folder, console)
         if decision == "resume":
-            resume_latest(run_dir, console)
+            resume_latest(folder, console)
             return
         if decision != "overwrite":
             return
-        overwrite = ["--overwrite"]
-    settings = ask_run_settings(console)
-    run_useg(["train", "--run-dir", run_dir, *settings, *overwrite])
+        overwrite, previous = True, previous_settings(checkpoints_folder(folder))
+    arguments = ["train", "--run-dir", folder, *ask_run_settings(console, previous)]
+    arguments += ["--overwrite"] if overwrite else []
+    if not confirm_start(arguments, folder, overwrite, console):
+        say(console, "Nothing started" + (f"; {checkpoints_folder(folder)} is as it was." if overwrite else "."))
+        return
+    run_useg(arguments, echo=False)
+
+
+def ask_run_folder(run_dir: str, console: Console) -> str:
+    """The folder the new run trains into; Enter: the menu's run folder."""
+    def parse(answer: str) -> str:
+        path = Path(answer).expanduser()  # no shell expands ~ for the training process
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{answer} is a file; give a folder for the run (it is created when missing)")
+        return str(path)
+
+    return ask_until_valid(f"Run folder (Enter: {run_dir}): ", parse, console) or run_dir
 
 
 def ask_about_existing_run(run_dir: str, console: Console) -> str | None:
-    """'resume', 'overwrite' or None (go back), asked before any other question; resume only when it can."""
+    """'resume', 'overwrite' or None (go back), asked before any setting; resume only when it can."""
     existing = existing_run(run_dir)
     folder = existing.folder
     afresh = ("  o  start afresh: move its checkpoints and pictures to checkpoints_replaced_<time>/ "
-              "(nothing is deleted; `useg checkpoints clean --replaced` removes such folders)")
+              "(nothing is deleted; `useg checkpoints clean --replaced` removes such folders); "
+              "its settings are the defaults and you confirm the command first")
     if existing.resumable:
         say(console, f"{folder} already holds a run ({describe_latest(folder)}).")
         say(console, "  r  resume it (as option 2)\n" + afresh)
@@ -181,55 +222,206 @@ def describe_latest(folder: Path) -> str:
     return f"latest: {position_text(latest.epoch, batch or 0, batches, latest.total_epochs)}"
 
 
-def ask_run_settings(console: Console) -> list[str]:
-    """The flags of a new run: a config file, then each of RUN_QUESTIONS (Enter keeps the shown value)."""
-    from useg.config import read_config_file
+def previous_settings(folder: Path) -> dict[str, Any]:
+    """What the run in `folder` was trained with, as far as a new run there keeps it: the config of its
+    newest save (read from the sidecar, no tensors), else of any file that has one (a lone best_model.pt)."""
+    from useg.checkpoint import list_checkpoints
+    from useg.config import config_keys
+
+    infos = list_checkpoints(folder)
+    newest_first = [point.info for point in resume_points(folder, infos)] + infos[::-1]
+    saved = next((info.config for info in newest_first if info.config), {})
+    wanted = {*QUESTION_KEYS, *RECIPE_KEYS, *data_keys()} & set(config_keys())
+    return {key: value for key, value in saved.items() if key in wanted and value is not None}
+
+
+class RunSettings:
+    """Option 1's answers over what Enter keeps: the config file's values, else the replaced run's
+    (`kept`: none in a fresh folder), else TrainConfig's defaults."""
+
+    def __init__(self, file_layer: dict[str, Any], previous: dict[str, Any]) -> None:
+        self.file_layer = file_layer
+        self.kept = {key: value for key, value in previous.items() if file_layer.get(key) is None}
+        self.answers: dict[str, Any] = {}
+
+    def layers(self) -> tuple[dict[str, Any], ...]:
+        return self.kept, self.file_layer, self.answers  # kept and file_layer share no key
+
+    def current(self, key: str) -> Any:
+        from useg.config import TrainConfig
+
+        for layer in reversed(self.layers()):
+            if layer.get(key) is not None:
+                return layer[key]
+        return getattr(TrainConfig(), key)
+
+    def shown(self, key: str) -> str:
+        value = self.current(key)
+        return UNSET_MEANS[key] if value is None else display.flag_text(value)
+
+    def check(self, key: str, text: str) -> Any:
+        """One answer as the config holds it, checked alone and with the answers so far (e.g. an image
+        size the model's levels divide); a ConfigError names the flag and the rule."""
+        from useg.config import build_config, check_value
+
+        value: Any = text
+        try:
+            value = int(text) if key in INTEGER_KEYS else float(text) if key in FLOAT_KEYS else text
+        except ValueError:
+            pass  # check_value names the rule
+        value = check_value(key, value)
+        build_config(*self.layers(), {key: value})
+        return value
+
+    def check_data(self, text: str) -> str:
+        """A data folder in a layout useg reads, or SYNTHETIC."""
+        from useg.data.loading import ACCEPTED_LAYOUTS
+
+        if text.lower() == SYNTHETIC:
+            if self.file_layer.get("data") is not None:
+                raise ValueError(f"the config file sets data: {self.file_layer['data']}; give a data folder, or "
+                                 "leave data out of the config file for the synthetic set")
+            return SYNTHETIC
+        root = Path(text).expanduser()  # no shell expands ~ for the training process
+        if not root.is_dir():
+            other = "Enter for the synthetic set" if self.current("data") is None else f"{SYNTHETIC}: the embedded set"
+            raise ValueError(f"{text} is not a folder; give the folder that holds your images ({other})")
+        if data_layout(root, self.current("annotations")) is None:
+            raise ValueError(f"{text} holds no data useg reads; expected {ACCEPTED_LAYOUTS}")
+        return str(root)
+
+    def settle_data(self, answer: str | None) -> None:
+        """Record the data answer; another folder than the replaced run's drops what described its data."""
+        before = self.kept.get("data")
+        if answer == SYNTHETIC:
+            now = None
+        elif answer is not None:
+            self.answers["data"] = now = answer
+        else:
+            now = self.current("data")
+        if before is not None and (now is None or not same_folder(before, now)):
+            for key in data_keys():
+                self.kept.pop(key, None)
+
+    def label_applies(self) -> bool:
+        """--label picks mask values: asked for images/ + masks/ data whose masks hold several values,
+        or where the run or config file picked some."""
+        if self.current("label") is not None:
+            return True
+        data = self.current("data")
+        return data is not None and several_mask_values(Path(data).expanduser(), self.current("annotations"))
+
+    def flags(self) -> list[str]:
+        """Each answer as its flag, and each kept value that `useg train` would not use without one."""
+        from useg.config import FILE_ONLY_KEYS, TrainConfig
+
+        default = TrainConfig()
+        arguments = []
+        for key in (*QUESTION_KEYS, *(key for key in self.kept if key not in QUESTION_KEYS)):
+            value = self.answers.get(key)
+            if value is None:
+                value = self.kept.get(key)
+                if value is None or value == getattr(default, key):
+                    continue
+            if key in FILE_ONLY_KEYS:
+                continue
+            flag = key.replace("_", "-")
+            if isinstance(value, bool):  # a switch: --compile / --no-compile
+                arguments.append(f"--{flag}" if value else f"--no-{flag}")
+            else:
+                arguments += [f"--{flag}", display.flag_text(value)]
+        return arguments
+
+    def without_flag(self) -> list[str]:
+        """Kept values that only a config file can set (no flag carries them): `key value` each."""
+        from useg.config import FILE_ONLY_KEYS, TrainConfig
+
+        default = TrainConfig()
+        return [f"{key} {display.flag_text(value)}" for key, value in self.kept.items()
+                if key in FILE_ONLY_KEYS and value != getattr(default, key)]
+
+
+def same_folder(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def data_layout(root: Path, annotations: str | None = None) -> str | None:
+    """The layout `load_dataset` reads `root` as, told from its folders alone (in load_dataset's order)."""
+    from useg.data import folders, mmotu, ovatus
+
+    if ovatus.is_ovatus(root, annotations):
+        return "Ovatus"
+    if folders.is_folders(root):
+        return "images/ + masks/"
+    return "MMOTU" if mmotu.find_mmotu(root) is not None else None
+
+
+def several_mask_values(root: Path, annotations: str | None = None) -> bool:
+    """Whether images/ + masks/ data holds label or instance maps (values --label can pick), judged as
+    loading judges the whole mask folder, from its first LABEL_SAMPLE masks so that asking stays quick."""
+    from useg.data import folders, labels
+
+    if data_layout(root, annotations) != "images/ + masks/":
+        return False
+    try:
+        survey = labels.MaskSurvey()
+        for key, path in list(folders.images_by_stem(root / "masks", "masks", recursive=True).items())[:LABEL_SAMPLE]:
+            values, soft = folders.read_mask_volume(path, key)
+            survey.add(values, key, soft)
+        return labels.plan_classes(survey, None, {}, str(root / "masks")).kind in ("label map", "instances")
+    except UsegError:
+        return False  # training names what is wrong with the masks
+
+
+def ask_run_settings(console: Console, previous: dict[str, Any] | None = None) -> list[str]:
+    """The flags of a new run: a config file, then each of RUN_QUESTIONS (Enter keeps the shown value;
+    `previous`: the replaced run's settings, the defaults when starting afresh in a run folder)."""
+    from useg.config import build_config, read_config_file
 
     config_file = ask_until_valid("Config file, YAML or TOML with the flags' keys (Enter for none): ",
                                   lambda path: (path, read_config_file(path)), console)
     arguments, file_layer = (["--config", config_file[0]], config_file[1]) if config_file else ([], {})
-    answers: dict[str, Any] = {}
-    for key, flag, question in RUN_QUESTIONS:
-        if key == "label" and answers.get("data") is None and file_layer.get("data") is None:
-            continue  # the embedded set has no label maps
-        shown = shown_value(key, file_layer)
-        value = ask_until_valid(f"{question} (Enter: {shown}): ",
-                                lambda text: checked_setting(key, text, file_layer, answers), console)
+    settings = RunSettings(file_layer, previous or {})
+    for key, question in RUN_QUESTIONS:
+        if key == "data":
+            ask_data(settings, console)
+            continue
+        if key == "label" and not settings.label_applies():
+            continue  # the data's masks are binary (or not masks at all): no values to pick
+        value = ask_until_valid(f"{question} (Enter: {settings.shown(key)}): ",
+                                lambda text: settings.check(key, text), console)
         if value is not None:
-            answers[key] = value
-            arguments += [flag, ",".join(value) if isinstance(value, list) else str(value)]
-    return arguments
+            settings.answers[key] = value
+    build_config(*settings.layers())  # the whole run, checked before its command is shown
+    left = settings.without_flag()
+    if left:
+        say(console, f"Not kept from the replaced run (config-file keys, no flag): {'; '.join(left)}; put them in a "
+                     "config file to keep them.")
+    return arguments + settings.flags()
 
 
-def shown_value(key: str, file_layer: dict[str, Any]) -> str:
-    """What Enter keeps for `key`: the config file's value, else the default, in words when unset."""
-    from useg.config import TrainConfig
+def ask_data(settings: RunSettings, console: Console) -> None:
+    """The data question; Enter keeps the shown folder while it is still there."""
+    shown = settings.shown("data")
+    other = "" if settings.current("data") is None else f"; {SYNTHETIC}: the embedded set"
+    while True:
+        answer = ask_until_valid(f"Data folder (Enter: {shown}{other}): ", settings.check_data, console)
+        data = settings.current("data")
+        if answer is None and data is not None and not Path(data).expanduser().is_dir():
+            say(console, f"{data} is not a folder any more; give the data folder, or {SYNTHETIC} for the embedded set")
+            continue
+        settings.settle_data(answer)
+        return
 
-    value = file_layer[key] if file_layer.get(key) is not None else getattr(TrainConfig(), key)
-    if value is None:
-        return UNSET_MEANS[key]
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
-
-def checked_setting(key: str, text: str, file_layer: dict[str, Any], answers: dict[str, Any]) -> Any:
-    """One answer as the config holds it, checked alone and with the answers so far (e.g. an image
-    size the model's levels divide); a ConfigError names the flag and the rule."""
-    from useg.config import build_config, check_value
-
-    if key == "data":
-        if not Path(text).expanduser().is_dir():
-            raise ValueError(f"{text} is not a folder; give the folder that holds your images "
-                             "(Enter for the synthetic set)")
-        text = str(Path(text).expanduser())  # no shell expands ~ for the training process
-    value = text
-    if key in INTEGER_KEYS:
-        try:
-            value = int(text)
-        except ValueError:
-            pass  # check_value names the rule
-    value = check_value(key, value)
-    build_config(file_layer, answers, {key: value})
-    return value
+def confirm_start(arguments: list[str], folder: str, overwrite: bool, console: Console) -> bool:
+    """Show the exact command; Enter starts a run in a fresh folder, setting a run aside takes a typed y."""
+    say(console, "The run starts with:\n$ " + shlex.join(["useg", *arguments]))  # can be pasted into a shell
+    if not overwrite:
+        return ask("Start it? [Y/n] ").lower() in ("", "y", "yes")
+    say(console, f"It first moves the run in {checkpoints_folder(folder)} (checkpoints and pictures) to "
+                 f"{Path(folder) / 'checkpoints_replaced_<time>'}/; nothing is deleted.")
+    return yes("Set that run aside and start? [y/N] ")
 
 
 # --- 2 and 3: resuming ------------------------------------------------------------------------
@@ -259,37 +451,52 @@ def resume_latest(run_dir: str, console: Console) -> None:
 
 
 def resume_specific(run_dir: str, console: Console) -> None:
-    """Choose among the files that can resume the run; going back to an older one says what it leaves behind."""
-    points = resumable_points(run_dir, console)
-    number = ask_number_from([point.info for point in points], console)
-    if number is None:
+    """Choose, by its number in the run's list, a file that can resume the run; going back to an older
+    one says what it leaves behind."""
+    points, numbers = resumable_points(run_dir, console)
+    by_number = {numbers[point.info.path]: point for point in points}
+    choices = ", ".join(map(str, by_number))
+
+    def parse(answer: str) -> ResumePoint:
+        if answer.isdigit() and int(answer) in by_number:
+            return by_number[int(answer)]
+        name = next((path.name for path, number in numbers.items() if str(number) == answer), None)
+        if name is not None:
+            raise ValueError(f"{name} cannot resume the run; type {choices}, or Enter to go back.")
+        raise ValueError(f"No checkpoint number {answer!r}; type {choices}, or Enter to go back.")
+
+    chosen = ask_until_valid(f"Resume from checkpoint number ({choices}; Enter to go back): ", parse, console)
+    if chosen is None:
         return
-    chosen = points[number]
     if not confirm_going_back(points, chosen, console):
         console.print("Nothing started.")
         return
     run_useg(["resume", str(chosen.path), "--run-dir", run_dir, *ask_total_epochs(run_dir, console)])
 
 
-def resumable_points(run_dir: str, console: Console) -> list[ResumePoint]:
-    """Show the run's resume points that can be used (valid, or not hashed yet: resume hashes them),
-    in the order resume tries them; name what is left out and why, best_model.pt included."""
-    infos = manage.run_checkpoints(run_dir)
+def resumable_points(run_dir: str, console: Console) -> tuple[list[ResumePoint], dict[Path, int]]:
+    """Show the run's checkpoints numbered as every listing numbers them, then which can resume the run
+    (valid, or not hashed yet: resume hashes them) in the order resume tries them, and why the others
+    cannot, best_model.pt included. Returns those points and each listed file's number."""
+    infos = show_checkpoints(run_dir, console)
+    numbers = {info.path: number for number, info in enumerate(infos, 1)}
     points = resume_points(checkpoints_folder(run_dir), infos)
     usable = [point for point in points if point.info.valid or point.info.status == "unchecked"]
     for point in points:
         if point not in usable:
-            say(console, f"  not listed: {point.info.name} is not valid ({point.info.reason})")
+            info = point.info
+            say(console, f"  {numbers[info.path]}  {info.name} cannot resume: not valid ({info.reason})")
+    for info in infos:
+        if info.name == BEST_NAME:
+            say(console, f"  {numbers[info.path]}  {BEST_NAME} (epoch {info.epoch}, val Dice "
+                         f"{display.format_number(info.val_dice)}) holds weights only and cannot resume; use it with "
+                         "evaluate, predict, export or a new run's --pretrained")
     if not usable:
         raise CheckpointError(f"no checkpoint in {Path(run_dir) / 'checkpoints'} can resume the run; "
                               "see why with: useg checkpoints verify --run-dir " + run_dir)
-    console.print(display.list_table([point.info for point in usable], "Checkpoints that can resume the run"))
-    for info in infos:
-        if info.name == BEST_NAME:
-            say(console, f"  best: {BEST_NAME} (epoch {info.epoch}, val Dice {display.format_number(info.val_dice)}) "
-                          "holds weights only and cannot resume; use it with evaluate, predict, export or "
-                          "a new run's --pretrained")
-    return usable
+    say(console, "Can resume the run, in the order `useg resume latest` tries them: "
+                 + ", ".join(f"{numbers[point.info.path]} {point.info.name}" for point in usable))
+    return usable, numbers
 
 
 def confirm_going_back(points: list[ResumePoint], chosen: ResumePoint, console: Console) -> bool:
@@ -313,7 +520,7 @@ def confirm_going_back(points: list[ResumePoint], chosen: ResumePoint, console: 
     return yes(f"Go back to epoch {chosen.info.epoch}? [y/N] ")
 
 
-# --- 4 to 6 ------------------------------------------------------------------------------------
+# --- 4 to 7 ------------------------------------------------------------------------------------
 
 
 def ask_number_from(items: list, console: Console) -> int | None:
@@ -326,12 +533,26 @@ def ask_number_from(items: list, console: Console) -> int | None:
     return ask_until_valid(f"Checkpoint number (1-{len(items)}, Enter to go back): ", parse, console)
 
 
-def view_info(run_dir: str, console: Console) -> None:
+def show_checkpoints(run_dir: str, console: Console) -> list:
+    """Print the run's checkpoints as `useg checkpoints list` does (oldest first, numbered from 1) and
+    return them in that order: options 3, 4 and 7 give a file the same number."""
     infos = manage.run_checkpoints(run_dir)
-    console.print(display.list_table(infos, "Checkpoints"))
+    console.print(display.list_table(infos, f"Checkpoints in {checkpoints_folder(run_dir)}"))
+    return infos
+
+
+def view_info(run_dir: str, console: Console) -> None:
+    infos = show_checkpoints(run_dir, console)
     number = ask_number_from(infos, console)
     if number is not None:
         say(console, "\n".join(display.info_lines(manage.describe(infos[number].path, run_dir))))
+
+
+def list_all(run_dir: str, console: Console) -> None:
+    """Option 7: what `useg checkpoints list` prints, the folders --overwrite set aside included."""
+    show_checkpoints(run_dir, console)
+    for line in display.replaced_lines(replaced_folders(run_dir), run_dir):
+        say(console, line)
 
 
 def clean_old(run_dir: str, console: Console) -> None:

@@ -38,6 +38,7 @@ class FolderOptions:
     patient_pattern: str | None = None
     keep_empty: float = 0.0
     slice_axis: int = 2
+    resize: str = "squash"  # --resize: how images become the square (useg.data.geometry)
 
 
 @dataclass
@@ -106,13 +107,15 @@ def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def read_image_planes(path: Path, name: str, size: int, axis: int) -> tuple[list[np.ndarray], tuple[int, ...]]:
-    """The (size, size) grey planes of an image file and its full shape (rows, columns[, slices])."""
+def read_image_planes(path: Path, name: str, size: int, axis: int,
+                      mode: str = "squash") -> tuple[list[np.ndarray], tuple[int, ...]]:
+    """The (size, size) grey planes of an image file (placed as `mode` says) and its full shape (rows,
+    columns[, slices])."""
     if not is_medical(path):
-        grey, (width, height) = read_grey(path, name, size)
+        grey, (width, height) = read_grey(path, name, size, mode)
         return [grey], (height, width)
     volume = read_medical_image(path, name)
-    return [resize_grey(plane, size) for plane in slices(volume, axis)], volume.shape
+    return [resize_grey(plane, size, mode) for plane in slices(volume, axis)], volume.shape
 
 
 def read_mask_volume(path: Path, name: str) -> StoredMask:
@@ -129,10 +132,11 @@ def survey_masks(pairs: list[Pair], root: Path) -> MaskSurvey:
     return survey
 
 
-def load_planes(pair: Pair, index: int, root: Path, plan: ClassPlan, size: int, axis: int) -> list[Plane]:
+def load_planes(pair: Pair, index: int, root: Path, plan: ClassPlan, size: int, axis: int,
+                mode: str = "squash") -> list[Plane]:
     """Every plane of one pair, with its class masks; the image and mask must have one shape."""
     image_name, mask_name = _relative(pair.image, root / "images"), _relative(pair.mask, root / "masks")
-    greys, shape = read_image_planes(pair.image, image_name, size, axis)
+    greys, shape = read_image_planes(pair.image, image_name, size, axis, mode)
     values, _ = read_mask_volume(pair.mask, mask_name)
     soft = mask_name in plan.soft_files  # as the survey found the whole file, never one slice
     if values.shape != shape:
@@ -140,7 +144,7 @@ def load_planes(pair: Pair, index: int, root: Path, plan: ClassPlan, size: int, 
                         f"masks must have the size of their image")
     planes = slices(values, axis)
     is_volume = values.ndim == 3
-    return [Plane(index, number if is_volume else None, grey, plan.masks(mask, size, soft))
+    return [Plane(index, number if is_volume else None, grey, plan.masks(mask, size, soft, mode))
             for number, (grey, mask) in enumerate(zip(greys, planes))]
 
 
@@ -212,7 +216,7 @@ def load_folders(root: Path, *, image_size: int, options: FolderOptions | None =
     pairs, orphan_masks = find_pairs(root)
     plan = choose_plan(root, pairs, options)
     planes = [plane for index, pair in enumerate(pairs)
-              for plane in load_planes(pair, index, root, plan, image_size, options.slice_axis)]
+              for plane in load_planes(pair, index, root, plan, image_size, options.slice_axis, options.resize)]
     extra = kept_empty(planes, options.keep_empty)
     kept = [plane for position, plane in enumerate(planes) if plane.masks.any() or position in extra]
     if not any(plane.masks.any() for plane in kept):
@@ -315,9 +319,10 @@ def _coverage_notes(kept: list[Plane]) -> list[str]:
             f"as 0 (black)"]
 
 
-def read_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(size, size) grey image and the mask's stored values at full size; both files must have one size."""
-    grey, image_size = read_grey(image_path, image_path.name, size)
+def read_pair(image_path: Path, mask_path: Path, size: int, mode: str = "squash") -> tuple[np.ndarray, np.ndarray]:
+    """(size, size) grey image (placed as `mode` says) and the mask's stored values at full size; both files
+    must have one size."""
+    grey, image_size = read_grey(image_path, image_path.name, size, mode)
     values = read_mask_values(mask_path, mask_path.name)
     mask_size = (values.shape[1], values.shape[0])
     if mask_size != image_size:

@@ -1,8 +1,9 @@
 """Reading images and masks from disk, turning them grey and resizing them.
 
 Every layout goes through these functions, so all datasets share one rule:
-images are resized to `size x size` ignoring the aspect ratio (bilinear with
-antialiasing), grey is the mean of R, G and B scaled to [0, 1] for 8-bit
+images are resized to `size x size` (bilinear with antialiasing) as `--resize`
+says (`useg.data.geometry`: stretched by default, ignoring the aspect ratio, or
+letterboxed with 0), grey is the mean of R, G and B scaled to [0, 1] for 8-bit
 files, 16-bit and floating-point files are scaled per image between their
 0.5th and 99.5th percentiles (`robust_unit`), and binary masks are resized
 bilinearly and thresholded at one half. Masks are read as integer values
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from useg.data.formats import error_reason, is_medical, robust_unit
+from useg.data.geometry import placement
 from useg.data.medical import read_medical_image
 from useg.errors import DataError
 
@@ -84,13 +86,14 @@ def open_upright(path: Path, name: str) -> Image.Image:
     return upright
 
 
-def read_grey(path: Path, name: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Read an image as a (size, size) float32 grey array in [0, 1], plus its original (width, height)."""
+def read_grey(path: Path, name: str, size: int, mode: str = "squash") -> tuple[np.ndarray, tuple[int, int]]:
+    """Read an image as a (size, size) float32 grey array in [0, 1] (placed as `mode` says), plus its original
+    (width, height)."""
     if is_medical(path):
         grey = read_medical_image(path, name)
         if grey.ndim != 2:
             raise DataError(f"image {name} is a 3-D volume of {grey.shape}; pass 2-D images here")
-        return resize_grey(grey, size), (grey.shape[1], grey.shape[0])
+        return resize_grey(grey, size, mode), (grey.shape[1], grey.shape[0])
     image = open_image(path, name)
     try:
         # Reading the EXIF orientation decodes a PNG to its end: a truncated file fails here.
@@ -101,7 +104,7 @@ def read_grey(path: Path, name: str, size: int) -> tuple[np.ndarray, tuple[int, 
         grey = to_grey(image)
     except (OSError, ValueError, SyntaxError) as error:
         raise unreadable("image", name, error) from None
-    return resize_grey(grey, size), original_size
+    return resize_grey(grey, size, mode), original_size
 
 
 def to_grey(image: Image.Image) -> np.ndarray:
@@ -115,20 +118,24 @@ def to_grey(image: Image.Image) -> np.ndarray:
     return rgb.mean(axis=2) / 255.0
 
 
-def resize_grey(grey: np.ndarray, size: int) -> np.ndarray:
-    if grey.shape == (size, size):
-        return grey.astype(np.float32, copy=False)
-    resized = Image.fromarray(grey.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+def resize_grey(grey: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
+    """A grey (H, W) array as the (size, size) square `mode` makes of it (bilinear; pad's letterbox is 0)."""
+    where = placement(grey.shape, size, mode)
+    if grey.shape == (where.height, where.width):
+        return where.paste(grey.astype(np.float32, copy=False))
+    resized = Image.fromarray(grey.astype(np.float32)).resize((where.width, where.height), Image.Resampling.BILINEAR)
+    return where.paste(np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0))
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """Resize a boolean (H, W) mask to (size, size): bilinear, then keep pixels above one half."""
-    if mask.shape == (size, size):
-        return mask.astype(bool, copy=False)
+def resize_mask(mask: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
+    """A boolean (H, W) mask as the (size, size) square `mode` makes of it: bilinear, then keep pixels above
+    one half (pad's letterbox is background)."""
+    where = placement(mask.shape, size, mode)
+    if mask.shape == (where.height, where.width):
+        return where.paste(mask.astype(bool, copy=False))
     image = Image.fromarray(mask.astype(np.uint8) * 255)
-    resized = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(resized) >= 128
+    resized = image.resize((where.width, where.height), Image.Resampling.BILINEAR)
+    return where.paste(np.asarray(resized) >= 128)
 
 
 class StoredMask(NamedTuple):

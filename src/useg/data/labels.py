@@ -104,9 +104,10 @@ class ClassPlan:
     soft_files: frozenset[str] = frozenset()  # masks thresholded at half range (the survey's names)
     most_values: int = 0  # instances: the most distinct non-zero values in one mask
 
-    def masks(self, values: np.ndarray, size: int, soft: bool = False) -> np.ndarray:
-        """(C, size, size) bool masks of one stored mask; `soft`: its file is in `soft_files`."""
-        return np.stack([resize_mask(plane, size) for plane in self.native_masks(values, soft)])
+    def masks(self, values: np.ndarray, size: int, soft: bool = False, mode: str = "squash") -> np.ndarray:
+        """(C, size, size) bool masks of one stored mask, placed as `mode` (--resize) says; `soft`: its file is
+        in `soft_files`."""
+        return np.stack([resize_mask(plane, size, mode) for plane in self.native_masks(values, soft)])
 
     def native_masks(self, values: np.ndarray, soft: bool = False) -> np.ndarray:
         """(C, H, W) bool masks of one stored (H, W) mask, at its own size."""

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from useg.data import folders, mmotu, ovatus, synthetic
 from useg.data.dataset import SegDataset
+from useg.data.geometry import check_mode
 from useg.errors import ConfigError, DataError
 
 ACCEPTED_LAYOUTS = (
@@ -32,10 +33,13 @@ def load_dataset(
     patient_pattern: str | None = None,
     keep_empty: float = 0.0,
     slice_axis: int = 2,
+    resize: str = "squash",
 ) -> SegDataset:
-    """Load `data` (a folder, or None for the synthetic set) at `image_size` x `image_size`."""
+    """Load `data` (a folder, or None for the synthetic set) at `image_size` x `image_size`, each image made
+    square as `resize` says (useg.data.geometry; the synthetic set is square already)."""
     if image_size < 1:
         raise ConfigError(f"--image-size must be a positive number of pixels, not {image_size}")
+    check_mode(resize)
     if data is None:
         return synthetic.make_synthetic(image_size=image_size, seed=seed, classes=classes)
     root = Path(data).expanduser()
@@ -46,22 +50,25 @@ def load_dataset(
     if ovatus.is_ovatus(root, annotations):
         _reject_label(label, "Ovatus")
         _reject_folder_options(class_names, patient_pattern, keep_empty)
-        return ovatus.load_ovatus(root, image_size=image_size, annotations=annotations, classes=classes)
+        return ovatus.load_ovatus(root, image_size=image_size, annotations=annotations, classes=classes,
+                                  resize=resize)
     if annotations is not None:
         raise DataError(f"--annotations applies only to the Ovatus layout, but {root} holds no US_map4/ folder")
     if folders.is_folders(root):
         options = folders.FolderOptions(label=label, classes=classes, class_names=class_names,
-                                        patient_pattern=patient_pattern, keep_empty=keep_empty, slice_axis=slice_axis)
+                                        patient_pattern=patient_pattern, keep_empty=keep_empty, slice_axis=slice_axis,
+                                        resize=resize)
         return folders.load_folders(root, image_size=image_size, options=options)
     mmotu_root = mmotu.find_mmotu(root)
     if mmotu_root is not None:
         _reject_label(label, "MMOTU")
         _reject_folder_options(class_names, patient_pattern, keep_empty)
-        return mmotu.load_mmotu(mmotu_root, image_size=image_size, classes=classes)
+        return mmotu.load_mmotu(mmotu_root, image_size=image_size, classes=classes, resize=resize)
     raise DataError(f"unknown data layout in {root}; expected {ACCEPTED_LAYOUTS}")
 
 
-DATA_OPTION_KEYS = ("annotations", "label", "classes", "class_names", "patient_pattern", "keep_empty", "slice_axis")
+DATA_OPTION_KEYS = ("annotations", "label", "classes", "class_names", "patient_pattern", "keep_empty", "slice_axis",
+                    "resize")
 
 
 def data_options(config: Mapping[str, Any] | Any) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def predefined_split(root: Path, stems: list[str], image_stems: list[str] | None
     return split, not_found, listed.origin
 
 
-def load_mmotu(root: Path, *, image_size: int, classes: list[str] | None) -> SegDataset:
+def load_mmotu(root: Path, *, image_size: int, classes: list[str] | None, resize: str = "squash") -> SegDataset:
     class_name = single_class_name("tumour", classes, "MMOTU")
     image_files = images_by_stem(root / "images", "images")
     annotations = {path.name.casefold(): path for path in (root / "annotations").iterdir() if path.is_file()}
@@ -175,8 +175,8 @@ def load_mmotu(root: Path, *, image_size: int, classes: list[str] | None) -> Seg
             raise DataError(
                 f"image {path.name} has no annotations/{stem}_binary.PNG in {root}; add it or remove the image"
             )
-        grey, values = read_pair(path, found, image_size)
-        mask = resize_mask(values > 0, image_size)
+        grey, values = read_pair(path, found, image_size, resize)
+        mask = resize_mask(values > 0, image_size, resize)
         if mask.any():
             kept.append((grey, mask))
             stems.append(stem)

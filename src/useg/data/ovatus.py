@@ -172,10 +172,11 @@ def within_reach(by_class: dict[int, list[np.ndarray]], size: tuple[int, int], c
 
 def load_masks(
     by_class: dict[int, list[np.ndarray]], num_classes: int, actual: tuple[int, int],
-    declared: tuple[int, int] | None, size: int,
+    declared: tuple[int, int] | None, size: int, mode: str = "squash",
 ) -> np.ndarray:
-    """(C, size, size) masks drawn at the image's own size, then resized."""
-    return np.stack([resize_mask(drawn, size) for drawn in native_masks(by_class, num_classes, actual, declared)])
+    """(C, size, size) masks drawn at the image's own size, then resized as the image is (`mode`, --resize)."""
+    drawn = native_masks(by_class, num_classes, actual, declared)
+    return np.stack([resize_mask(plane, size, mode) for plane in drawn])
 
 
 def native_masks(by_class: dict[int, list[np.ndarray]], num_classes: int, actual: tuple[int, int],
@@ -207,7 +208,8 @@ class _FolderFiles:
 
 
 def load_ovatus(
-    root: Path, *, image_size: int, annotations: str | Path | None, classes: list[str] | None
+    root: Path, *, image_size: int, annotations: str | Path | None, classes: list[str] | None,
+    resize: str = "squash",
 ) -> SegDataset:
     image_root = image_root_of(root)
     annotation_path = find_annotations(root, annotations)
@@ -222,7 +224,7 @@ def load_ovatus(
             counts["missing_images"] += len(annotated[name])
             continue
         patient = len(set(patients))
-        loaded = _load_patient(folders[name], annotated[name], patient, class_names, image_size, counts)
+        loaded = _load_patient(folders[name], annotated[name], patient, class_names, image_size, counts, resize)
         for number, (grey, mask, drawing) in enumerate(loaded):
             images.append(grey)
             masks.append(mask)
@@ -256,7 +258,8 @@ class Drawing:
 
 
 def _load_patient(
-    folder: Path, entries: list[AnnotatedImage], patient: int, class_names: list[str], size: int, counts: Counter
+    folder: Path, entries: list[AnnotatedImage], patient: int, class_names: list[str], size: int, counts: Counter,
+    mode: str = "squash",
 ) -> list[tuple[np.ndarray, np.ndarray, Drawing]]:
     files = _FolderFiles(folder, patient)
     loaded = []
@@ -269,13 +272,13 @@ def _load_patient(
             counts["images_without_labels"] += 1
         else:
             name = f"{image_id(patient, len(loaded))} ({entry.image_name})"
-            grey, actual = read_grey(path, name, size)
+            grey, actual = read_grey(path, name, size, mode)
             counts["size_mismatches"] += entry.declared_size not in (None, actual)
             by_class = within_reach(by_class, entry.declared_size or actual, counts)
             if not by_class:
                 counts["images_without_labels"] += 1
                 continue
-            mask = load_masks(by_class, len(class_names), actual, entry.declared_size, size)
+            mask = load_masks(by_class, len(class_names), actual, entry.declared_size, size, mode)
             if mask.any():
                 loaded.append((grey, mask, Drawing(path, by_class, actual, entry.declared_size)))
             else:

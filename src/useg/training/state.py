@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from useg.checkpoint import Position
-from useg.config import COMPUTE_KEYS, RETUNABLE_KEYS, TrainConfig, batches_per_epoch, incompatible_keys
+from useg.config import MODEL_WEIGHTS as MODEL
+from useg.config import (COMPUTE_KEYS, RETUNABLE_KEYS, TrainConfig, batches_per_epoch, incompatible_keys,
+                          saved_value)
 from useg.errors import CheckpointError, ConfigError
 from useg.training.progress import position_text
-from useg.weights import MODEL_WEIGHTS as MODEL
 
 EPOCH = "epoch"
 STEP = "step"
@@ -171,7 +172,7 @@ def check_resume_state(state: Mapping[str, Any], path: Path, cfg: TrainConfig, *
     saved = saved_config(state)
     bad = [key for key in incompatible_keys(saved, cfg) if not (key == "data" and same_data(saved, cfg, state))]
     if bad:
-        details = ", ".join(f"{key} {saved[key]!r} -> {getattr(cfg, key)!r}" for key in bad)
+        details = ", ".join(f"{key} {saved_value(saved, key)!r} -> {getattr(cfg, key)!r}" for key in bad)
         raise ConfigError(f"cannot resume {path.name}: the config differs in {details}; "
                           "use the checkpoint's values or start a new --run-dir")
     retuned = {key: (saved[key], getattr(cfg, key)) for key in sorted(RETUNABLE_KEYS)
