@@ -17,6 +17,7 @@ from useg.data.splits import split_from_file
 from useg.data.tasks import draw_version_to_resume
 from useg.data.index import write_data_index
 from useg.compute.device import choose_device, choose_threads, compile_model, describe_compute, settle_determinism
+from useg.compute.device import fastest_thread_count, thread_candidates, usable_cores
 from useg.compute.distributed import World, any_rank, broadcast_object, wrap_distributed
 from useg.errors import ConfigError
 from useg.training.history import new_history, new_log_name, open_tensorboard
@@ -55,6 +56,7 @@ class Run:
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     skipped_steps: int = 0  # steps the fp16 scaler skipped over the whole run
     routine_saves: int = 0  # mid-epoch saves asked for in this session (the epoch line counts them)
+    thread_choice: dict | None = None  # how this session chose its CPU thread count (the log's session)
     position: TrainingPosition = field(default_factory=TrainingPosition)
 
 
@@ -70,7 +72,7 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
     device = choose_device(cfg.device, world.local_rank, world.enabled)
     cfg.device = str(device)  # saved as chosen: a resume chooses again and compares the type
     cfg.precision = cfg.precision or default_precision(device)  # saved as chosen: a resume keeps it
-    settle_threads(cfg, state)
+    threads_free = settle_threads(cfg, state)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build_universeg(tuple(cfg.widths)).to(device)
     if state is None and cfg.pretrained:
@@ -83,6 +85,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
               scaler=make_scaler(cfg.precision, device), position=position)
     if state is not None:
         restore_state(run, state, progress)
+    if threads_free:
+        choose_thread_count(run, progress)
     settle_determinism(lambda: probe_step(model, cfg, device), cfg, device, lambda flag: any_rank(world, flag),
                        progress.warn)
     if state is not None:
@@ -98,14 +102,34 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
     return run
 
 
-def settle_threads(cfg: TrainConfig, state: dict | None) -> None:
-    """cfg.num_threads becomes the count this run computes with, and is saved so: the one `train` set
-    (cfg's, or this machine's choice), or on a resume that did not name one, the checkpoint's."""
+def settle_threads(cfg: TrainConfig, state: dict | None) -> bool:
+    """cfg.num_threads becomes the count this run computes with, and is saved so: --num-threads, or on
+    a resume that did not name one, the checkpoint's, else the count `train` set from the cores.
+    True when neither named one: the count is then this run's to choose (`choose_thread_count`)."""
     if not cfg.num_threads and state is not None:
         cfg.num_threads = training_state.saved_compute(training_state.saved_config(state), "num_threads") or 0
+    free = not cfg.num_threads
     if cfg.num_threads and cfg.num_threads != torch.get_num_threads():
         torch.set_num_threads(cfg.num_threads)  # before any step; train's compute_settings restores the caller's
     cfg.num_threads = torch.get_num_threads()
+    return free
+
+
+def choose_thread_count(run: Run, progress: Progress) -> None:
+    """A new CPU run that named no --num-threads computes with the count that ran a trial step fastest
+    here, before its first step: the trial leaves weights and random streams alone, so the run computes
+    exactly what it would with --num-threads forced to that count (which a resume then keeps)."""
+    cfg = run.cfg
+    candidates = thread_candidates(usable_cores())
+    if run.device.type != "cpu" or run.world.enabled or len(candidates) < 2:
+        return  # a GPU step barely uses CPU threads; ranks must not choose differently
+    chosen, seconds = fastest_thread_count(lambda: timing_step(run.model, cfg, run.device), candidates)
+    torch.set_num_threads(chosen)  # train's compute_settings restores the caller's count at the end
+    cfg.num_threads = chosen
+    run.thread_choice = {"chosen": chosen, "seconds_per_trial_step": {str(n): round(s, 4) for n, s in seconds.items()}}
+    timings = ", ".join(f"{n}: {s:.2f} s" for n, s in seconds.items())
+    progress.line(f"CPU threads: {chosen}, the fastest here (one trial step with {timings}); "
+                  f"--num-threads N forces a count")
 
 
 def say_how_the_resume_computes(cfg: TrainConfig, saved: dict[str, Any], device: torch.device,
@@ -129,6 +153,8 @@ def start_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
     header = log_header(run.cfg, run.model, run.dataset, run.split, run.device, run.world.world_size)
     saved = training_state.saved_config(state) if state is not None else None
     session = new_session(run.position, run.world.world_size, resumed_from, saved, run.cfg)
+    if run.thread_choice is not None:
+        session["thread_choice"] = run.thread_choice
     run.log = open_log(run.log_path, header, session, run.history, continuing=state is not None)
 
 
@@ -174,15 +200,24 @@ def restore_state(run: Run, state: dict[str, Any], progress: Progress) -> None:
 
 
 def probe_step(model: torch.nn.Module, cfg, device: torch.device) -> None:
-    """One forward, loss and backward at the smallest input the model takes; leaves no gradient behind.
+    """One forward, loss and backward at the smallest input the model takes (the determinism check)."""
+    trial_step(model, cfg, device, 2 ** len(cfg.widths), min(cfg.support_size, 2))
 
-    The op types (and so the kernels determinism is about) are those of a real step; the inputs come
-    from their own generator, so the run's random streams are untouched.
+
+def timing_step(model: torch.nn.Module, cfg, device: torch.device) -> None:
+    """One forward, loss and backward of one target at the run's image and support size (thread timing)."""
+    trial_step(model, cfg, device, cfg.image_size, cfg.support_size)
+
+
+def trial_step(model: torch.nn.Module, cfg, device: torch.device, size: int, supports: int) -> None:
+    """A training step's forward, loss and backward on made-up inputs; leaves no gradient behind.
+
+    The op types are those of a real step; the inputs come from their own generator and no
+    optimizer steps, so the run's weights and random streams are untouched.
     """
-    size = 2 ** len(cfg.widths)
     generator = torch.Generator().manual_seed(0)
     target = torch.rand(1, 1, size, size, generator=generator).to(device)
-    images = torch.rand(1, min(cfg.support_size, 2), 1, size, size, generator=generator).to(device)
+    images = torch.rand(1, supports, 1, size, size, generator=generator).to(device)
     labels = (images > 0.5).float()
     with autocast(cfg.precision, device):
         loss = segmentation_loss(model(target, images, labels).float(), (target > 0.5).float(), cfg.loss)
