@@ -1,4 +1,5 @@
-"""Tiny NIfTI and DICOM files for tests (nibabel, pydicom), shared by the data and apply tests."""
+"""Tiny image files for tests, shared by the data and apply tests: grey PNGs, a labelled folder of cysts,
+NIfTI (nibabel) and DICOM (pydicom)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 import nibabel
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from PIL import Image
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from useg.data import make_synthetic
 
 
 def save_nifti(path: Path, array: np.ndarray) -> None:
@@ -31,3 +35,18 @@ def save_dicom(path: Path, pixels: np.ndarray, slope: float = 1.0, intercept: fl
         ds.NumberOfFrames = pixels.shape[0]
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
+
+
+def save_grey(path: Path, array: np.ndarray) -> None:
+    """An 8-bit grey PNG of `array` (values in [0, 1]), its folder made as needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+def write_cyst_folder(root: Path) -> Path:
+    """images/ + masks/ (0/255) of six synthetic cysts at 48x48, one patient each: a user's labelled folder."""
+    data = make_synthetic(image_size=48, seed=1, n_patients=6, images_per_patient=1, classes=["cyst"])
+    for index, (image, mask) in enumerate(zip(data.images, data.masks[:, 0])):
+        save_grey(root / "images" / f"s{index}.png", image)
+        save_grey(root / "masks" / f"s{index}.png", mask.astype(np.float32))
+    return root

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from medical_files import save_grey, write_cyst_folder
 from tiny import TINY as TINY_FLAGS
 import torch
 from PIL import Image
@@ -32,20 +33,10 @@ def run(tmp_path_factory) -> Path:
     return folder
 
 
-def save_grey(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
-
-
 @pytest.fixture(scope="module")
 def support_folder(tmp_path_factory) -> Path:
     """images/ + masks/ of six synthetic cysts, at 48x48 (not the model's size)."""
-    root = tmp_path_factory.mktemp("supports") / "supports"
-    data = make_synthetic(image_size=48, seed=1, n_patients=6, images_per_patient=1, classes=["cyst"])
-    for index, (image, mask) in enumerate(zip(data.images, data.masks[:, 0])):
-        save_grey(root / "images" / f"s{index}.png", image)
-        save_grey(root / "masks" / f"s{index}.png", mask.astype(np.float32))
-    return root
+    return write_cyst_folder(tmp_path_factory.mktemp("supports") / "supports")
 
 
 @pytest.fixture

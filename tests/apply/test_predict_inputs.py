@@ -12,7 +12,7 @@ import nibabel
 import numpy as np
 import pytest
 from PIL import Image
-from medical_files import save_dicom, save_nifti
+from medical_files import save_dicom, save_grey, save_nifti, write_cyst_folder
 from tiny import train_tiny
 
 from useg.cli import main
@@ -24,20 +24,10 @@ def run(tmp_path_factory) -> Path:
     return train_tiny(tmp_path_factory.mktemp("predict_inputs") / "run", 1)
 
 
-def save_grey(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.clip(array, 0, 1) * 255).astype(np.uint8)).save(path)
-
-
 @pytest.fixture
 def labelled(tmp_path) -> Path:
     """D: images/ + masks/ of six synthetic cysts (binary masks, 0/255), as a user's ground truth."""
-    root = tmp_path / "D"
-    data = make_synthetic(image_size=48, seed=1, n_patients=6, images_per_patient=1, classes=["cyst"])
-    for index, (image, mask) in enumerate(zip(data.images, data.masks[:, 0])):
-        save_grey(root / "images" / f"s{index}.png", image)
-        save_grey(root / "masks" / f"s{index}.png", mask.astype(np.float32))
-    return root
+    return write_cyst_folder(tmp_path / "D")
 
 
 @pytest.fixture
