@@ -3,6 +3,7 @@ process and comparing two runs' final states."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,3 +44,17 @@ def assert_same_training(a: dict, b: dict) -> None:
     for index, slots in a["optimizer_state_dict"]["state"].items():
         for slot, value in slots.items():
             assert torch.equal(value, b["optimizer_state_dict"]["state"][index][slot]), (index, slot)
+
+
+def error_line(capsys) -> str:
+    """The one line a refused command printed: `error: ...` on stderr, nothing more."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err, err
+    return err
+
+
+def evaluate_json(run: Path, capsys, *args: str) -> dict:
+    """`useg evaluate --run-dir RUN --json ARGS` in this process (exit 0 asserted): its JSON record."""
+    capsys.readouterr()
+    assert main(["evaluate", "--run-dir", str(run), "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)

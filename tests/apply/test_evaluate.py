@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tiny import error_line, evaluate_json
 from useg.cli import main
 from useg.data import load_dataset
 from useg.apply.evaluate import evaluate, hausdorff95, scores
@@ -30,18 +31,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     for name, schedule in (("trained", TRAINED), ("untrained", UNTRAINED)):
         assert main(["train", "--run-dir", str(root / name), *SMALL, *schedule]) == 0
     return {"trained": root / "trained", "untrained": root / "untrained"}
-
-
-def evaluate_json(run: Path, capsys, *args: str) -> dict:
-    capsys.readouterr()
-    assert main(["evaluate", "--run-dir", str(run), "--json", *args]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_trained_model_scores_higher_dice_than_untrained(runs):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny import train_tiny
+from tiny import error_line, evaluate_json, train_tiny
 
 from useg.cli import main
 from useg.data import make_synthetic
@@ -53,24 +53,12 @@ def folder_run(tmp_path_factory, folders) -> Path:
     return train_tiny(tmp_path_factory.mktemp("folder_run") / "run", 1, "--data", str(folders["data"]))
 
 
-def evaluate_json(capsys, run: Path, *args: str) -> dict:
-    capsys.readouterr()
-    assert main(["evaluate", "--run-dir", str(run), "--json", *args]) == 0
-    return json.loads(capsys.readouterr().out)
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
-
-
 def native_mask(folder: Path, stem: str) -> np.ndarray:
     return np.asarray(Image.open(folder / "masks" / f"{stem}.png")) > 0
 
 
 def test_other_data_scores_every_image_once_per_class_of_its_own_names(run, folders, capsys, tmp_path):
-    report = evaluate_json(capsys, run, "--data", str(folders["data"]), "--csv", str(tmp_path / "held.csv"))
+    report = evaluate_json(run, capsys, "--data", str(folders["data"]), "--csv", str(tmp_path / "held.csv"))
     assert report["held_out"] is True and report["split"] == "all"
     assert report["classes"] == {"foreground": "held-out"}
     assert sorted(row["image"] for row in report["rows"]) == sorted(f"p{i:03d}_i000" for i in range(8))
@@ -89,18 +77,18 @@ def test_label_map_folder_scores_each_named_class(run, folders, capsys, tmp_path
         values = np.where(lesion, 200, 0).astype(np.uint8)
         values[:, :6] = 100  # a band on the left: a second class in every image
         Image.fromarray(values).save(labelled / "masks" / image.name)
-    report = evaluate_json(capsys, run, "--data", str(labelled), "--class-names", "100=band,200=lesion")
+    report = evaluate_json(run, capsys, "--data", str(labelled), "--class-names", "100=band,200=lesion")
     assert report["classes"] == {"band": "held-out", "lesion": "held-out"}
     assert {row["class"] for row in report["rows"]} == {"band", "lesion"} and len(report["rows"]) == 16
-    picked = evaluate_json(capsys, run, "--data", str(labelled), "--label", "200")
+    picked = evaluate_json(run, capsys, "--data", str(labelled), "--label", "200")
     assert list(picked["per_class"]) == ["label_200"] and len(picked["rows"]) == 8
-    by_name = evaluate_json(capsys, run, "--data", str(labelled), "--class-names", "100=band,200=lesion",
+    by_name = evaluate_json(run, capsys, "--data", str(labelled), "--class-names", "100=band,200=lesion",
                             "--classes", "lesion")
     assert list(by_name["per_class"]) == ["lesion"]
 
 
 def test_class_the_model_was_trained_on_is_marked_trained(folder_run, folders, capsys):
-    report = evaluate_json(capsys, folder_run, "--data", str(folders["other"]))
+    report = evaluate_json(folder_run, capsys, "--data", str(folders["other"]))
     assert report["classes"] == {"foreground": "trained"} and len(report["rows"]) == 6
     assert main(["evaluate", "--run-dir", str(folder_run)]) == 0  # the run's own data: its test split
     assert "trained" in capsys.readouterr().out
@@ -109,7 +97,7 @@ def test_class_the_model_was_trained_on_is_marked_trained(folder_run, folders, c
 def test_support_folder_gives_supports_to_a_folder_that_has_none(run, folders, capsys):
     assert main(["evaluate", "--run-dir", str(run), "--data", str(folders["single"])]) == 2
     assert "none of the 1 target images has a class with a support image" in error_line(capsys)
-    report = evaluate_json(capsys, run, "--data", str(folders["single"]), "--support", str(folders["other"]))
+    report = evaluate_json(run, capsys, "--data", str(folders["single"]), "--support", str(folders["other"]))
     assert report["support_data"] == str(folders["other"]) and [row["image"] for row in report["rows"]] == [
         "p000_i000"]
 
@@ -138,19 +126,19 @@ def test_support_size_sweep_records_picture_and_skipped_sizes(run, folders, caps
 
 def test_ensemble_sweep_averages_more_draws(run, folders, capsys, tmp_path):
     csv_path = tmp_path / "scores.csv"
-    report = evaluate_json(capsys, run, "--data", str(folders["data"]), "--support-size", "2",
+    report = evaluate_json(run, capsys, "--data", str(folders["data"]), "--support-size", "2",
                            "--ensembles", "1..3", "--csv", str(csv_path))
     assert [record["ensembles"] for record in report["sweep"]] == [1, 2, 3]
-    single = evaluate_json(capsys, run, "--data", str(folders["data"]), "--support-size", "2")
+    single = evaluate_json(run, capsys, "--data", str(folders["data"]), "--support-size", "2")
     assert report["sweep"][0]["mean_dice"] == pytest.approx(single["mean_dice"])  # first draw = single draw
     assert report["ensembles"] == 3 and (tmp_path / "evaluation_ensemble_sweep.png").is_file()
-    listed = evaluate_json(capsys, run, "--data", str(folders["data"]), "--support-size", "2", "--ensembles", "1,3")
+    listed = evaluate_json(run, capsys, "--data", str(folders["data"]), "--support-size", "2", "--ensembles", "1,3")
     assert [record["mean_dice"] for record in listed["sweep"]] == pytest.approx(
         [report["sweep"][0]["mean_dice"], report["sweep"][2]["mean_dice"]])
 
 
 def test_scores_are_at_each_images_native_size(run, folders, capsys):
-    report = evaluate_json(capsys, run, "--data", str(folders["data"]), "--with-paths")
+    report = evaluate_json(run, capsys, "--data", str(folders["data"]), "--with-paths")
     for row in report["rows"]:
         truth = native_mask(folders["data"], Path(row["file"]).stem)
         assert truth.shape == (WIDE[1], WIDE[0])

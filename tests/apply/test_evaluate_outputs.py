@@ -13,7 +13,7 @@ import nibabel
 import numpy as np
 import pytest
 from PIL import Image
-from tiny import train_tiny
+from tiny import train_tiny, error_line
 
 from useg.apply import outputs
 from useg.apply.evaluate import evaluate
@@ -50,12 +50,6 @@ def patient_folder(tmp_path_factory) -> Path:
 def rows_of(path: Path) -> list[dict]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_a_checkpoint_path_without_run_dir_writes_the_csv_into_its_run(run, tmp_path, monkeypatch, capsys):

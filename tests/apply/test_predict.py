@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from medical_files import save_grey, write_cyst_folder
-from tiny import TINY as TINY_FLAGS
+from tiny import TINY as TINY_FLAGS, error_line
 import torch
 from PIL import Image
 
@@ -54,12 +54,6 @@ def inputs(tmp_path) -> Path:
 
 def predict(run: Path, *args: str) -> int:
     return main(["predict", "--run-dir", str(run), *args])
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def test_masks_have_each_inputs_original_size(run, support_folder, inputs, tmp_path):

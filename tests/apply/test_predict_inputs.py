@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from medical_files import save_dicom, save_grey, save_nifti, write_cyst_folder
-from tiny import train_tiny
+from tiny import train_tiny, error_line
 
 from useg.cli import main
 from useg.data import make_synthetic
@@ -54,12 +54,6 @@ def new_images(tmp_path) -> Path:
 
 def predict(run: Path, *args: str) -> int:
     return main(["predict", "--run-dir", str(run), *args])
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY
+from tiny import TINY, error_line
 
 from useg.apply.predict import load_trained
 from useg.apply.supports import load_support_pool
@@ -64,12 +64,6 @@ def image_as_probability(monkeypatch):
 
 def checkpoint(run: Path, name: str = "latest_checkpoint.pt") -> dict:
     return torch.load(run / "checkpoints" / name, weights_only=True)
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    return err
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
