@@ -108,3 +108,12 @@ def test_choices_on_the_command_line_are_the_configs():
 
 def test_batches_per_epoch_count_a_last_partial_batch():
     assert [batches_per_epoch(samples, 4) for samples in (1, 4, 5, 8, 10)] == [1, 1, 2, 2, 3]
+
+
+def test_a_value_written_as_a_flag_reads_back_exactly():
+    # The menu writes a replaced run's kept values as flags: a rounded lr would silently change the run.
+    from useg.cli.display import flag_text
+
+    for value in (1e-4, 3e-4, 0.5, 1.2345678e-4, 0.123456789, 2.5e-7):
+        assert float(flag_text(value)) == value
+    assert flag_text(1e-4) == "1e-4" and flag_text([32, 32]) == "32,32" and flag_text(True) == "on"

@@ -168,3 +168,23 @@ def test_a_mask_is_kept_only_inside_the_block_and_read_again_once_changed(tmp_pa
             first[0, 0, 0] = 1  # shared with later reads: read-only
         save_nifti(path, np.ones((4, 4, 5), dtype=np.uint8))
         assert read_medical_mask(path, "m").shape == (4, 4, 5) and len(reads) == 4
+
+
+def test_other_data_is_cut_along_the_axis_the_run_was_trained_on(monkeypatch):
+    # A run trained on volumes cut along axis 0 is scored on slices along axis 0 of other data too,
+    # as predict applies it (was: always axis 2).
+    from useg.apply.predict import TrainedModel
+    from useg.errors import DataError
+
+    seen = []
+
+    def loading(data, **options):
+        seen.append(options)
+        raise DataError("stop here: only the options matter")
+
+    monkeypatch.setattr(eval_data, "load_dataset", loading)
+    trained = TrainedModel(None, Path("best_model.pt"), 1, {"image_size": 32, "support_size": 2, "slice_axis": 0},
+                           ["foreground"], None)
+    with pytest.raises(DataError):
+        eval_data.held_out(trained, "volumes", None, None, {})
+    assert seen[0]["slice_axis"] == 0

@@ -7,8 +7,6 @@ model would have learnt, so a letterbox left in (squashed back instead of croppe
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY, error_line
+from tiny import TINY, error_line, rewrite_saved_config
 
 from useg.apply.predict import load_trained
 from useg.apply.supports import load_support_pool
@@ -110,24 +108,10 @@ def saved_files(run: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in (run / "checkpoints").glob("*.pt*")}
 
 
-def as_saved_before_resize_existed(path: Path) -> None:
-    """Rewrite a checkpoint (and its sidecar) as useg saved it before the `resize` key existed."""
-    state = torch.load(path, weights_only=True)
-    del state["config"]["resize"]
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    path.write_bytes(buffer.getvalue())  # in place: the sidecar's inode stays true
-    sidecar_path = path.with_name(path.name + ".json")
-    sidecar = json.loads(sidecar_path.read_text())
-    del sidecar["config"]["resize"]
-    sidecar.update(sha256=hashlib.sha256(buffer.getvalue()).hexdigest(), size_bytes=len(buffer.getvalue()))
-    sidecar_path.write_text(json.dumps(sidecar))
-
-
 def test_a_checkpoint_without_the_key_resumes_as_squash_and_refuses_pad(wide, tmp_path, capsys):
     run = tmp_path / "old"
     assert train(run, wide, "--epochs", "1") == 0
-    as_saved_before_resize_existed(run / "checkpoints" / "latest_checkpoint.pt")
+    rewrite_saved_config(run / "checkpoints" / "latest_checkpoint.pt", resize=None)  # as saved before --resize
     assert train(run, wide, "--epochs", "2", "--resume", "--resize", "pad") == 2
     assert "resize 'squash' -> 'pad'" in error_line(capsys)
     assert train(run, wide, "--epochs", "2", "--resume") == 0

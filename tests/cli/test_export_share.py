@@ -90,6 +90,7 @@ def test_export_verify_predict_elsewhere_gives_best_models_masks(shared, tmp_pat
     model = export(capsys, shared, tmp_path / "sent" / f"model{suffix}")
     code, out, _ = run_cli(capsys, "checkpoints", "verify", model)
     assert code == 0 and f"ok   {model}" in out
+    assert sorted(path.name for path in model.parent.iterdir()) == sorted([model.name, f"{model.name}.json"])
     assert predict(capsys, shared, shared / "run" / "checkpoints" / "best_model.pt", tmp_path / "from_best")[0] == 0
     # the receiving side: another folder, the export with its .json, then the export alone
     received = tmp_path / "received"

@@ -14,7 +14,7 @@ import torch
 
 import useg.compute.device
 import useg.training.setup
-from tiny import TINY, assert_same_training
+from tiny import TINY, assert_same_training, rewrite_saved_config
 from useg.cli import main
 from useg.compute.device import fastest_thread_count, thread_candidates
 
@@ -76,3 +76,17 @@ def test_a_forced_count_is_obeyed_without_a_trial(tmp_path, monkeypatch, capsys)
     run = tmp_path / "run"
     assert main(["train", "--run-dir", str(run), *ARGS, "--num-threads", "2", "--no-quiet"]) == 0
     assert ", 2 CPU threads" in capsys.readouterr().out and latest(run)["config"]["num_threads"] == 2
+
+
+def test_a_resume_of_a_checkpoint_that_did_not_record_its_count_keeps_the_count_train_sets(tmp_path, monkeypatch):
+    monkeypatch.setattr(useg.compute.device, "usable_cores", lambda: 2)
+    run = tmp_path / "run"
+    assert main(["train", "--run-dir", str(run), *ARGS, "--epochs", "1", "--num-threads", "1"]) == 0
+    rewrite_saved_config(run / "checkpoints" / "latest_checkpoint.pt", num_threads=0)  # as saved before counts were
+
+    def no_trial(step, counts):
+        raise AssertionError("a resume computes with the count its run used, never a new measurement")
+
+    monkeypatch.setattr(useg.training.setup, "fastest_thread_count", no_trial)
+    assert main(["resume", "latest", "--run-dir", str(run), "--epochs", "2", "--quiet"]) == 0
+    assert "thread_choice" not in session(run)

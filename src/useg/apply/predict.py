@@ -81,6 +81,11 @@ class TrainedModel:
         return str(saved_value(self.config, "resize"))
 
     @property
+    def slice_axis(self) -> int:
+        """The axis the run cut 3-D volumes along (`--slice-axis`); volumes it is applied to are cut alike."""
+        return int(self.config.get("slice_axis", 2))
+
+    @property
     def support_size(self) -> int:
         return int(self.config["support_size"])
 

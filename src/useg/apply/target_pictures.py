@@ -56,7 +56,7 @@ def save_target_pictures(folder: Path, result: Evaluation, trained: TrainedModel
                          with_paths: bool = False) -> list[Path]:
     """Draw the picked targets into `folder` (see the module docstring); the pictures written."""
     point, evalset = result.main, result.data
-    slice_axis = 2 if evalset.held_out else int(trained.config.get("slice_axis", 2))
+    slice_axis = trained.slice_axis
     written = []
     for kind, rank, index in worst_and_best(point.rows, count):
         row, task = point.rows[index], point.tasks[index]

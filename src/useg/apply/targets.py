@@ -122,8 +122,9 @@ def run_split(trained: TrainedModel, data: str | None, annotations: str | None, 
 
 def held_out(trained: TrainedModel, data: str, annotations: str | None, support: str | None,
              options: dict) -> EvalSet:
-    """Every image of `data` as a target; supports from `data` itself or from the `support` folder."""
-    options = {**options, "resize": trained.resize}
+    """Every image of `data` as a target; supports from `data` itself or from the `support` folder, made square
+    and cut into slices as the run's own data was."""
+    options = {**options, "resize": trained.resize, "slice_axis": trained.slice_axis}
     targets = load_dataset(data, image_size=trained.image_size, annotations=annotations, seed=trained.seed,
                            **options)
     files = dataset_files(targets)

@@ -79,7 +79,9 @@ def verify_checkpoint(path: str | os.PathLike) -> VerifyResult:
         # The stat of the bytes hashed, not of whatever the name holds now (a writer may have replaced it).
         hashed = os.fstat(handle.fileno())
         handle.close()
-        if result.metadata is not None:
+        # Only a checkpoint's hash is cached (its sidecar names its kind): an export may sit in a user's
+        # own folder, where verifying it must not leave a file behind.
+        if result.metadata is not None and "kind" in result.metadata:
             _remember(Path(path), _cache_entry(hashed, result.metadata["sha256"]))
     return result
 

@@ -156,7 +156,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     args.run_dir = args.run_dir or "."
     trained = load_trained(args.run_dir, args.checkpoint)
     size = None if args.support_size is None else one_number(args.support_size, "--support-size")
-    axis = check_value("slice_axis", trained.config.get("slice_axis", 2) if args.slice_axis is None
+    axis = check_value("slice_axis", trained.slice_axis if args.slice_axis is None
                        else args.slice_axis)  # volumes are cut as the run was trained on them
     flags = {**data_flags(args), "slice_axis": axis}
     pool = load_support_pool(trained, args.support, flags.pop("classes", None), size, options=flags,

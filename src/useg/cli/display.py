@@ -203,5 +203,6 @@ def flag_text(value: Any) -> str:
         return ",".join(f"{key}={name}" for key, name in value.items())
     if isinstance(value, float):
         mantissa, exponent = f"{value:e}".split("e")
-        return min(f"{value:g}", f"{float(mantissa):g}e{int(exponent)}", key=len)
+        short = min(f"{value:g}", f"{float(mantissa):g}e{int(exponent)}", key=len)
+        return short if float(short) == value else repr(value)  # never a rounded value: it goes into a command
     return str(value)

@@ -53,8 +53,11 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--vis-every", dict(type=int,
                          help=f"write prediction pictures every N epochs (0: never; {default('vis_every')})")),
     ("--vis-count", dict(type=int, help=f"validation targets pictured each time ({default('vis_count')})")),
-    ("--num-threads", dict(type=int, help="CPU threads for torch (default: the usable cores minus one, and minus "
-                                          "the data workers; a resume keeps the count the run computed with)")),
+
+    ("--num-threads", dict(type=int, help="CPU threads for torch (default: on the CPU, the count that ran a trial "
+                                          "step fastest here; on a GPU or under torchrun, the usable cores minus "
+                                          "one and minus the data workers; a resume keeps the count the run "
+                                          "computed with)")),
     ("--device", dict(help="cpu, cuda or cuda:N (default: CUDA when present); for this session only")),
     ("--precision", dict(choices=PRECISIONS,
                          help="autocast dtype for forward and loss; weights stay fp32 (default: fp32 on the CPU, "

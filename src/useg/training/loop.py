@@ -262,7 +262,7 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         record = validate(run.model, run.dataset, run.val_tasks, 2 * cfg.batch_size, run.device, run.world)
         train_time = time.perf_counter() - started
         # A resume mid-epoch trains only the rest of it: the rate counts those samples, not a whole epoch's.
-        samples = cfg.samples_per_epoch - first_batch * cfg.batch_size
+        samples = max(0, cfg.samples_per_epoch - first_batch * cfg.batch_size)  # saved after the last step: none
         record.update(skipped_steps=run.skipped_steps - sum(n or 0 for n in run.history.get("skipped_steps", [])),
                       train_loss=position.mean_loss, lr=run.optimizer.param_groups[0]["lr"],
                       epoch_time_s=round(train_time, 3), samples_trained=samples,

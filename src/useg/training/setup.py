@@ -105,10 +105,11 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
 def settle_threads(cfg: TrainConfig, state: dict | None) -> bool:
     """cfg.num_threads becomes the count this run computes with, and is saved so: --num-threads, or on
     a resume that did not name one, the checkpoint's, else the count `train` set from the cores.
-    True when neither named one: the count is then this run's to choose (`choose_thread_count`)."""
+    True for a new run that named none: the count is then its to choose (`choose_thread_count`); a
+    resume of a checkpoint that did not record its count keeps the one `train` set, as before."""
     if not cfg.num_threads and state is not None:
         cfg.num_threads = training_state.saved_compute(training_state.saved_config(state), "num_threads") or 0
-    free = not cfg.num_threads
+    free = state is None and not cfg.num_threads  # a resume computes with the count it computed with
     if cfg.num_threads and cfg.num_threads != torch.get_num_threads():
         torch.set_num_threads(cfg.num_threads)  # before any step; train's compute_settings restores the caller's
     cfg.num_threads = torch.get_num_threads()
