@@ -268,17 +268,11 @@ def score_row(evalset: EvalSet, task: Task, prob: torch.Tensor, with_paths: bool
     at one half and scored against the native truth; HD95 is in pixels of the original image."""
     dataset = evalset.dataset
     truth = evalset.native_masks(task.target)[task.cls]
-    prob = at_size(prob, truth.shape, evalset.resize)
+    prob = from_square(prob, truth.shape, evalset.resize)
     row = {"image": dataset.ids[task.target], "class": dataset.classes[task.cls], **scores(prob.numpy() > 0.5, truth)}
     if with_paths:
         row["file"] = evalset.files[task.target]
     return row
-
-
-def at_size(prob: torch.Tensor, shape: tuple[int, ...], mode: str = "squash") -> torch.Tensor:
-    """An (H, W) probability map of the square at `shape`, as predict brings it back to the input's size
-    (`mode`: the run's --resize; pad's letterbox is cropped first)."""
-    return from_square(prob, shape, mode)
 
 
 def task_prediction(trained: TrainedModel, evalset: EvalSet, task: Task, ensembles: int, seed: int) -> np.ndarray:
@@ -290,7 +284,7 @@ def task_prediction(trained: TrainedModel, evalset: EvalSet, task: Task, ensembl
         draw = task if member == 0 else redraw(evalset.dataset, members, task, seed, member)
         probs = task_probabilities(trained, evalset.dataset, [draw])[0, 0]
         total = probs if total is None else total + probs
-    return at_size(total / ensembles, evalset.native_masks(task.target).shape[1:], evalset.resize).numpy() > 0.5
+    return from_square(total / ensembles, evalset.native_masks(task.target).shape[1:], evalset.resize).numpy() > 0.5
 
 
 def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:

@@ -37,6 +37,7 @@ from useg.checkpoint import warn_to_stderr as warn  # to stderr, so `--json` out
 from useg.config import saved_value
 from useg.files import write_file_atomically
 from useg.data.folders import is_folders
+from useg.apply.outputs import holds
 from useg.data.formats import IMAGE_SUFFIXES, file_stem, file_suffix, is_image_file, is_medical
 from useg.data.geometry import from_square
 from useg.data.images import open_image, open_upright, read_grey, resize_grey, to_grey
@@ -437,13 +438,6 @@ def file_ids(paths) -> dict[tuple[int, int], Path]:
         if identity is not None:
             ids.setdefault(identity, path)
     return ids
-
-
-def holds(path: Path, data: bytes) -> bool:
-    try:
-        return path.read_bytes() == data
-    except OSError:
-        return False
 
 
 def labelled_folder(out: Path) -> Path | None:

@@ -79,15 +79,10 @@ class SupportPool:
         return pick_supports(self.data, cls, others, self.support_size, self.seed, self.ensembles, quiet=True)
 
 
-def support_sets(supports: SegDataset, wanted: list[str] | None, support_size: int, seed: int,
-                 ensembles: int = 1) -> list[SupportSet]:
-    """Per chosen class, `ensembles` seeded draws of up to `support_size` images showing it."""
-    return support_pool(supports, wanted, support_size, seed, ensembles).sets
-
-
 def support_pool(supports: SegDataset, wanted: list[str] | None, support_size: int, seed: int,
                  ensembles: int = 1) -> SupportPool:
-    """The classes to predict, their members and the shared draws (see support_sets)."""
+    """The classes to predict, their members, and per chosen class `ensembles` seeded draws of up to
+    `support_size` images showing it."""
     check_support_size_setting(support_size)
     if ensembles < 1:
         raise DataError(f"--ensembles must be at least 1, not {ensembles}")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from useg.data.dataset import SegDataset
+from useg.data.formats import file_stem
 from useg.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -129,7 +130,7 @@ def _names_to_images(ds: SegDataset) -> dict[str, list[int]]:
     for index, source in enumerate(ds.sources):
         path = PurePosixPath(source.image)
         below = path.relative_to("images") if path.parts[:1] == ("images",) else path
-        for name in {path, below, path.with_name(_stem(path)), below.with_name(_stem(below))}:
+        for name in {path, below, path.with_name(file_stem(path)), below.with_name(file_stem(below))}:
             names.setdefault(_name_key(name.as_posix()), []).append(index)
     return names
 
@@ -144,12 +145,6 @@ def _named(text: str, names: dict[str, list[int]]) -> list[int]:
     return names.get(key, [])
 
 
-def _stem(path: PurePosixPath) -> str:
-    name = path.name
-    for double in (".nii.gz",):
-        if name.casefold().endswith(double):
-            return name[: -len(double)]
-    return path.stem
 
 
 def _name_key(name: str) -> str:
