@@ -4,6 +4,7 @@ as such, never blamed on the disk (issue 29)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import zipfile
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from tiny import train_tiny
+from useg.checkpoint import publish
 from useg.cli import main
 from useg.data import make_synthetic
 from useg.model import build_universeg
@@ -203,3 +205,22 @@ def test_evaluate_scores_an_export_on_a_folder_and_asks_for_one(shared, tmp_path
     result = json.loads(out)
     assert result["held_out"] is True and result["mean_dice"] is not None
     assert (tmp_path / "scores.csv").read_text().startswith("image,class,dice")
+
+
+def test_an_export_that_cannot_be_written_says_why_for_a_users_folder(shared, tmp_path, capsys, monkeypatch):
+    # An export goes to a user's folder: the advice is about that file, never `--run-dir` or `checkpoints clean`.
+    best = shared / "run" / "checkpoints" / "best_model.pt"
+    (tmp_path / "taken").write_text("a file where the folder should be")
+    code, _, err = run_cli(capsys, "checkpoints", "export", best, tmp_path / "taken" / "model.safetensors")
+    line = one_error_line(err, "taken is a file, not a folder", "run the export again")
+    assert code != 0 and "--run-dir" not in line
+
+    def disk_full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(publish, "write_all", disk_full)
+    out = tmp_path / "sent" / "model.safetensors"
+    code, _, err = run_cli(capsys, "checkpoints", "export", best, out)
+    line = one_error_line(err, f"cannot write {out}: the disk is full", "run the export again")
+    assert code != 0 and "--run-dir" not in line and "clean" not in line
+    assert not out.exists() and [path.name for path in out.parent.iterdir()] == []

@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from useg.faults import kill_point
-from useg.files import TEMP_SUFFIX, fsync_directory, json_text, remove_quietly, replace_durably
+from useg.files import TEMP_SUFFIX, fsync_directory, json_text, new_temp_file, remove_quietly, replace_durably
+from useg.files import write_all
 
-from .atomic import atomic_write_json, write_temp_file
+from .atomic import atomic_write_json
 from .integrity import read_sidecar, remember_verified, sha256_stream
 from .layout import PENDING_SUFFIX, SIDECAR_SUFFIX, pending_path, sidecar_path
 from .serialize import write_state_temp
@@ -92,9 +93,9 @@ def publish_export(final: Path, data: bytes, sidecar: dict[str, Any]) -> None:
     """
     folder = final.parent
     _remove_killed_temps(final)
-    temp = write_temp_file(folder, final.name, data)
+    temp = _user_file_temp(folder, final.name, data)
     try:
-        staged = write_temp_file(folder, sidecar_path(final).name, (json_text(sidecar) + "\n").encode("utf-8"))
+        staged = _user_file_temp(folder, sidecar_path(final).name, (json_text(sidecar) + "\n").encode("utf-8"))
     except BaseException:
         remove_quietly(temp)
         raise
@@ -106,6 +107,12 @@ def publish_export(final: Path, data: bytes, sidecar: dict[str, Any]) -> None:
         replace_durably(temp, final)
         kill_point("export-weights-renamed")
     replace_durably(staged, sidecar_path(final))
+
+
+def _user_file_temp(folder: Path, name: str, data: bytes) -> Path:
+    """A durable temp of `data` beside a user's file; OSErrors are left to the caller, which knows the folder
+    is not a checkpoints folder (no `--run-dir` or `clean` advice fits there)."""
+    return new_temp_file(folder, name, len(data), lambda fd: write_all(fd, data))
 
 
 @contextlib.contextmanager

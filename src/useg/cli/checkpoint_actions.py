@@ -11,7 +11,8 @@ from typing import Any
 
 from useg.checkpoint import CheckpointInfo, bytes_freed
 from useg.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, verify_checkpoint
-from useg.checkpoint import LATEST_NAME, CleanPlan, ResumePoint, acquire_run_lock, checkpoint_info, explain_write_errors
+from useg.checkpoint import LATEST_NAME, CleanPlan, ResumePoint, acquire_run_lock, checkpoint_info
+from useg.files import explain_file_errors
 from useg.checkpoint import VerifyResult, describe_problem, identify_content, read_metadata
 from useg.checkpoint import kind_from_name, pending_path, resume_points, sidecar_path
 from useg.config import batches_per_epoch
@@ -293,17 +294,9 @@ def write_export(out: Path, data: bytes, meta: dict[str, Any]) -> None:
     describes the weights beside it, or no metadata at all (the library's `publish_export`)."""
     from useg.checkpoint import publish_export  # imports torch: only the commands that write pay for it
 
-    with explain_write_errors(out.parent, len(data)):
-        make_export_folder(out.parent)
+    with explain_file_errors(out, then="run the export again", nbytes=len(data)):
+        out.parent.mkdir(parents=True, exist_ok=True)
         publish_export(out, data, meta)
-
-
-def make_export_folder(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise UsegError(f"cannot create the export folder {folder}: a file is in the way; "
-                        "choose another output path") from None
 
 
 def export_description(state: dict[str, Any], source: Path, dtype: str) -> dict[str, Any]:
