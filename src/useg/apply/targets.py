@@ -1,7 +1,9 @@
 """What `useg evaluate` scores: the run's saved split, or every image of another labelled folder.
 
 On the run's own data the targets are its saved val or test split and the
-supports its train split (training's validation rules). On any other folder
+supports its train split (training's validation rules); `--classes` may name a
+class of that data the run never trained (`useg train --classes` left it out),
+scored the same way and marked held-out. On any other folder
 every image is a target once per class it shows; its supports come from the
 other images of that folder, never of the target's patient, or from a second
 labelled folder (`--support DIR2`) matched by class name. The two folders are
@@ -116,8 +118,54 @@ def run_split(trained: TrainedModel, data: str | None, annotations: str | None, 
     if not len(targets):
         raise DataError(f"the {split} split of {trained.path.name} is empty; evaluate --split "
                         f"{'val' if split == 'test' else 'test'} instead")
-    dataset = only_classes(dataset, options.get("classes"))
+    wanted = options.get("classes")
+    if wanted and not set(wanted) <= set(dataset.classes):  # a class the run did not train: read every class
+        return with_untrained_classes(trained, data, saved_options, dataset, saved, split, wanted)
+    dataset = only_classes(dataset, wanted)
     return EvalSet(dataset, targets, saved.train, split, False, data, None, dataset_files(dataset), trained.resize)
+
+
+def with_untrained_classes(trained: TrainedModel, data: str | None, saved_options: dict, run_data: SegDataset,
+                           saved: Split, split: str, wanted: list[str]) -> EvalSet:
+    """The run's data read again with every class, restricted to `wanted`, which names a class the run never
+    trained (held out by `useg train --classes`): targets from the run's `split` patients, supports from its
+    training patients.
+
+    Reading other classes can bring images the run never loaded (they show none of its classes) and renumber
+    its ids, so images are matched to the run's by their file (by id on the embedded data, whose images do not
+    depend on the classes); an image the run never loaded takes the split of its patient's other images, and is
+    left out where its patient has none (or several).
+    """
+    everything = load_dataset(data, image_size=trained.image_size, seed=trained.seed,
+                              **{**saved_options, "classes": None})
+    roles = split_roles(run_data, saved, everything)
+    dataset = only_classes(everything, wanted)
+    targets, pool = np.flatnonzero(roles == split), np.flatnonzero(roles == "train")
+    return EvalSet(dataset, targets, pool, split, False, data, None, dataset_files(dataset), trained.resize)
+
+
+def image_keys(dataset: SegDataset) -> list:
+    """What names an image whatever classes were read: its file (and slice), or its id on the embedded data."""
+    if dataset.sources:
+        return [(source.image, source.mask, source.slice) for source in dataset.sources]
+    return list(dataset.ids)
+
+
+def split_roles(run_data: SegDataset, saved: Split, everything: SegDataset) -> np.ndarray:
+    """Per image of `everything`: "train", "val" or "test" as `saved` splits `run_data`, else "" (see
+    with_untrained_classes)."""
+    run_roles = np.full(len(run_data), "", dtype=object)
+    for name in ("train", "val", "test"):
+        run_roles[getattr(saved, name)] = name
+    position = {key: index for index, key in enumerate(image_keys(run_data))}
+    roles = np.array([run_roles[position[key]] if key in position else "" for key in image_keys(everything)],
+                     dtype=object)
+    for patient in np.unique(everything.patients):
+        mine = everything.patients == patient
+        known = set(roles[mine]) - {""}
+        if len(known) == 1:  # the run split by patient: its images the run never loaded share its part
+            roles[mine & (roles == "")] = known.pop()
+    return roles
 
 
 def held_out(trained: TrainedModel, data: str, annotations: str | None, support: str | None,

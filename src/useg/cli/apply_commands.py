@@ -34,6 +34,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                           help="average the probabilities of K support draws (default 1); a list (1,2,4) or range "
                                "(1..10) sweeps them")
     evaluate.add_argument("--seed", type=int, metavar="N", help="seed of the support draws (default: the run's seed)")
+    # Checked in cmd_evaluate against useg.data.task_kinds, not with `choices`: building the parser stays torch-free.
+    evaluate.add_argument("--task", action="append", default=[], dest="task_kinds", metavar="KIND",
+                          help="also score an in-context check beside the normal task, on the same targets and "
+                               "supports (repeatable): inverted (the supports' labels inverted, the prediction "
+                               "inverted back and scored against the truth: near the normal Dice if the model "
+                               "reads its supports, near 0 if it ignores them) or edges (the supports' labels and "
+                               "the truth replaced by their boundary band, scored at the model's image size)")
     evaluate.add_argument("--csv", metavar="PATH",
                           help="per-image CSV to write (default: evaluation_<split>.csv in the run folder); an "
                                "earlier CSV of that name is kept as <name>_<its time>.csv")
@@ -86,19 +93,21 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from useg.cli.evaluate_report import ScoringProgress, report_evaluation
-    from useg.apply.evaluate import evaluate
+    from useg.apply.evaluate import check_kinds, evaluate
     from useg.apply.predict import load_trained
 
     run_dir_given, args.run_dir = args.run_dir is not None, args.run_dir or "."
     sizes = None if args.support_size is None else number_list(args.support_size, "--support-size")
     counts = number_list(args.ensembles, "--ensembles")
+    check_kinds(args.task_kinds)  # before the checkpoint is read
     if args.pictures < 0:
         raise ConfigError(f"--pictures must be 0 or more, not {args.pictures}")
     trained = load_trained(args.run_dir, args.checkpoint)
     with ScoringProgress() as progress:  # on stderr in a terminal: stdout stays the table or the JSON
         result = evaluate(trained, data=args.data, annotations=args.annotations, split=args.split,
                           support_size=sizes, ensembles=counts, seed=args.seed, support=args.support,
-                          data_options=data_flags(args), with_paths=args.with_paths, progress=progress)
+                          data_options=data_flags(args), with_paths=args.with_paths, progress=progress,
+                          task_kinds=args.task_kinds)
     default_name = f"evaluation_{args.split}.csv" if not result.data.held_out else "evaluation_held_out.csv"
     folder = Path(args.run_dir) if run_dir_given else run_folder_of(trained.path)
     csv_path = Path(args.csv) if args.csv else folder / default_name

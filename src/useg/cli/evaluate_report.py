@@ -32,6 +32,8 @@ def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool
     # The table first: a CSV the disk cannot take does not cost the user the scores.
     console = terminal_console()
     console.print(evaluation_table(result))
+    if result.has_checks:
+        console.print(task_kinds_table(result))
     if result.is_sweep:
         console.print(sweep_table(result))
 
@@ -137,16 +139,61 @@ def evaluation_table(result) -> Table:
     return table
 
 
+KIND_NOTES = {
+    "inverted": "inverted: the supports' labels inverted, the prediction inverted back and scored against the truth "
+                "at native size; about the normal Dice when the model reads its supports, about 0 when it ignores "
+                "them",
+    "edges": "edges: the supports' labels replaced by their boundary band, the prediction scored against the band "
+             "of the truth at the model's size, {size}x{size}",
+}
+
+
+def task_kinds_table(result) -> Table:
+    """The in-context checks beside the normal task: Dice per class and task kind, the inverted-to-normal ratio,
+    and what each check means (the caption)."""
+    kinds = result.task_kinds
+    table = Table(title=f"in-context checks: same targets and supports (S={result.support_size}, "
+                        f"ensembles={result.ensembles}), Dice mean ± std",
+                  caption="\n".join(KIND_NOTES[kind].format(size=result.image_size) for kind in kinds[1:]),
+                  caption_justify="left", box=box.SIMPLE_HEAD)
+    with_ratio = "inverted" in kinds
+    for name in ("class", "model", "n", *kinds, *(["inverted / normal"] if with_ratio else [])):
+        table.add_column(name, justify="left" if name in ("class", "model") else "right")
+    summaries = {kind: result.main.kind(kind).per_class for kind in kinds}
+    for name, stats in result.per_class.items():
+        cells = [spread(summaries[kind][name]["dice"]) if name in summaries[kind] else "" for kind in kinds]
+        ratio = [ratio_text(summaries["inverted"].get(name), stats)] if with_ratio else []
+        table.add_row(name, result.class_status.get(name, ""), str(stats["dice"]["n"]), *cells, *ratio)
+    overall = result.kinds_dict()
+    ratio = [format_ratio(overall["inverted"]["mean_dice"], overall["normal"]["mean_dice"])] if with_ratio else []
+    table.add_row("mean over classes", "", "", *(format_number(overall[kind]["mean_dice"]) for kind in kinds), *ratio,
+                  style="bold")
+    return table
+
+
+def ratio_text(inverted: dict | None, normal: dict) -> str:
+    return "" if inverted is None else format_ratio(inverted["dice"]["mean"], normal["dice"]["mean"])
+
+
+def format_ratio(part: float | None, whole: float | None) -> str:
+    """`part / whole` to two decimals; empty where either is missing or the whole is 0."""
+    return "" if part is None or not whole else f"{part / whole:.2f}"
+
+
 def sweep_table(result) -> Table:
-    """Mean Dice per class at every (support size, ensemble count) scored."""
+    """Mean Dice per class at every (support size, ensemble count) scored; with in-context checks, the mean over
+    classes of each task kind too."""
     classes = list(result.per_class)
+    checks = result.task_kinds[1:]
     table = Table(title="sweep: mean Dice", box=box.SIMPLE_HEAD)
-    for name in ("S", "ensembles", *classes, "mean over classes"):
+    for name in ("S", "ensembles", *classes, "mean over classes", *(f"mean ({kind})" for kind in checks)):
         table.add_column(name, justify="right")
     for point in result.points:
         means = [point.per_class.get(name, {}).get("dice", {}).get("mean") for name in classes]
+        record = point.to_dict()
         table.add_row(str(point.support_size), str(point.ensembles), *map(format_number, means),
-                      format_number(point.to_dict()["mean_dice"]))
+                      format_number(record["mean_dice"]),
+                      *(format_number(record["task_kinds"][kind]["mean_dice"]) for kind in checks))
     return table
 
 
