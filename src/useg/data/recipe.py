@@ -53,7 +53,7 @@ from useg.data.task_kinds import EDGES, INVERTED, edges, inverted
 # training time from the trained classes (the integrator measures and may tune these).
 LABEL_INVERSION_PROBABILITY = 0.5
 EDGES_PROBABILITY = 0.25
-CHUNK = 4  # images resampled and filtered together: 4 x 64 KB temporaries at 128 px stay in cache
+CHUNK = 3  # images warped and filtered together: their 64 KB (at 128 px) temporaries stay in the cache
 CONTROL_SPACING = 4  # pixels between elastic control points
 ELASTIC_REACH = 4.0  # the elastic smoothing kernel spans +-4 sigma (kornia's 63-tap kernel at sigma 8)
 BLUR_REACH = 2.0  # the blur kernel spans +-2 sigma: 5 taps at sigma 1.1, the paper's kernel size 5
@@ -227,7 +227,9 @@ def augment_into(rng: np.random.Generator, images: np.ndarray, labels: np.ndarra
         warped_labels = _changed_labels(plan, warped_labels)
         for out_image, out_label, start, stop in zip(out_images, out_labels, starts, starts[1:]):
             inside = (part >= start) & (part < stop)
-            if inside.any():
+            if inside.all():
+                out_image[part - start], out_label[part - start] = warped_images, warped_labels
+            elif inside.any():
                 out_image[part[inside] - start] = warped_images[inside]
                 out_label[part[inside] - start] = warped_labels[inside]
     return tuple(name for name, on in ((EDGES, plan.edges), (INVERTED, plan.inverted)) if on)
@@ -417,34 +419,35 @@ def _chunks(plan: _Plan, images: np.ndarray, labels: np.ndarray):
         controls = _control_maps(plan, group)
         for first in range(0, len(group), CHUNK):
             def warped(part=group[first:first + CHUNK], maps=controls[first:first + CHUNK]):
-                maps = _upsample(maps, plan.shape)
-                return _resample(images, labels, part, maps[:, 0], maps[:, 1])
+                return _resample(images, labels, part, *_upsample(maps, plan.shape))
             yield group[first:first + CHUNK], warped
 
 
 def _affine_maps(plan: _Plan, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, H, W) source rows and columns of images whose map is affine: one broadcast sum each."""
+    """(n, H, W) source rows and columns (+ 1: in the padded source) of images whose map is affine: one
+    broadcast sum each."""
     _, height, width = plan.shape
     matrices = plan.task_matrix @ plan.own_matrices[part]
     row, col = np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64)
     maps = []
     for axis in (0, 1):
         along_rows = (matrices[:, axis, 0, None] * row).astype(np.float32)[:, :, None]
-        along_cols = (matrices[:, axis, 1, None] * col + matrices[:, axis, 2, None]).astype(np.float32)[:, None, :]
+        along_cols = (matrices[:, axis, 1, None] * col + matrices[:, axis, 2, None] + 1).astype(np.float32)[:, None, :]
         maps.append(along_rows + along_cols)
     return maps[0], maps[1]
 
 
 def _control_maps(plan: _Plan, part: np.ndarray) -> np.ndarray:
-    """(n, 2, Gh, Gw) source rows and columns at the control points: the image's own elastic warp and
-    affine, then the task's elastic warp (its field read where the image's map lands), affine and flips."""
+    """(n, 2, Gh, Gw) source rows and columns (+ 1: in the padded source) at the control points: the
+    image's own elastic warp and affine, then the task's elastic warp (its field read where the image's
+    map lands), affine and flips."""
     _, height, width = plan.shape
     maps = np.mgrid[0:_control_points(height), 0:_control_points(width)] * float(CONTROL_SPACING)
     maps = maps + plan.own_fields[plan.own_field_of[part]]
     maps = _apply(plan.own_matrices[part], maps)
     if plan.task_field is not None:
         maps += _sample_field(plan.task_field, maps)
-    return _apply(plan.task_matrix[None], maps).astype(np.float32)
+    return (_apply(plan.task_matrix[None], maps) + 1).astype(np.float32)  # + 1: in the padded source
 
 
 def _apply(matrices: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -474,16 +477,22 @@ def _sample_field(field: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.moveaxis(upper, 0, 1)
 
 
-def _upsample(maps: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """(n, 2, Gh, Gw) -> (n, 2, H, W), bilinearly between control points (exact for affine maps)."""
+def _upsample(maps: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 2, Gh, Gw) -> rows and columns (n, H, W), bilinearly between control points (exact for affine
+    maps); one coordinate after the other, to keep few full-size arrays alive."""
     _, height, width = shape
-    for axis, size in ((3, width), (2, height)):
-        low, fraction = _between(size)
-        steps = np.diff(maps, axis=axis).take(low, axis)
-        steps *= fraction if axis == 3 else np.broadcast_to(fraction[:, None], steps.shape[-2:]).copy()
-        steps += maps.take(low, axis)
-        maps = steps
-    return maps
+    (row_below, _), (col_below, col_fraction) = _between(height), _between(width)
+    row_fraction = _row_fractions(height, width)
+    upsampled = []
+    for coordinate in maps.transpose(1, 0, 2, 3):
+        wide = np.diff(coordinate, axis=2).take(col_below, axis=2)  # (n, Gh, W): small
+        wide *= col_fraction
+        wide += coordinate.take(col_below, axis=2)
+        full = np.diff(wide, axis=1).take(row_below, axis=1)
+        full *= row_fraction
+        full += wide.take(row_below, axis=1)
+        upsampled.append(full)
+    return upsampled[0], upsampled[1]
 
 
 @lru_cache(maxsize=8)
@@ -494,10 +503,18 @@ def _between(size: int) -> tuple[np.ndarray, np.ndarray]:
     return _read_only(low), _read_only(fraction)
 
 
+@lru_cache(maxsize=8)
+def _row_fractions(height: int, width: int) -> np.ndarray:
+    """_between(height)'s fractions repeated along each row: a full-size operand is faster than a broadcast one."""
+    return _read_only(np.repeat(_between(height)[1][:, None], width, axis=1))
+
+
 def _resample(images: np.ndarray, labels: np.ndarray, part: np.ndarray, rows: np.ndarray,
               cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Images[part] bilinearly and labels[part] at the nearest pixel, at source positions `rows`, `cols`
-    (n, H, W); 0 outside the source."""
+    (n, H, W; in the padded source: pixel + 1; the caller's temporaries, overwritten); 0 outside the source.
+
+    Written to keep few arrays alive at once: the work is bound by cache misses, not arithmetic."""
     _, height, width = images.shape
     tall, stride = height + 3, width + 3  # one zero row/column before, two after: every read stays inside
     padded = np.zeros((len(part), tall, stride), np.float32)
@@ -505,33 +522,35 @@ def _resample(images: np.ndarray, labels: np.ndarray, part: np.ndarray, rows: np
     for i, k in enumerate(part):
         padded[i, 1:height + 1, 1:width + 1] = images[k]
         padded_labels[i, 1:height + 1, 1:width + 1] = labels[k]
-    rows, cols = np.clip(rows, -1, height), np.clip(cols, -1, width)
-    index = np.floor(rows)
-    left = np.floor(cols)
-    rows -= index  # now the fractions between neighbours
-    cols -= left
+    np.clip(rows, 0, height + 1, out=rows)  # beyond the zero border reads the zero border
+    np.clip(cols, 0, width + 1, out=cols)
     exact = np.float32 if padded.size < 2**24 else np.float64  # the flat index must be an exact float
-    index = index.astype(exact, copy=False)
-    index += (np.arange(len(part)) * tall + 1).astype(exact)[:, None, None]
+    index = np.floor(rows).astype(exact, copy=False)
+    rows -= index  # now the fractions between neighbours
+    nearest = np.floor(cols).astype(exact, copy=False)
+    cols -= nearest
+    index += (np.arange(len(part)) * tall).astype(exact)[:, None, None]
     index *= stride
-    index += left
-    nearest = (rows >= 0.5) * exact(stride)  # the label's pixel: the neighbour nearest to the position
-    nearest += index
-    nearest += cols >= 0.5
-    index = index.astype(np.intp)  # the top left neighbour's, in the padded stack read from its second value
+    index += nearest  # the top left neighbour's, in the flat padded stack
+    np.add(index, cols >= 0.5, out=nearest)  # the label's pixel: the neighbour nearest to the position
+    nearest += (rows >= 0.5) * exact(stride)
+    index = index.astype(np.intp)
     flat = padded.reshape(-1)
-    upper, right = flat[1:].take(index), flat[2:].take(index)
-    right -= upper
-    right *= cols
-    upper += right
-    lower, right = flat[stride + 1:].take(index), flat[stride + 2:].take(index)
-    right -= lower
-    right *= cols
-    lower += right
+    upper, step = flat.take(index, mode="clip"), flat[1:].take(index, mode="clip")  # (all indices are valid)
+    step -= upper
+    step *= cols
+    upper += step
+    lower = flat[stride:].take(index, mode="clip")
+    flat[stride + 1:].take(index, out=step, mode="clip")
+    step -= lower
+    step *= cols
+    lower += step
+    del step, index
     lower -= upper
     lower *= rows
     upper += lower
-    return upper, padded_labels.reshape(-1)[1:].take(nearest.astype(np.intp))
+    del lower
+    return upper, padded_labels.reshape(-1).take(nearest.astype(np.intp), mode="clip")
 
 
 # ------------------------------------------------------------------ labels and intensity
@@ -563,11 +582,12 @@ def _intensity(plan: _Plan, images: np.ndarray, part: np.ndarray) -> None:
 
 
 def _on_chosen(images: np.ndarray, chosen: np.ndarray, change) -> None:
-    """images[chosen] = change(images[chosen]), without the copies when every image is chosen."""
-    if chosen.all():
-        images[...] = change(images)
-    else:
+    """images[chosen] = change(images[chosen]) (which may change its argument in place), without the
+    copies when every image is chosen."""
+    if not chosen.all():
         images[chosen] = change(images[chosen])
+    elif (changed := change(images)) is not images:
+        images[...] = changed
 
 
 def _linear_intensity(plan: _Plan, images: np.ndarray, part: np.ndarray) -> None:
@@ -592,31 +612,53 @@ def _blur(stack: np.ndarray, sigmas: np.ndarray, reach: int) -> np.ndarray:
     weights = np.exp(-0.5 * (taps / sigmas[:, None]) ** 2)
     weights /= weights[:, :1] + 2 * weights[:, 1:].sum(axis=1, keepdims=True)
     weights[weights < 1e-20] = 0  # float32 denormals would make every pass ten times slower
-    weights = weights.astype(np.float32)[:, :, None, None]
-    for axis in (1, 2):
-        size = stack.shape[axis]
-        padded = _padded(stack, axis, reach, "reflect")
-        blurred = _window(padded, axis, reach, size) * weights[:, 0]
-        for step in range(1, reach + 1):
-            pair = _window(padded, axis, reach - step, size) + _window(padded, axis, reach + step, size)
-            pair *= weights[:, step]
-            blurred += pair
-        stack = blurred
-    return stack
+    weights = weights.astype(np.float32)
+    count, height, width = stack.shape
+    padded = _padded(stack, 1, reach, "reflect").reshape(count, -1)  # each image one line, rows a width apart
+    blurred = _symmetric_sum(padded, weights, width, height * width).reshape(stack.shape)
+    # Along the rows, each image is one line too (its rows padded), so that every shifted window is one
+    # contiguous run (row by row, numpy's loops are about twice as slow); what a window takes across two
+    # rows lands in the padding columns of the result, which are dropped.
+    padded = _padded(blurred, 2, reach, "reflect").reshape(count, -1)
+    out = np.empty((count, height, width + 2 * reach), np.float32)
+    size = padded.shape[1] - 2 * reach
+    _symmetric_sum(padded, weights, 1, size, out=out.reshape(count, -1)[:, :size])
+    return out[:, :, :width]
+
+
+def _symmetric_sum(lines: np.ndarray, weights: np.ndarray, step: int, size: int,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """(n, size): sum over k of weights[:, k] * (the n lines shifted k * step back + shifted k * step on),
+    read from window [reach * step, reach * step + size) of each line, reach = weights.shape[1] - 1."""
+    reach = weights.shape[1] - 1
+    centre = reach * step
+    out = np.multiply(lines[:, centre:centre + size], weights[:, :1], out=out)
+    pair = np.empty_like(out)
+    for k in range(1, reach + 1):
+        before, after = centre - k * step, centre + k * step
+        np.add(lines[:, before:before + size], lines[:, after:after + size], out=pair)
+        pair *= weights[:, k:k + 1]
+        out += pair
+    return out
 
 
 def _sharpen(stack: np.ndarray, factors: np.ndarray) -> np.ndarray:
     """torchvision's adjust_sharpness: blend with the 3x3 smoothing [[1,1,1],[1,5,1],[1,1,1]] / 13 by
     `factor` (0 smooth, 1 unchanged, >1 sharper); the border repeats the edge pixels."""
     factor = factors.astype(np.float32)[:, None, None]
-    columns = _padded(stack, 1, 1, "edge")
-    columns = columns[:, :-2] + columns[:, 1:-1] + columns[:, 2:]
+    padded = _padded(stack, 1, 1, "edge")
+    columns = padded[:, :-2] + padded[:, 1:-1]
+    columns += padded[:, 2:]
     padded = _padded(columns, 2, 1, "edge")
-    box = padded[:, :, :-2] + padded[:, :, 1:-1] + padded[:, :, 2:]  # the 3x3 sum
+    del columns
+    box = padded[:, :, :-2] + padded[:, :, 1:-1]
+    box += padded[:, :, 2:]  # the 3x3 sum
+    del padded
     # factor * x + (1 - factor) * (box + 4 x) / 13, as one weight on x and one on the box
     box *= (1 - factor) / 13
-    box += stack * (factor + 4 * (1 - factor) / 13)
-    return box
+    stack *= factor + 4 * (1 - factor) / 13
+    stack += box
+    return stack
 
 
 def _padded(stack: np.ndarray, axis: int, reach: int, mode: str) -> np.ndarray:
