@@ -23,6 +23,7 @@ LOSSES = ("dice", "dice+bce")
 MODEL_WEIGHTS = "model_state_dict"
 PRECISIONS = ("fp32", "bf16", "fp16")
 RESIZE_MODES = ("squash", "pad")  # how images become the square input: useg.data.geometry
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers: useg.training.trackers
 DEVICE_FORMAT = r"cpu|cuda(:[0-9]+)?"
 
 
@@ -64,7 +65,9 @@ class TrainConfig:
     compile: bool = False
     data_workers: int | None = None  # threads building batches ahead; None: from the usable cores
     pretrained: str | None = None
-    tensorboard: bool = False
+    tensorboard: bool = False  # an alias: adds "tensorboard" to the trackers
+    trackers: list[str] = field(default_factory=list)  # from TRACKERS; kept when the run is resumed
+    tracker_upload_best: bool = False  # also give the trackers best_model.pt itself, not only its path and SHA-256
     quiet: bool = False
     # Recorded by the run, not a setting: False once a resume changed how the run computes
     # (COMPUTE_KEYS, the device type or the number of processes); later resumes carry it on.
@@ -80,7 +83,8 @@ class TrainConfig:
 # a resume on another device type says that it is not bit-identical.)
 HARMLESS_KEYS = frozenset(
     {"epochs", "run_dir", "vis_every", "vis_count", "save_every_steps", "save_every_minutes",
-     "data_workers", "pretrained", "tensorboard", "quiet", "periodic_percentages", "device", "bit_identical"}
+     "data_workers", "pretrained", "tensorboard", "quiet", "periodic_percentages", "device", "bit_identical",
+     "trackers", "tracker_upload_best"}
 )
 # Keys that change the optimisation but not the model or the data: a resume may change them
 # (e.g. a lower lr after divergence), with a warning, and the log's sessions record it.
@@ -160,6 +164,8 @@ FILE_ONLY_KEYS = frozenset({"min_lr_ratio", "split_fractions", "periodic_percent
 
 def setting_name(key: str) -> str:
     """How a message names a setting: its flag, or its config key where there is no flag."""
+    if key == "trackers":
+        return "--tracker"  # one flag per tracker, repeated
     return f"config value {key}" if key in FILE_ONLY_KEYS else "--" + key.replace("_", "-")
 
 
@@ -350,6 +356,8 @@ RULES: dict[str, tuple[Any, str]] = {
     "data_workers": (optional(integer(0)), "an integer >= 0 (0: build batches on the training thread)"),
     "pretrained": (optional(path_text), "a file path"),
     "tensorboard": (boolean, "true or false"),
+    "trackers": (listed(choice(*TRACKERS), convert=str), f"a list of {one_of(TRACKERS)}, e.g. [mlflow]"),
+    "tracker_upload_best": (boolean, "true or false"),
     "quiet": (boolean, "true or false"),
     "bit_identical": (boolean, "true or false"),
 }

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from useg.config import LOSSES, PRECISIONS, RESIZE_MODES, TrainConfig
+from useg.config import LOSSES, PRECISIONS, RESIZE_MODES, TRACKERS, TrainConfig
 from useg.errors import UsegError
 from useg.cli.display import flag_text
 
@@ -75,13 +75,31 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=None,
                         help="epoch summaries only (for logs); for this session only: a resume does not inherit it")
     parser.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
-                        help="also log to TensorBoard (kept when the run is resumed)")
+                        help="also log to TensorBoard (the same as --tracker tensorboard; kept when the run is resumed)")
+    parser.add_argument("--tracker", "--trackers", dest="trackers", action="extend", type=tracker_list,
+                        metavar="{" + ",".join(TRACKERS) + "}",
+                        help="also log to this experiment tracker; repeat for several (each an optional package: "
+                             "pip install 'useg[mlflow]'). Local: MLflow in RUN/logs/mlflow.db unless "
+                             "MLFLOW_TRACKING_URI is set, W&B offline unless WANDB_MODE is set; a resume continues "
+                             "the same tracked run (kept when the run is resumed)")
+    parser.add_argument("--tracker-upload-best", action=argparse.BooleanOptionalAction, default=None,
+                        help="also give the trackers best_model.pt itself at the end, not only its path and SHA-256 "
+                             f"({default('tracker_upload_best')})")
     parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                         help=f"deterministic kernels, for bit-identical resume ({default('deterministic')}; "
                              "--no-deterministic trades that for speed on a GPU)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help=f"torch.compile the model for training steps ({default('compile')}; a resume keeps "
                              "the run's)")
+
+
+def tracker_list(text: str) -> list[str]:
+    """`mlflow` or `mlflow,wandb` (as the menu writes a kept list): tracker names, each checked."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown tracker {(unknown or [text])[0]!r}; choose from {', '.join(TRACKERS)}")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("which", nargs="?", default="latest", metavar="WHICH",
                         help="latest (default), best, an epoch number (its epoch_NNN file), or a checkpoint path")
     add_train_flags(resume)
-    from useg.cli import apply_commands, checkpoint_commands
+    from useg.cli import apply_commands, checkpoint_commands, runs
 
     checkpoint_commands.add_commands(commands)
+    runs.add_commands(commands)
     apply_commands.add_commands(commands)
     return parser
 

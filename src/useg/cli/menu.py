@@ -26,6 +26,7 @@ OPTIONS = (
     ("5", "Clean old checkpoints"),
     ("6", "Show training history"),
     ("7", "List checkpoints"),
+    ("8", "Compare with other runs"),
     ("q", "Quit"),
 )
 # Every listing (3, 4, 7) numbers the run's files as `useg checkpoints list` does: oldest first.
@@ -79,7 +80,8 @@ def run_menu(run_dir: str) -> int:
     console = display.console()
     enable_line_editing()
     actions = {"1": start_training, "2": resume_latest, "3": resume_specific, "4": view_info,
-               "5": clean_old, "6": show_history, "7": list_all}
+               "5": clean_old, "6": show_history, "7": list_all,
+               "8": compare_runs}
     while True:
         console.print(f"\n[bold]UniverSeg training manager[/bold]  (run folder: {escape(str(Path(run_dir).resolve()))})")
         for key, label in OPTIONS:
@@ -613,3 +615,18 @@ def show_history(run_dir: str, console: Console) -> None:
     # A curves file that cannot be written is a UsegError: run_menu prints it and shows the menu again.
     curves = plot_curves(history, Path(run_dir) / "training_curves.png", then="choose 6 again")
     say(console, f"curves saved to {curves}")
+
+
+def compare_runs(run_dir: str, console: Console) -> None:
+    """`useg runs compare` of this run and the folders the user names: the table, and compare.png in this run."""
+    from useg.cli.runs import compare_runs as compare, compare_table, save_compare_picture
+
+    answer = ask("Other run folders to compare with this one (separated by spaces): ")
+    try:
+        others = shlex.split(answer)  # a folder with spaces is typed in quotes, as in a shell
+    except ValueError as err:
+        raise UsegError(f"cannot read those folders ({err}); put a folder with spaces in quotes") from None
+    comparison = compare([Path(run_dir), *map(Path, others)])
+    console.print(compare_table(comparison))
+    picture = save_compare_picture(comparison["runs"], Path(run_dir) / "compare.png")
+    say(console, f"picture saved to {picture}")

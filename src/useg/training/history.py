@@ -137,23 +137,3 @@ def plot_curves(history: dict[str, Any], path: Path, then: str = "try again") ->
     fig.tight_layout()
     return save_figure(fig, path, dpi=100, then=then)
 
-
-def open_tensorboard(log_dir: Path, warn) -> Any:
-    """A TensorBoard SummaryWriter, or None (with a warning) when tensorboard is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        warn("--tensorboard needs the tensorboard package (pip install tensorboard); continuing without it")
-        return None
-    return SummaryWriter(log_dir=str(log_dir))
-
-
-def log_tensorboard(writer: Any, epoch: int, record: dict[str, Any]) -> None:
-    """One epoch's scalars; per-class Dice under val_dice_per_class/<class>."""
-    if writer is None:
-        return
-    for key in ("train_loss", "val_dice", "lr", "samples_per_s"):
-        writer.add_scalar(key, record[key], epoch)
-    for name, value in record["val_dice_per_class"].items():
-        writer.add_scalar(f"val_dice_per_class/{name}", value, epoch)
-    writer.flush()

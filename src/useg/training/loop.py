@@ -19,7 +19,7 @@ from useg.compute.device import choose_device, choose_threads, compute_settings,
 from useg.compute.distributed import World, any_rank, barrier, check_replicas_agree, close_world, gather_objects
 from useg.compute.distributed import init_world, local_part, mean_over_ranks, on_main
 from useg.errors import CheckpointError, ConfigError, DivergedError
-from useg.training.history import append_epoch, log_tensorboard, set_best, write_log
+from useg.training.history import append_epoch, set_best, write_log
 from useg.training.losses import segmentation_loss
 from useg.model import model_config
 from useg.compute.precision import autocast, optimizer_step, scaler_state
@@ -102,25 +102,27 @@ def stopped_after_the_run(run: Run, stop: StopRequest, progress: Progress) -> Tr
 def run_and_finish(run: Run, stop: StopRequest, progress: Progress) -> None:
     """Train with signals caught by `stop`; always close the log writer and the checkpoint manager."""
     stop.install()
-    together = False
+    together, outcome = False, "failed"
     try:
         run_epochs(run, stop, progress)
-        together = True
+        together, outcome = True, "finished"
     except TrainingInterrupted:
-        together = True  # every rank stops at the same step
+        together, outcome = True, "interrupted"  # every rank stops at the same step
         raise
     finally:
-        finish(run)  # a Ctrl+C while the last save is written is still handled by `stop`
+        finish(run, outcome)  # a Ctrl+C while the last save is written is still handled by `stop`
         if together:
             barrier(run.world)  # no rank tears the process group down while another still uses it
 
 
-def finish(run: Run) -> None:
-    """Close the TensorBoard writer and wait until every checkpoint write is durable."""
-    if run.tensorboard is not None:
-        run.tensorboard.close()
-    if run.manager is not None:
-        run.manager.close()
+def finish(run: Run, outcome: str) -> None:
+    """Wait until every checkpoint write is durable, then close the trackers (`outcome`: finished,
+    interrupted or failed; a finished run gives them its best checkpoint's path and SHA-256)."""
+    try:
+        if run.manager is not None:
+            run.manager.close()
+    finally:
+        run.trackers.close(outcome, run.history, run.paths, run.cfg.tracker_upload_best)
 
 
 class RunComplete(Exception):
@@ -274,17 +276,27 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         now = time.perf_counter()  # since the last summary: this epoch, its save and the last pictures
         whole_epochs.append(whole_epoch_time(now - mark, steps_time, samples, cfg.samples_per_epoch))
         mark = now
+        saves = epoch_saves(run, saves_before)
         progress.epoch_summary(position.epoch, cfg.epochs, record, improved, run.history,
-                               saves=epoch_saves(run, saves_before), samples_per_epoch=cfg.samples_per_epoch,
+                               saves=saves, samples_per_epoch=cfg.samples_per_epoch,
                                remaining_s=remaining_time(whole_epochs, cfg.epochs - position.epoch))
         # Pictures after the checkpoint: a picture that cannot be written must not cost the epoch.
         if cfg.vis_every and position.epoch % cfg.vis_every == 0:
             on_main(run.world, lambda: save_pictures(run.model, run.dataset, pictured, run.paths.visualizations,
                                                      position.epoch, run.device))
+        track_epoch(run, saves)
         if any_rank(run.world, stop.signum is not None):
             # The signal came during validation, the save or the pictures: the epoch checkpoint is
             # the position, also after the last epoch (a Ctrl+C is never ignored).
             stop_after_epoch(run, stop, progress)
+
+
+def track_epoch(run: Run, saves: SaveCounts) -> None:
+    """The trackers get the epoch once its checkpoint is durable (usually written during the pictures), so a
+    kill never leaves a tracker ahead of the checkpoints a resume continues from."""
+    if run.trackers:
+        run.manager.wait()
+        run.trackers.log_epochs(run.history, {"routine_saves": saves.asked, "coalesced_saves": saves.coalesced})
 
 
 def save_counts(run: Run) -> SaveCounts:
@@ -418,7 +430,6 @@ def save_epoch_checkpoint(run: Run, record: dict[str, Any]) -> bool:
     """Checkpoint after a finished epoch (written in the background), then rewrite the log.
     Returns whether the epoch is a new best (best_model.pt is written)."""
     check_replicas_agree(run.world, run.model)
-    epoch = run.position.epoch
     improved = record_epoch_best(run, record)
     started = time.perf_counter()
     save_checkpoint(run, metrics={"val_dice": record["val_dice"], "train_loss": record["train_loss"]})
@@ -426,7 +437,6 @@ def save_epoch_checkpoint(run: Run, record: dict[str, Any]) -> bool:
     if run.world.is_main:
         record_saves(run.log, run.manager)
         write_log(run.log_path, run.log, run.history)
-        log_tensorboard(run.tensorboard, epoch, record)
     return improved
 
 

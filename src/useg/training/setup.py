@@ -20,7 +20,7 @@ from useg.compute.device import choose_device, choose_threads, compile_model, de
 from useg.compute.device import fastest_thread_count, thread_candidates, usable_cores
 from useg.compute.distributed import World, any_rank, broadcast_object, wrap_distributed
 from useg.errors import ConfigError
-from useg.training.history import new_history, new_log_name, open_tensorboard
+from useg.training.history import new_history, new_log_name
 from useg.model import build_universeg
 from useg.weights import load_pretrained
 from useg.compute.precision import autocast, default_precision, make_scaler, restore_scaler
@@ -30,6 +30,7 @@ from useg.training.losses import segmentation_loss
 from useg.training.log import describe_data, describe_world, log_header, new_session, open_log
 from useg.training.schedule import align_schedule, build_scheduler
 from useg.training.state import TrainingPosition
+from useg.training.trackers import Trackers, open_trackers
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Run:
     history: dict[str, Any]
     log_path: Path
     log: dict[str, Any]
-    tensorboard: Any = None
+    trackers: Trackers = field(default_factory=Trackers)  # rank 0's experiment trackers (none: empty)
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     skipped_steps: int = 0  # steps the fp16 scaler skipped over the whole run
     routine_saves: int = 0  # mid-epoch saves asked for in this session (the epoch line counts them)
@@ -96,8 +97,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
     if world.is_main:
         start_log(run, state, resumed_from.name if resumed_from else None)
         write_data_index(paths.root, cfg.data, dataset)  # id -> file, owner-only (useg.data.index)
-        if cfg.tensorboard:
-            run.tensorboard = open_tensorboard(paths.logs / "tensorboard", progress.warn)
+        run.trackers = open_trackers(cfg, paths, run.log, run.history, position.epoch, fresh=state is None,
+                                     warn=progress.warn)
     progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device) + describe_compute(cfg))
     return run
 

@@ -1,0 +1,188 @@
+"""`useg runs compare RUN [RUN ...]`: runs side by side, one table and one picture of their validation curves.
+
+Each run is read from its newest JSON log (logs/training_*.json: config and history), else from its
+latest checkpoint; test and held-out Dice from the CSVs `useg evaluate` left in the run folder.
+Torch-free unless a run has no log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from useg.cli import display
+from useg.config import RECORDED_KEYS, config_keys, saved_value
+from useg.errors import UsegError
+from useg.training.history import epoch_rows, format_number, latest_log, read_log
+
+# Where a run lives and what it wrote besides checkpoints (not what it trained, nor its numbers), and the
+# planned epochs, which the epochs column shows.
+NOT_COMPARED = frozenset({"run_dir", "quiet", "tensorboard", "trackers", "tracker_upload_best", "vis_every",
+                          "vis_count", "periodic_percentages", "epochs"})
+TEST_CSV, HELD_OUT_CSV = "evaluation_test.csv", "evaluation_held_out.csv"  # useg evaluate's default names
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register `runs compare`."""
+    runs = commands.add_parser("runs", help="compare runs side by side")
+    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    text = ("a table of the settings that differ and each run's results (best val Dice and epoch, held-out and "
+            "test Dice where evaluated, epochs, time, samples/s), and one picture of their validation curves")
+    compare = actions.add_parser("compare", help=text, description=text)
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each a --run-dir of useg train)")
+    compare.add_argument("--out", default="compare.png", help="the picture to write (default compare.png)")
+    compare.add_argument("--json", action="store_true", help="machine-readable output (schema in CHECKPOINT_GUIDE.md)")
+    compare.set_defaults(handler=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    comparison = compare_runs([Path(run) for run in args.runs])
+    if args.json:  # the JSON names the picture, so it is printed once the picture exists
+        picture = save_compare_picture(comparison["runs"], Path(args.out))
+        display.print_json({**comparison, "picture": str(picture)})
+    else:  # the table first: a disk too full for the picture still shows the numbers
+        display.console().print(compare_table(comparison))
+        print(f"picture saved to {save_compare_picture(comparison['runs'], Path(args.out))}")
+    return 0
+
+
+def compare_runs(folders: list[Path]) -> dict[str, Any]:
+    """{"differing_settings": [...], "runs": [one summary per run]} for `folders`, in their order."""
+    read = [(folder, *read_run(folder)) for folder in folders]
+    differing = differing_settings([config for _, config, _ in read])
+    labels = run_labels(folders)
+    return {"differing_settings": differing,
+            "runs": [run_summary(label, folder, config, history, differing)
+                     for label, (folder, config, history) in zip(labels, read)]}
+
+
+def read_run(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's config and history: from its newest log, else from its latest checkpoint."""
+    if not folder.is_dir():
+        raise UsegError(f"{folder} is not a folder; give run folders that useg train wrote (their --run-dir)")
+    log_path = latest_log(folder / "logs")
+    log = read_log(log_path) if log_path else None
+    if log and log.get("history"):
+        return log.get("config") or {}, log["history"]
+    from useg.checkpoint import LATEST_NAME, read_metadata
+    from useg.cli.checkpoint_actions import run_history
+    from useg.run_folder import checkpoints_folder
+
+    history = run_history(folder)  # says "train first" when there is nothing
+    return (read_metadata(checkpoints_folder(folder) / LATEST_NAME) or {}).get("config") or {}, history
+
+
+def differing_settings(configs: list[dict[str, Any]]) -> list[str]:
+    """The settings whose values are not the same in every run, in the config's order."""
+    keys = [key for key in (*config_keys(), *RECORDED_KEYS) if key not in NOT_COMPARED]
+    keys += sorted({key for config in configs for key in config} - set(keys) - NOT_COMPARED)
+    return [key for key in keys
+            if len({json.dumps(saved_value(config, key), sort_keys=True, default=str) for config in configs}) > 1]
+
+
+def run_labels(folders: list[Path]) -> list[str]:
+    """Each run's folder name; the path as given where two runs share a name."""
+    names = [folder.resolve().name for folder in folders]
+    return [name if names.count(name) == 1 else str(folder) for name, folder in zip(names, folders)]
+
+
+def run_summary(label: str, folder: Path, config: dict[str, Any], history: dict[str, Any],
+                differing: list[str]) -> dict[str, Any]:
+    rows = epoch_rows(history)
+    timed = [row for row in rows if row["epoch_time_s"] is not None]
+    seconds = sum(row["epoch_time_s"] for row in timed)
+    samples = sum(row["samples_trained"] if row["samples_trained"] is not None else config.get("samples_per_epoch", 0)
+                  for row in timed)
+    return {"run": label, "path": str(folder), "settings": {key: saved_value(config, key) for key in differing},
+            "best_val_dice": history.get("best_val_dice"), "best_epoch": history.get("best_epoch"),
+            "held_out_dice": evaluated_dice(folder / HELD_OUT_CSV), "test_dice": evaluated_dice(folder / TEST_CSV),
+            "epochs": len(rows), "epochs_planned": config.get("epochs"),
+            "time_s": round(seconds, 1) if timed else None,
+            "samples_per_s": round(samples / seconds, 2) if seconds > 0 else None,
+            "resumed_at": [epoch for epoch in history.get("resumed_at") or [] if epoch > 0],
+            "initial_val_dice": history.get("initial_val_dice"), "val_dice": [row["val_dice"] for row in rows]}
+
+
+def evaluated_dice(path: Path) -> float | None:
+    """The mean Dice `useg evaluate` reported in this CSV: the unweighted mean over classes of each class's mean,
+    at the largest support size and ensemble count it scored, on the normal task; None without the CSV."""
+    try:
+        with path.open(newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    rows = [row for row in rows if row.get("task") in (None, "", "normal")]
+    for column in ("support_size", "ensembles"):  # a sweep: its last point is the one reported
+        if rows and rows[0].get(column):
+            largest = max(int(row[column]) for row in rows)
+            rows = [row for row in rows if int(row[column]) == largest]
+    per_class: dict[str, list[float]] = {}
+    for row in rows:
+        if row.get("dice") not in (None, "") and math.isfinite(float(row["dice"])):
+            per_class.setdefault(row["class"], []).append(float(row["dice"]))
+    means = [sum(values) / len(values) for values in per_class.values()]
+    return sum(means) / len(means) if means else None
+
+
+def compare_table(comparison: dict[str, Any]) -> Table:
+    table = Table(title="Runs compared")
+    table.add_column("run", no_wrap=True)
+    for key in comparison["differing_settings"]:
+        table.add_column(key, justify="right", no_wrap=True)
+    for name in ("best\nval Dice", "best\nepoch", "held-out\nDice", "test\nDice", "epochs", "resumed\nat", "time\n(s)",
+                 "samples\n/s"):
+        table.add_column(name, justify="right", min_width=max(map(len, name.split())))  # no word cut
+    for run in comparison["runs"]:
+        table.add_row(run["run"], *(display.flag_text(value) for value in run["settings"].values()),
+                      format_number(run["best_val_dice"]), str(run["best_epoch"] or "-"),
+                      format_number(run["held_out_dice"]), format_number(run["test_dice"]),
+                      f"{run['epochs']}/{run['epochs_planned'] or '?'}", ", ".join(map(str, run["resumed_at"])) or "-",
+                      format_number(run["time_s"], 1), format_number(run["samples_per_s"], 1))
+    return table
+
+
+def legend_label(run: dict[str, Any]) -> str:
+    settings = ", ".join(f"{key} {display.flag_text(value)}"[:40] for key, value in run["settings"].items())
+    best = (f"best {run['best_val_dice']:.3f} at epoch {run['best_epoch']}" if run["best_val_dice"] is not None
+            else "no val Dice")
+    return f"{run['run']}" + (f" ({settings})" if settings else "") + f": {best}"
+
+
+def save_compare_picture(runs: list[dict[str, Any]], path: Path) -> Path:
+    """Every run's validation Dice against epoch on one axis: its best epoch starred, its resumes dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    from useg.viz import save_figure
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    drawn = []
+    for run in runs:
+        values = np.array([np.nan if value is None else value for value in [run["initial_val_dice"], *run["val_dice"]]],
+                          dtype=float)  # epoch 0: before training
+        drawn += [value for value in values if np.isfinite(value)]
+        line = ax.plot(np.arange(len(values)), values, marker="o", markersize=3, label=legend_label(run))[0]
+        if run["best_val_dice"] is not None and run["best_epoch"]:
+            ax.plot(run["best_epoch"], run["best_val_dice"], marker="*", markersize=14, color=line.get_color())
+        for epoch in run["resumed_at"]:
+            ax.axvline(epoch + 0.5, color=line.get_color(), linestyle=":", alpha=0.7)
+    ax.set(title="Validation Dice (star: best epoch; dotted: resumed there)", xlabel="epoch (0: before training)",
+           ylabel="val Dice")
+    if drawn:  # the runs' own range, so that close runs stay apart
+        margin = max(0.02, (max(drawn) - min(drawn)) * 0.1)
+        ax.set_ylim(max(0.0, min(drawn) - margin), min(1.0, max(drawn) + margin))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small", frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100, then="run useg runs compare again")

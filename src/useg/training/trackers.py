@@ -1,0 +1,422 @@
+"""Experiment trackers (TensorBoard, MLflow, W&B) following one run, continued across resumes.
+
+Each is an optional package (`pip install 'useg[mlflow]'`). One that is missing, or that fails while
+the run goes on (its store's disk is full, its server is gone), is one warning line and is off for the
+rest of the run: training and checkpoints never depend on a tracker. Nothing leaves the machine unless
+the user says so: MLflow writes to RUN/logs/mlflow.db (MLFLOW_TRACKING_URI when set), W&B runs offline
+into RUN/logs/wandb/ (WANDB_MODE when set), TensorBoard writes RUN/logs/tensorboard/.
+
+The tracker's step is the epoch. The loop hands an epoch over once its checkpoint is durable, so a kill
+never leaves a tracker ahead of the checkpoints; a tracker left behind (killed in between, or off after
+a failure) gets the missing epochs from the history when the run resumes. Each tracked run's id is kept
+in RUN/logs/trackers.json, with the epochs it holds, and in the history (so in every checkpoint and the
+JSON log): a resume continues the same tracked run. A resume from an older epoch than a tracker holds is
+a branch: TensorBoard hides the later steps (its own purge_step); MLflow and W&B, which cannot take back
+a logged value, go on in a new tracked run that starts with the epochs up to the branch point, tagged
+with the run it left (MLflow also tags the old run with the new one).
+
+Anonymous: the config without its paths, the data layout, classes and counts; never a file or patient name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from useg.files import json_text, write_file_atomically
+from useg.training.history import epoch_rows, read_log
+
+STATE_NAME = "trackers.json"  # in RUN/logs/: {tracker: {run_id, logged_through}}
+RUNS_KEY = "tracker_runs"  # the history's {tracker: run id}
+PATH_KEYS = ("data", "annotations", "split_file", "pretrained", "run_dir")  # settings that name files: not logged
+OUTCOMES = {"finished": ("FINISHED", 0), "interrupted": ("KILLED", 1), "failed": ("FAILED", 1)}  # MLflow, W&B
+
+
+def tracker_names(cfg) -> list[str]:
+    """The trackers a run uses: its --tracker list, plus tensorboard for --tensorboard (the alias), each once."""
+    return list(dict.fromkeys([*cfg.trackers, *(["tensorboard"] if cfg.tensorboard else [])]))
+
+
+@dataclass
+class About:
+    """What a new tracked run is told about itself (anonymous)."""
+
+    name: str  # the run folder's name
+    params: dict[str, Any]
+    tags: dict[str, str]
+
+
+@dataclass
+class Start:
+    """Where one tracker starts in this session."""
+
+    run_id: str | None = None  # the tracked run to continue; None: a new one
+    logged: int = 0  # epochs it holds (the next logged is logged + 1)
+    branch_epoch: int | None = None  # a resume from an older epoch than the tracker holds
+    abandoned: int = 0  # then: the last epoch of the branch left behind
+    branch_of: str | None = None  # then: the tracked run left behind (MLflow, W&B)
+
+
+def plan_start(name: str, entry: dict | None, saved_id: str | None, epoch: int, fresh: bool) -> Start:
+    """Continue the tracked run the checkpoint (else the run folder) names, as far as the run folder says it
+    got; a new run starts a new one; a tracked run holding epochs past `epoch` (the resumed one) is a branch."""
+    if fresh:
+        return Start()
+    entry = entry or {}
+    if name == "tensorboard":  # one folder and no ids: its purge_step hides the steps past the branch
+        logged = entry.get("logged_through", epoch)  # older runs logged every epoch at once
+        return Start(logged=min(logged, epoch), branch_epoch=epoch if logged > epoch else None, abandoned=logged)
+    run_id = saved_id or entry.get("run_id")
+    if run_id is None:
+        return Start()  # asked for on this resume: a new tracked run, given the epochs so far
+    logged = entry.get("logged_through", epoch) if entry.get("run_id") == run_id else epoch
+    if logged > epoch:
+        return Start(branch_epoch=epoch, abandoned=logged, branch_of=run_id)
+    return Start(run_id=run_id, logged=logged)
+
+
+def describe_run(paths, log: dict[str, Any]) -> About:
+    """Parameters and tags from the log's header, which holds no patient names; paths left out."""
+    params = {key: value for key, value in log.get("config", {}).items() if key not in PATH_KEYS}
+    data = log.get("data", {})
+    report = data.get("report", {})
+    tags = {"useg.data_layout": str(data.get("source")), "useg.classes": ",".join(data.get("classes", [])),
+            "useg.patients": str(report.get("patients", "")), "useg.images": str(report.get("images", "")),
+            "useg.split_sizes": json.dumps(data.get("split_sizes", {})),
+            "useg.version": str(log.get("environment", {}).get("useg", ""))}
+    return About(Path(paths.root).resolve().name, params, tags)
+
+
+def epoch_metrics(row: dict[str, Any], extras: dict[str, float] | None = None) -> dict[str, float]:
+    """One history row as numbers: per-class values as `key/class`, lists (checkpoints written) as counts."""
+    metrics: dict[str, float] = {}
+    for key, value in {**row, **(extras or {})}.items():
+        if key == "epoch" or value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, dict):
+            metrics.update({f"{key}/{name}": float(item) for name, item in value.items() if item is not None})
+        elif isinstance(value, list):
+            metrics[key] = float(len(value))
+        elif isinstance(value, (int, float)):
+            metrics[key] = float(value)
+    return {metric_name(key): value for key, value in metrics.items()}
+
+
+def steps_to_log(history: dict[str, Any], logged: int, extras: dict[str, float] | None) -> list[tuple[int, dict]]:
+    """The epochs after `logged` as (step, metrics), `extras` with the newest; step 0, the val Dice before
+    training, goes with epoch 1."""
+    rows = epoch_rows(history)
+    steps = [(row["epoch"], epoch_metrics(row, extras if row["epoch"] == len(rows) else None)) for row in rows[logged:]]
+    if logged == 0 and steps and history.get("initial_val_dice") is not None:
+        steps.insert(0, (0, {"val_dice": float(history["initial_val_dice"])}))
+    return steps
+
+
+def metric_name(key: str) -> str:
+    """A name every tracker takes (MLflow refuses e.g. `+`)."""
+    return "".join(char if char.isalnum() or char in "_-./ " else "_" for char in key)
+
+
+def short_reason(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """The trackers' own INFO lines (MLflow's "Creating initial MLflow database tables") and warnings
+    stay off the training screen."""
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+# --- the trackers ---------------------------------------------------------------------------------
+
+
+class TensorBoardRun:
+    """RUN/logs/tensorboard/ through torch's SummaryWriter."""
+
+    run_id = None
+
+    def __init__(self, paths, start: Start, about: About):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: TensorBoard hides the folder's events from this step on (a branch's left-behind
+        # epochs, or an earlier run's after --overwrite); a new run starts at 1.
+        self.writer = SummaryWriter(log_dir=str(paths.logs / "tensorboard"), purge_step=start.logged + 1)
+        if start.logged == 0 and start.branch_epoch is None:
+            self.writer.add_text("useg/config", f"```\n{json_text(about.params)}\n```", 0)
+        if start.branch_epoch is not None:
+            self.writer.add_text("useg/branch", f"resumed from epoch {start.branch_epoch}; epochs "
+                                 f"{start.branch_epoch + 1}-{start.abandoned} of the earlier branch are hidden",
+                                 start.branch_epoch)
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()  # before the run folder records the epoch as logged
+
+    def log_result(self, result: dict[str, Any], pictures: list[Path], best: Path | None) -> None:
+        import numpy as np
+        from PIL import Image
+
+        step = result.get("best_epoch") or 0
+        self.writer.add_text("useg/result", "\n\n".join(f"{key}: {value}" for key, value in result.items()), step)
+        for picture in pictures:
+            with Image.open(picture) as image:
+                self.writer.add_image(picture.stem, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self, outcome: str) -> None:
+        self.writer.close()
+
+
+class MlflowRun:
+    """MLflow through its client: a local SQLite store in the run folder unless MLFLOW_TRACKING_URI is set."""
+
+    def __init__(self, paths, start: Start, about: About):
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(paths.logs / 'mlflow.db').resolve()}"
+        paths.logs.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(tracking_uri=uri)
+        self.run_id = start.run_id or self.new_run(paths, start, about)
+        if start.run_id:
+            self.client.update_run(self.run_id, status="RUNNING")
+
+    def new_run(self, paths, start: Start, about: About) -> str:
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "useg"
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            local = None if os.environ.get("MLFLOW_TRACKING_URI") else (paths.logs / "mlflow_artifacts").resolve().as_uri()
+            experiment_id = self.client.create_experiment(name, artifact_location=local)
+        else:
+            experiment_id = experiment.experiment_id
+        tags = dict(about.tags)
+        if start.branch_of:
+            tags.update({"useg.branch_of": start.branch_of, "useg.branch_epoch": str(start.branch_epoch)})
+        run_id = self.client.create_run(experiment_id, tags=tags, run_name=about.name).info.run_id
+        self.client.log_batch(run_id, params=[param(key, value) for key, value in about.params.items()])
+        if start.branch_of:
+            self.client.set_tag(start.branch_of, "useg.continued_in", run_id)
+            self.client.set_tag(start.branch_of, "useg.left_after_epoch", str(start.branch_epoch))
+        return run_id
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, epoch) for key, value in metrics.items()])
+
+    def log_result(self, result: dict[str, Any], pictures: list[Path], best: Path | None) -> None:
+        for key, value in result.items():
+            self.client.set_tag(self.run_id, f"useg.{key}", str(value))
+        for picture in pictures:
+            self.client.log_artifact(self.run_id, str(picture))
+        if best is not None:
+            self.client.log_artifact(self.run_id, str(best), "checkpoints")
+
+    def close(self, outcome: str) -> None:
+        self.client.set_terminated(self.run_id, status=OUTCOMES[outcome][0])
+
+
+def param(key: str, value: Any):
+    from mlflow.entities import Param
+
+    return Param(key, value if isinstance(value, str) else json.dumps(value))
+
+
+class WandbRun:
+    """W&B, offline into RUN/logs/wandb/ unless WANDB_MODE says otherwise; no console, code, git or
+    machine details are recorded (they may name files)."""
+
+    def __init__(self, paths, start: Start, about: About):
+        import wandb
+
+        settings = wandb.Settings(console="off", save_code=False, disable_git=True, x_disable_meta=True,
+                                  x_disable_stats=True, x_disable_machine_info=True, x_save_requirements=False,
+                                  disable_job_creation=True, silent=True)
+        config = None
+        if start.run_id is None:
+            config = {**about.params, **about.tags}
+            if start.branch_of:
+                config.update({"useg.branch_of": start.branch_of, "useg.branch_epoch": start.branch_epoch})
+        paths.logs.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(dir=str(paths.logs), project=os.environ.get("WANDB_PROJECT") or "useg",
+                              name=about.name, id=start.run_id, resume="allow" if start.run_id else None,
+                              mode=os.environ.get("WANDB_MODE") or "offline", config=config, settings=settings)
+        self.run_id = self.run.id
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=epoch)
+
+    def log_result(self, result: dict[str, Any], pictures: list[Path], best: Path | None) -> None:
+        import wandb
+
+        self.run.summary.update(result)
+        if pictures:
+            self.run.log({picture.stem: wandb.Image(str(picture)) for picture in pictures})
+        if best is not None:
+            artifact = wandb.Artifact(f"{self.run.id}-best", type="model")
+            artifact.add_file(str(best))
+            self.run.log_artifact(artifact)
+
+    def close(self, outcome: str) -> None:
+        # W&B's own process may still be writing when this returns; it finishes before ours exits.
+        self.run.finish(exit_code=OUTCOMES[outcome][1])
+
+
+OPENERS: dict[str, Callable[..., Any]] = {"tensorboard": TensorBoardRun, "mlflow": MlflowRun, "wandb": WandbRun}
+PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+# --- the run's trackers together ------------------------------------------------------------------
+
+
+@dataclass
+class Trackers:
+    """The trackers one run logs to; empty (false) when none is asked for and on ranks other than 0."""
+
+    state_path: Path | None = None
+    warn: Callable[[str], None] = print
+    runs: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)  # what trackers.json holds, per tracker
+    state_failed: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.runs)
+
+    def attempt(self, name: str, action: Callable[[], Any]) -> bool:
+        """Run one tracker call; a failure turns that tracker off for the rest of the run, with one warning."""
+        try:
+            with quiet_libraries():
+                action()
+            return True
+        except Exception as error:  # any failure of an optional tracker: training goes on without it
+            tracker = self.runs.pop(name, None)
+            self.warn(f"{name} tracking failed ({short_reason(error)}); it is off for the rest of this run: "
+                      "training and checkpoints go on, and a resume gives it the epochs it missed")
+            if tracker is not None:
+                try:
+                    tracker.close("failed")
+                except Exception:  # it is already broken; closing is a courtesy
+                    pass
+            return False
+
+    def log_epochs(self, history: dict[str, Any], extras: dict[str, float] | None = None) -> None:
+        """Every epoch of `history` a tracker lacks, oldest first (`extras` go with the newest one: what only
+        the live loop knows, such as this epoch's save counts); then the run folder records how far each got."""
+        for name in list(self.runs):
+            for step, metrics in steps_to_log(history, self.state[name]["logged_through"], extras):
+                if not self.attempt(name, lambda: self.runs[name].log_epoch(step, metrics)):
+                    break
+                self.state[name]["logged_through"] = step
+        self.save_state()
+
+    def save_state(self) -> None:
+        if self.state_path is None or self.state_failed:
+            return
+        record = {"format": "useg-trackers", "format_version": 1, "trackers": self.state}
+        try:
+            write_file_atomically(self.state_path, (json_text(record) + "\n").encode("utf-8"), create_folder=True)
+        except Exception as error:  # the trackers are optional; their bookkeeping must not stop training
+            self.state_failed = True
+            self.warn(f"cannot record the trackers' progress in {self.state_path} ({short_reason(error)}); "
+                      "a resume may log some epochs again")
+
+    def close(self, outcome: str, history: dict[str, Any], paths, upload_best: bool = False) -> None:
+        """Close every tracker; a finished run first gives them its results: the curves picture and the best
+        checkpoint's path and SHA-256 (the file itself with `upload_best`)."""
+        if outcome == "finished" and self.runs:
+            with tempfile.TemporaryDirectory() as folder:
+                result, pictures, best = run_results(history, paths, Path(folder), upload_best, self.warn)
+                for name in list(self.runs):
+                    self.attempt(name, lambda: self.runs[name].log_result(result, pictures, best))
+        for name in list(self.runs):
+            self.attempt(name, lambda: self.runs[name].close(outcome))
+        self.runs.clear()
+
+
+def run_results(history: dict[str, Any], paths, folder: Path, upload_best: bool,
+                warn: Callable[[str], None]) -> tuple[dict[str, Any], list[Path], Path | None]:
+    """The finished run's results for the trackers: best val Dice and epoch, best_model.pt's path (relative to
+    the run folder) and SHA-256 from its sidecar, the curves picture drawn into `folder`, and the best file."""
+    from useg.checkpoint import BEST_NAME, read_metadata
+    from useg.training.history import plot_curves
+
+    best = paths.checkpoints / BEST_NAME
+    result = {"best_val_dice": history.get("best_val_dice"), "best_epoch": history.get("best_epoch")}
+    if best.is_file():
+        result.update(best_checkpoint=str(best.relative_to(paths.root)),
+                      best_checkpoint_sha256=(read_metadata(best) or {}).get("sha256"))
+    pictures = []
+    try:
+        pictures.append(plot_curves(history, folder / "training_curves.png"))
+    except Exception as error:  # a picture the trackers cannot get must not fail the finished run
+        warn(f"the trackers get no curves picture ({short_reason(error)})")
+    return result, pictures, best if upload_best and best.is_file() else None
+
+
+def read_state(path: Path) -> dict[str, dict[str, Any]]:
+    """trackers.json's per-tracker records; {} when missing or unreadable (the checkpoint's ids still hold)."""
+    record = read_log(path) or {}
+    trackers = record.get("trackers")
+    return trackers if isinstance(trackers, dict) else {}
+
+
+def open_trackers(cfg, paths, log: dict[str, Any], history: dict[str, Any], epoch: int, fresh: bool,
+                  warn: Callable[[str], None]) -> Trackers:
+    """Open the run's trackers (rank 0) after its log is started; a resumed run's trackers get the epochs
+    they lack at once. The tracked runs' ids go into the history, so every checkpoint carries them."""
+    trackers = Trackers(paths.logs / STATE_NAME, warn)
+    names = tracker_names(cfg)
+    if not names:
+        return trackers
+    trackers.state = {} if fresh else read_state(trackers.state_path)
+    ids = {} if fresh else dict(history.get(RUNS_KEY) or {})
+    about = describe_run(paths, log)
+    for name in names:
+        entry = trackers.state.get(name)
+        if name == "tensorboard" and entry is None and not fresh:  # a run older than trackers.json, or new to it
+            entry = {"logged_through": epoch if any((paths.logs / "tensorboard").glob("events.*")) else 0}
+        start = plan_start(name, entry, ids.get(name), epoch, fresh)
+        tracker = open_tracker(name, paths, start, about, warn)
+        if tracker is None:
+            continue
+        trackers.runs[name] = tracker
+        trackers.state[name] = {"run_id": tracker.run_id, "logged_through": start.logged}
+        if tracker.run_id is not None:
+            ids[name] = tracker.run_id
+    history[RUNS_KEY] = ids
+    trackers.log_epochs(history)
+    return trackers
+
+
+def open_tracker(name: str, paths, start: Start, about: About, warn: Callable[[str], None]) -> Any:
+    """One tracker, or None after one warning line when its package is missing or it cannot start."""
+    try:
+        with quiet_libraries():
+            return OPENERS[name](paths, start, about)
+    except ImportError:
+        warn(f"--tracker {name} needs the {PACKAGES[name]} package (pip install 'useg[{name}]'); "
+             "continuing without it")
+    except Exception as error:  # an optional tracker that cannot start: training goes on without it
+        warn(f"{name} tracking could not start ({short_reason(error)}); continuing without it")
+    return None
