@@ -20,6 +20,7 @@ Anonymous: the config without its paths, the data layout, classes and counts; ne
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -412,6 +413,7 @@ def open_trackers(cfg, paths, log: dict[str, Any], history: dict[str, Any], epoc
 def open_tracker(name: str, paths, start: Start, about: About, warn: Callable[[str], None]) -> Any:
     """One tracker, or None after one warning line when its package is missing or it cannot start."""
     try:
+        importlib.import_module(PACKAGES[name])  # first: importing MLflow sets its loggers' levels
         with quiet_libraries():
             return OPENERS[name](paths, start, about)
     except ImportError:
