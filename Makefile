@@ -9,8 +9,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
-.PHONY: install demo test bench clean
+.PHONY: install trackers demo test bench clean
 install: $(VENV)/.installed
+
+# The optional experiment trackers (--tracker mlflow|wandb|tensorboard): CI installs them so that their
+# tests run against the real packages; without them those tests skip.
+trackers: install
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mlflow,wandb,tensorboard]'
 
 demo: install
 	$(VENV)/bin/useg train --run-dir runs/demo --overwrite

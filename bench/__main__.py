@@ -11,16 +11,16 @@ import time
 import traceback
 from pathlib import Path
 
-from . import (checkpoint_io, compile_step, demo, evaluation, gpu_report, listing, model_step, precision_cpu, resume,
-               sampler, save_overhead, thread_choice, training)
+from . import (checkpoint_io, compile_step, demo, evaluation, gpu_report, in_context, listing, model_step,
+               precision_cpu, resume, sampler, save_overhead, synthetic_rate, thread_choice, trackers, training)
 from .common import REPO, Section, Settings, machine
 from .report import merge, render
 
 # name -> module with run(settings) -> list[Section]; in this order (training uses the model's numbers)
 DEFAULT = {"checkpoint": checkpoint_io, "resume": resume, "listing": listing, "model": model_step,
-           "training": training, "sampler": sampler, "saves": save_overhead, "demo": demo, "evaluation": evaluation,
-           "precision": precision_cpu, "threads": thread_choice, "gpu": gpu_report}
-OPTIONAL = {"compile": compile_step}
+           "training": training, "sampler": sampler, "synthetic": synthetic_rate, "saves": save_overhead, "demo": demo, "evaluation": evaluation,
+           "precision": precision_cpu, "threads": thread_choice, "trackers": trackers, "gpu": gpu_report}
+OPTIONAL = {"compile": compile_step, "in_context": in_context}  # in_context: four training runs, ~20 min
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -19,6 +19,10 @@ from useg.cli import main
 TINY = ["--widths", "8,8", "--image-size", "32", "--support-size", "2", "--batch-size", "2",
         "--samples-per-epoch", "6", "--vis-count", "1", "--num-threads", "1"]
 
+# Today's recipe before issue 26 (flips and intensity jitter only): for tests whose scenario was built on
+# its training dynamics (e.g. a run that reaches its best late).
+RECIPE_OFF = ["--task-augmentation", "off", "--in-task-augmentation", "off", "--synthetic-tasks", "0"]
+
 
 def train_tiny(run: Path, epochs: int, *extra: str) -> Path:
     """Train a tiny run in-process into `run` (no pictures) and return it."""
@@ -62,10 +66,12 @@ def evaluate_json(run: Path, capsys, *args: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def rewrite_saved_config(path: Path, **changes) -> None:
+def rewrite_saved_config(path: Path, position: dict | None = None, **changes) -> None:
     """Rewrite a checkpoint and its sidecar as an older useg saved it: each config key set to its value, or
-    left out where the value is None (in place, so the sidecar's inode stays true; its checksum follows)."""
+    left out where the value is None, and the data position's keys updated with `position` (in place, so the
+    sidecar's inode stays true; its checksum follows)."""
     state = torch.load(path, weights_only=True)
+    state["sampler_state"].update(position or {})
     sidecar_path = path.with_name(path.name + ".json")
     sidecar = json.loads(sidecar_path.read_text())
     for config in (state["config"], sidecar["config"]):

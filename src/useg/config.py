@@ -39,6 +39,11 @@ class TrainConfig:
     patient_pattern: str | None = None
     keep_empty: float = 0.0
     slice_axis: int = 2
+    # The in-context training recipe (useg.data.recipe): on (its defaults), off, or a mapping of its
+    # settings over the defaults; a run saves the settings it resolved, so a resume draws the same.
+    task_augmentation: bool | dict = True
+    in_task_augmentation: bool | dict = True
+    synthetic_tasks: float = 0.25  # share of training tasks drawn from useg.data.synthetic_tasks
     run_dir: str = "."
     epochs: int = 12
     batch_size: int = 4
@@ -96,7 +101,13 @@ COMPUTE_KEYS = ("num_threads", "compile", "precision", "deterministic")
 # What the run records about itself in its config: no flag, no config-file key.
 RECORDED_KEYS = frozenset({"bit_identical"})
 # Keys that checkpoints saved before the key existed lack, with the value those runs computed with.
-OLDER_RUN_VALUES = {"resize": "squash"}
+OLDER_RUN_VALUES = {"resize": "squash", "task_augmentation": False, "in_task_augmentation": False,
+                    "synthetic_tasks": 0.0}
+
+
+def with_older_values(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with what older runs computed with filled in where they lack a key."""
+    return {**OLDER_RUN_VALUES, **saved}
 
 
 def saved_value(saved: dict[str, Any], key: str) -> Any:
@@ -232,6 +243,17 @@ def boolean(value: Any) -> bool:
     return value
 
 
+def switch_or_settings(value: Any) -> bool | dict[str, Any]:
+    """on / off (or true / false), or a mapping of settings; useg.data.recipe checks each setting."""
+    if isinstance(value, str) and value.strip().lower() in ("on", "off"):
+        return value.strip().lower() == "on"
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {key.replace("-", "_"): setting for key, setting in value.items()}
+    raise ValueError(value)
+
+
 def choice(*options: str):
     def parse(value: Any) -> str:
         if value not in options:
@@ -326,6 +348,9 @@ RULES: dict[str, tuple[Any, str]] = {
     "keep_empty": (number(0, 1), "a fraction from 0 to 1 (the share of empty-mask images kept as negatives)"),
     "slice_axis": (integer(0, 2), "0, 1 or 2 (the volume axis cut into 2-D slices; default "
                                   f"{TrainConfig.slice_axis}, the last)"),
+    "task_augmentation": (switch_or_settings, "on, off or a mapping of its settings, e.g. {label_inversion: 0.5}"),
+    "in_task_augmentation": (switch_or_settings, "on, off or a mapping of its settings, e.g. {affine: 0.5}"),
+    "synthetic_tasks": (number(0, 1), "a fraction from 0 to 1 (the share of training tasks that are synthetic)"),
     "run_dir": (path_text, "a folder path"),
     "epochs": (integer(1), "a positive integer"),
     "batch_size": (integer(1), "a positive integer"),

@@ -491,8 +491,7 @@ def test_draw_version_2_flips_and_turns_exactly_as_version_1_and_changes_only_th
     # generators as version 1; only the noise comes from a bank. Over 40 tasks every flip and
     # turn occurs, so the labels (no noise) must be bit-identical and the images close.
     old = sampler_for(synthetic, draw_version=1, samples_per_epoch=40)
-    new = sampler_for(synthetic, samples_per_epoch=40)
-    assert new.draw_version == 2
+    new = sampler_for(synthetic, draw_version=2, samples_per_epoch=40)
     for batch_index in range(10):
         before, after = old.batch(1, batch_index, 4), new.batch(1, batch_index, 4)
         for name in ("target_label", "support_labels", "targets", "supports", "classes"):
@@ -501,7 +500,7 @@ def test_draw_version_2_flips_and_turns_exactly_as_version_1_and_changes_only_th
             difference = (getattr(before, name) - getattr(after, name)).abs()
             assert difference.max() < 0.3 and difference.mean() < 0.03, name
             assert getattr(after, name).is_contiguous() and 0 <= getattr(after, name).min() <= 1
-    again = sampler_for(synthetic, samples_per_epoch=40).batch(1, 3, 4)
+    again = sampler_for(synthetic, draw_version=2, samples_per_epoch=40).batch(1, 3, 4)
     for name, tensor in vars(new.batch(1, 3, 4)).items():
         assert torch.equal(tensor, vars(again)[name]), name
 
@@ -529,9 +528,9 @@ def test_an_unknown_draw_version_is_refused_and_old_checkpoints_keep_version_1(s
     from useg.data.tasks import DRAW_VERSION, draw_version_to_resume
     from useg.training.state import saved_draw_version
 
-    with pytest.raises(ConfigError, match="version 3"):
-        sampler_for(synthetic, draw_version=3)
-    assert draw_version_to_resume(None) == DRAW_VERSION == 2
+    with pytest.raises(ConfigError, match="version 4"):
+        sampler_for(synthetic, draw_version=4)
+    assert draw_version_to_resume(None) == DRAW_VERSION == 3
     assert draw_version_to_resume(saved_draw_version({"sampler_state": {"batch_index": 2}})) == 1  # before versions
     assert draw_version_to_resume(saved_draw_version({"sampler_state": (1, 2, 1.0, 2)})) == 1  # the old tuple
     assert draw_version_to_resume(saved_draw_version({"sampler_state": {"draw_version": 2}})) == 2

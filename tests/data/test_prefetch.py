@@ -84,5 +84,5 @@ def test_training_with_0_1_and_2_workers_is_bitwise_equal(tmp_path):
     states = {workers: final_state(run) for workers, run in runs.items()}
     for workers in (1, 2):
         assert_same_training(states[0], states[workers])
-    assert states[2]["sampler_state"]["draw_version"] == 2 and states[2]["config"]["data_workers"] == 2
+    assert states[2]["sampler_state"]["draw_version"] == 3 and states[2]["config"]["data_workers"] == 2
     assert not batch_threads()

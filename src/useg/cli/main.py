@@ -46,6 +46,19 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--split-file", dict(help="JSON {train: [...], val: [...], test: [...]} overriding the seeded split; entries are "
                           "anonymous ids or file names relative to the data folder; a missing test list is carved "
                           "from train by patient")),
+    ("--task-augmentation", dict(choices=("on", "off"),
+                                 help="augment each task as a whole, target and supports alike: labels inverted or "
+                                      "turned into their edges, intensities inverted, flips, affine and elastic "
+                                      "warps, brightness, blur, noise; so the model must read its supports to know "
+                                      "what to segment (default on; probabilities in the config file's "
+                                      "task_augmentation mapping)")),
+    ("--in-task-augmentation", dict(choices=("on", "off"),
+                                    help="augment each image of a task on its own: affine and elastic warps, "
+                                         "brightness, blur, noise, sharpness (default on; probabilities in the "
+                                         "config file's in_task_augmentation mapping)")),
+    ("--synthetic-tasks", dict(type=float, metavar="FRACTION",
+                               help="share of training tasks drawn from random synthetic shapes instead of the "
+                                    f"data, made from the seed and never written to disk ({default('synthetic_tasks')})")),
     ("--pretrained", dict(help="initialise the weights from a file: the official UniverSeg weights (a plain "
                                "state_dict), a useg checkpoint such as best_model.pt, or a useg export")),
     ("--save-every-steps", dict(type=int, help="also rewrite latest_checkpoint.pt every N steps")),
@@ -141,7 +154,7 @@ def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from useg.config import build_config, read_config_file
+    from useg.config import build_config, read_config_file, with_older_values
     from useg.training.signals import TrainingInterrupted, ignore_stop_signals_at_exit
     from useg.run_folder import open_resume_point, resume_config
     from useg.training.loop import train
@@ -153,7 +166,7 @@ def run_train(args: argparse.Namespace) -> int:
     run_dir = flags["run_dir"] or file_layer.get("run_dir") or "."
     opened = open_resume_point(run_dir, resume) if resume is not None else None  # the one hash of it
     try:
-        saved = resume_config(opened, resume) if opened is not None else {}
+        saved = with_older_values(resume_config(opened, resume)) if opened is not None else {}
         for key in ("quiet", "device"):  # what a session prints and where it computes are chosen per session
             saved.pop(key, None)
         cfg = build_config(saved, file_layer, flags, {"run_dir": run_dir})

@@ -19,13 +19,19 @@ import numpy as np
 import torch
 
 from useg.config import batches_per_epoch
+from useg.data import recipe
+from useg.data.recipe import augmentation_from
 from useg.data.augment import augment_into, augment_task, noise_bank
 from useg.data.dataset import SegDataset
+from useg.data.synthetic_tasks import SyntheticTasks
 from useg.errors import ConfigError, DataError
 
 
-DRAW_VERSION = 2  # what new runs draw; see useg.data.augment for what version 1 drew
-DRAW_VERSIONS = (1, 2)
+# What new runs draw: version 3 draws the in-context recipe (useg.data.recipe, useg.data.synthetic_tasks)
+# when one of its parts is on, else exactly what version 2 drew; see useg.data.augment for versions 1 and 2.
+DRAW_VERSION = 3
+DRAW_VERSIONS = (1, 2, 3)
+SYNTHETIC = -1  # a synthetic task's target, class and supports: no image of the dataset
 
 
 def draw_version_to_resume(saved: int | None) -> int:
@@ -39,6 +45,20 @@ class Task:
     target: int  # dataset index of the image to segment
     cls: int  # class index
     supports: np.ndarray  # (S,) int64 dataset indices
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The in-context training recipe of a run, as its config holds it: each part's resolved
+    settings (useg.data.recipe.settings_from) or False, and the share of synthetic tasks."""
+
+    task_augmentation: dict | bool = False
+    in_task_augmentation: dict | bool = False
+    synthetic_tasks: float = 0.0
+
+    @property
+    def on(self) -> bool:
+        return bool(self.task_augmentation or self.in_task_augmentation or self.synthetic_tasks)
 
 
 @dataclass
@@ -116,6 +136,7 @@ class TaskSampler:
     def __init__(
         self, ds: SegDataset, train_idx, *, support_size: int, seed: int, samples_per_epoch: int,
         exclude_same_patient: bool = True, augment: bool = True, draw_version: int = DRAW_VERSION,
+        recipe: Recipe = Recipe(),
     ) -> None:
         _check_settings(support_size, seed)
         if draw_version not in DRAW_VERSIONS:
@@ -126,6 +147,13 @@ class TaskSampler:
         self.ds, self.support_size, self.seed = ds, support_size, seed
         self.samples_per_epoch, self.augment = samples_per_epoch, augment
         self.exclude_same_patient, self.draw_version = exclude_same_patient, draw_version
+        if recipe.on and draw_version < 3:
+            raise ConfigError(f"batches of draw version {draw_version} have no task augmentation, in-task "
+                              "augmentation or synthetic tasks; turn them off to resume this run")
+        self.recipe = recipe
+        self._task_augmentation = augmentation_from("task", recipe.task_augmentation)
+        self._in_task_augmentation = augmentation_from("in_task", recipe.in_task_augmentation)
+        self._synthetic = SyntheticTasks(seed, ds.images.shape[-1]) if recipe.synthetic_tasks else None
         self._source: AugmentationSource | None = None
         self._source_lock = threading.Lock()
         self._members = class_members(ds, train_idx)
@@ -173,10 +201,37 @@ class TaskSampler:
                 f"batch {batch_index} of size {batch_size} is outside the epoch's {self.samples_per_epoch} samples"
             )
         rngs = [self._rng(epoch, index) for index in range(start, stop)]
+        if self.augment and self.recipe.on:
+            return self._recipe_batch(rngs)
         tasks = [self._draw(rng) for rng in rngs]
         if self.augment and self.draw_version >= 2:
             return augmented_batch(self._augmentation_source(), tasks, rngs)
         return make_batch(self.ds, tasks, rngs if self.augment else None)
+
+    def _recipe_batch(self, rngs: list[np.random.Generator]) -> Batch:
+        """Draw version 3 with the recipe on: per task, real or synthetic, then augmented as a whole and per
+        image straight into the batch's arrays."""
+        count, support, (height, width) = len(rngs), self.support_size, self.ds.images.shape[1:]
+        target_image, target_label = (np.empty((count, 1, height, width), np.float32) for _ in range(2))
+        support_images, support_labels = (np.empty((count, support, 1, height, width), np.float32) for _ in range(2))
+        tasks = []
+        for b, rng in enumerate(rngs):
+            if self._synthetic is not None and rng.random() < self.recipe.synthetic_tasks:
+                images, labels = self._synthetic.task(rng, support)
+                task = Task(SYNTHETIC, SYNTHETIC, np.full(support, SYNTHETIC, dtype=np.int64))
+            else:
+                task = self._draw(rng)
+                members = np.concatenate([[task.target], task.supports])
+                images, labels = self.ds.images[members], self.ds.masks[members, task.cls]
+            recipe.augment_into(rng, images, labels, self._task_augmentation, self._in_task_augmentation,
+                                [target_image[b], support_images[b, :, 0]], [target_label[b], support_labels[b, :, 0]])
+            tasks.append(task)
+        targets, classes, supports, _ = _task_indices(tasks)
+        return Batch(
+            target_image=torch.from_numpy(target_image), target_label=torch.from_numpy(target_label),
+            support_images=torch.from_numpy(support_images), support_labels=torch.from_numpy(support_labels),
+            classes=torch.from_numpy(classes), targets=torch.from_numpy(targets), supports=torch.from_numpy(supports),
+        )
 
     def _augmentation_source(self) -> AugmentationSource:
         with self._source_lock:  # built once, by whichever batch builder gets here first

@@ -28,7 +28,7 @@ from useg.run_folder import ExistingRun, RunPaths, existing_run, remove_unused_f
 from useg.run_folder import set_aside_checkpoints
 from useg.data.prefetch import Prefetcher
 from useg.training.log import record_saves
-from useg.training.setup import Run, build_run
+from useg.training.setup import Run, build_run, settle_recipe
 from useg.training.state import TrainingPosition, check_resume_state, saved_position_text
 from useg.training.schedule import step_epoch_schedule
 from useg.training.signals import StopRequest, TrainingInterrupted
@@ -46,6 +46,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = Fals
     `opened`: the resume point this command already verified (`open_resume_point`), loaded
     without hashing it again.
     """
+    settle_recipe(cfg)  # before a resume compares its settings with the checkpoint's
     # Before anything touches CUDA: cuBLAS reads its deterministic workspace setting once. A resume
     # through the CLI has the checkpoint's thread count in cfg already (from its sidecar).
     with compute_settings(choose_threads(cfg.num_threads, cfg.data_workers), cfg.deterministic):

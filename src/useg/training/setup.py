@@ -14,7 +14,8 @@ from useg.checkpoint import CheckpointManager, restore_rng_state
 from useg.config import TrainConfig
 from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
 from useg.data.splits import split_from_file
-from useg.data.tasks import draw_version_to_resume
+from useg.data import recipe
+from useg.data.tasks import Recipe, draw_version_to_resume
 from useg.data.index import write_data_index
 from useg.compute.device import choose_device, choose_threads, compile_model, describe_compute, settle_determinism
 from useg.compute.device import fastest_thread_count, thread_candidates, usable_cores
@@ -68,7 +69,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
     split = choose_split(cfg, dataset, state)
     sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
                           samples_per_epoch=cfg.samples_per_epoch,
-                          draw_version=draw_version_to_resume(training_state.saved_draw_version(state) if state else None))
+                          draw_version=draw_version_to_resume(training_state.saved_draw_version(state) if state else None),
+                          recipe=Recipe(cfg.task_augmentation, cfg.in_task_augmentation, cfg.synthetic_tasks))
     val_tasks = validation_tasks(dataset, split.val, split.train, support_size=cfg.support_size, seed=cfg.seed)
     device = choose_device(cfg.device, world.local_rank, world.enabled)
     cfg.device = str(device)  # saved as chosen: a resume chooses again and compares the type
@@ -101,6 +103,16 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
                                      warn=progress.warn)
     progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device) + describe_compute(cfg))
     return run
+
+
+def settle_recipe(cfg: TrainConfig) -> None:
+    """The recipe's switches become the settings the run draws with (and saves): on -> the defaults,
+    a mapping -> the defaults updated with it; each setting checked, in one line naming it."""
+    for key, kind in (("task_augmentation", "task"), ("in_task_augmentation", "in_task")):
+        try:
+            setattr(cfg, key, recipe.settings_from(kind, getattr(cfg, key)))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def settle_threads(cfg: TrainConfig, state: dict | None) -> bool:
