@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+from PIL import Image
 from tiny import TINY, train_tiny, useg
 
 from useg.checkpoint import read_metadata
 from useg.cli import main
+from useg.cli.runs import compare_runs
+from useg.data import make_synthetic
 from useg.training.trackers import STATE_NAME, Start, plan_start
 
 QUIET = [*TINY, "--quiet", "--vis-every", "0"]
@@ -179,7 +183,7 @@ def test_wandb_runs_offline_and_a_resume_continues_its_run(tmp_path, monkeypatch
     run = train_tiny(tmp_path / "run", 2, "--tracker", "wandb")
     run_id = tracker_state(run)["wandb"]["run_id"]
     assert main(["resume", "latest", "--run-dir", str(run), "--quiet", "--epochs", "3"]) == 0
-    assert tracker_state(run)["wandb"] == {"run_id": run_id, "logged_through": 3}
+    assert tracker_state(run)["wandb"] == {"run_id": run_id, "logged_through": 3, "outcome": "finished"}
     import wandb
 
     wandb.teardown()  # what exiting does: W&B's own process finishes writing its files
@@ -278,3 +282,144 @@ def test_unknown_tracker_is_refused_naming_the_choices(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown tracker 'comet'; choose from tensorboard, mlflow, wandb" in err
     assert not (tmp_path / "run").exists()
+
+
+# --- useg evaluate gives the run's tracked runs its Dice -------------------------------------------------
+
+
+def evaluate_json(run: Path, capsys, *args: str) -> tuple[dict, list[str]]:
+    """`useg evaluate --run-dir RUN --json ARGS` in this process: its JSON (stdout must parse) and its warnings."""
+    capsys.readouterr()
+    assert main(["evaluate", "--run-dir", str(run), "--json", "--support-size", "1,2", *args]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), warnings_in(captured.err)
+
+
+def class_dice(report: dict) -> dict[str, float]:
+    return {name: stats["dice"]["mean"] for name, stats in report["per_class"].items()}
+
+
+@pytest.mark.parametrize("ending", ["finished", "interrupted"])
+def test_evaluate_gives_mlflow_and_tensorboard_the_test_dice_at_the_checkpoints_epoch_keeping_the_status(
+        tmp_path, capsys, ending):
+    pytest.importorskip("mlflow")
+    run = tmp_path / "run"
+    flags = ["--tracker", "mlflow", "--tracker", "tensorboard"]
+    if ending == "finished":
+        train_tiny(run, 2, *flags)
+    else:  # Ctrl+C after epoch 1: the tracked run is KILLED
+        stopped = useg("train", "--run-dir", str(run), "--epochs", "3", *QUIET, *flags,
+                       env={"USEG_KILL_AT": "epoch-end:1:SIGINT"})
+        assert stopped.returncode != 0 and tracker_state(run)["mlflow"]["outcome"] == "interrupted", stopped.stderr
+    client = mlflow_client(run)
+    run_id = tracker_state(run)["mlflow"]["run_id"]
+    before = client.get_run(run_id).info
+    assert before.status == {"finished": "FINISHED", "interrupted": "KILLED"}[ending]
+    val_steps = [step for step, _ in tensorboard_scalars(run)]
+
+    report, warned = evaluate_json(run, capsys)
+
+    assert warned == []
+    epoch, mean = report["epoch"], report["mean_dice"]
+    assert metric_steps(client, run_id, "evaluation/test_dice") == [(epoch, pytest.approx(mean))]
+    for name, value in class_dice(report).items():
+        assert metric_steps(client, run_id, f"evaluation/test_dice/{name}") == [(epoch, pytest.approx(value))]
+    after = client.get_run(run_id).info
+    assert (after.status, after.end_time) == (before.status, before.end_time)
+    assert [item.path for item in client.list_artifacts(run_id, f"evaluation/test/epoch_{epoch}")] == [
+        f"evaluation/test/epoch_{epoch}/evaluation_support_sweep.png"]
+    assert same_points(tensorboard_scalars(run, "evaluation/test_dice"), [(epoch, mean)])
+    assert [step for step, _ in tensorboard_scalars(run)] == val_steps  # nothing of the training hidden
+    assert compare_runs([run])["runs"][0]["test_dice"] == pytest.approx(mean)  # the compare table's test Dice
+
+
+def test_evaluate_resumes_the_wandb_run_offline_and_ends_it_as_it_ended(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = train_tiny(tmp_path / "run", 2, "--tracker", "wandb")
+    run_id = tracker_state(run)["wandb"]["run_id"]
+    # A fresh process, as a user runs it: nothing of W&B's (nor of its service process) reaches stdout.
+    done = useg("evaluate", "--run-dir", str(run), "--json", "--support-size", "1,2")
+    assert done.returncode == 0 and warnings_in(done.stderr) == [], done.stderr
+    report = json.loads(done.stdout)
+    files = sorted((run / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2 and files[-1].name == f"run-{run_id}.wandb"  # the same run, one more session
+    records = wandb_records(files[-1])
+    logged = {tuple(item.nested_key) or (item.key,): item for record in records
+              if record.WhichOneof("record_type") == "history" for item in record.history.item}
+    steps = [record.history.step.num for record in records if record.WhichOneof("record_type") == "history"]
+    assert steps == [report["epoch"]]
+    assert json.loads(logged[("evaluation/test_dice",)].value_json) == pytest.approx(report["mean_dice"])
+    assert ("evaluation/test/support_sweep", "_type") in logged  # the sweep picture
+    exits = [record.exit for record in records if record.WhichOneof("record_type") == "exit"]
+    assert len(exits) == 1 and exits[0].exit_code == 0  # finished, as its training ended
+    assert str(tmp_path).encode() not in files[-1].read_bytes()
+
+
+def test_wandb_run_whose_ending_is_unknown_is_left_as_it_is(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = train_tiny(tmp_path / "run", 1, "--tracker", "wandb", "--tracker", "tensorboard")
+    state = json.loads((run / "logs" / STATE_NAME).read_text())
+    del state["trackers"]["wandb"]["outcome"]  # as a run killed with -9 leaves it (or one trained before useg kept it)
+    (run / "logs" / STATE_NAME).write_text(json.dumps(state))
+    report, warned = evaluate_json(run, capsys)
+    assert warned == ["warning: the evaluation is not logged to wandb: its training did not record how it ended "
+                      "(still training, or killed); finishing it again would change its state"]
+    assert len(list((run / "logs" / "wandb").glob("offline-run-*"))) == 1
+    assert same_points(tensorboard_scalars(run, "evaluation/test_dice"), [(report["epoch"], report["mean_dice"])])
+
+
+@pytest.mark.parametrize("fault", ["package missing", "store damaged"])
+def test_tracker_that_cannot_take_the_evaluation_is_one_warning(tmp_path, monkeypatch, capsys, fault):
+    pytest.importorskip("mlflow")
+    run = train_tiny(tmp_path / "run", 1, "--tracker", "mlflow")
+    if fault == "package missing":
+        for name in [name for name in sys.modules if name.split(".")[0] == "mlflow"] + ["mlflow"]:
+            monkeypatch.setitem(sys.modules, name, None)  # importing mlflow now raises ImportError
+        expected = ["warning: the evaluation is not logged to mlflow: it needs the mlflow package "
+                    "(pip install 'useg[mlflow]')"]
+    else:
+        (run / "logs" / "mlflow.db").write_bytes(b"not a database" * 512)
+        expected = None
+    report, warned = evaluate_json(run, capsys)  # exit 0 and the JSON parses
+    if expected:
+        assert warned == expected
+    else:
+        assert len(warned) == 1 and warned[0].startswith("warning: the evaluation is not logged to mlflow (")
+    assert report["csv"] == str(run / "evaluation_test.csv") and Path(report["csv"]).is_file()
+    assert report["pictures"] == [str(run / "evaluation_support_sweep.png")]
+
+
+def labelled_folder(root: Path) -> Path:
+    """images/ + masks/ of six synthetic scans, one class (foreground) that the run never saw."""
+    data = make_synthetic(image_size=32, seed=3, n_patients=6, images_per_patient=1)
+    for kind in ("images", "masks"):
+        (root / kind).mkdir(parents=True)
+    for index, (image, mask) in enumerate(zip(data.images, data.masks.any(axis=1))):
+        Image.fromarray((image * 255).astype(np.uint8)).save(root / "images" / f"scan{index}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"scan{index}.png")
+    return root
+
+
+def test_evaluate_on_another_folder_logs_held_out_dice(tmp_path, capsys):
+    run = train_tiny(tmp_path / "run", 1, "--tracker", "tensorboard")
+    report, warned = evaluate_json(run, capsys, "--data", str(labelled_folder(tmp_path / "other")))
+    assert warned == [] and report["held_out"]
+    assert same_points(tensorboard_scalars(run, "evaluation/held_out_dice"), [(report["epoch"], report["mean_dice"])])
+    assert same_points(tensorboard_scalars(run, "evaluation/held_out_dice/foreground"),
+                       [(report["epoch"], class_dice(report)["foreground"])])
+    assert compare_runs([run])["runs"][0]["held_out_dice"] == pytest.approx(report["mean_dice"])
+
+
+def test_a_run_without_trackers_logs_nothing_to_those_of_the_run_it_replaced(tmp_path, capsys):
+    run = train_tiny(tmp_path / "run", 1, "--tracker", "tensorboard")
+    train_tiny(run, 1, "--overwrite")  # logs/trackers.json still names the replaced run's trackers
+    capsys.readouterr()
+    assert main(["evaluate", "--run-dir", str(run)]) == 0
+    assert "logged at step" not in capsys.readouterr().out
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "logs" / "tensorboard"))
+    events.Reload()
+    assert "evaluation/test_dice" not in events.Tags()["scalars"]

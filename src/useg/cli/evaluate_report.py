@@ -3,6 +3,7 @@ bar on stderr while it scores."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -23,11 +24,14 @@ def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool
     """JSON (printed once the CSV and pictures exist, as it names them) or the table first, then the files.
 
     Every file written is named on the screen: in the table's lines, or in the JSON (then where an earlier file
-    is kept goes to stderr)."""
+    is kept goes to stderr). Then the run's experiment trackers get the Dice and the sweep pictures."""
     if as_json:
-        csv_written, drawn = write_outputs(result, csv_path, with_paths, pictures, trained, say=lambda line: None,
-                                           note=lambda line: print(line, file=sys.stderr))
-        print(json_text({**result.to_dict(), "csv": str(csv_written), "pictures": [str(path) for path in drawn]}))
+        csv_written, sweeps, targets = write_outputs(result, csv_path, with_paths, pictures, trained,
+                                                     say=lambda line: None,
+                                                     note=lambda line: print(line, file=sys.stderr))
+        log_to_trackers(result, trained, sweeps, say=lambda line: None)
+        print(json_text({**result.to_dict(), "csv": str(csv_written),
+                         "pictures": [str(path) for path in sweeps + targets]}))
         return 0
     # The table first: a CSV the disk cannot take does not cost the user the scores.
     console = terminal_console()
@@ -40,14 +44,16 @@ def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool
     def say(line: str) -> None:
         console.print(line, markup=False, soft_wrap=True)  # unwrapped: a path stays one piece to copy
 
-    write_outputs(result, csv_path, with_paths, pictures, trained, say=say, note=say)
+    _, sweeps, _ = write_outputs(result, csv_path, with_paths, pictures, trained, say=say, note=say)
+    log_to_trackers(result, trained, sweeps, say=say)
     return 0
 
 
-def write_outputs(result, csv_path: Path, with_paths: bool, pictures: int, trained, *,
-                  say: Callable[[str], None], note: Callable[[str], None]) -> tuple[Path, list[Path]]:
+def write_outputs(result, csv_path: Path, with_paths: bool, pictures: int, trained, *, say: Callable[[str], None],
+                  note: Callable[[str], None]) -> tuple[Path, list[Path], list[Path]]:
     """Write the CSV, the sweep pictures and the `--pictures` targets, each named by `say` once written and each
-    earlier file kept aside by `note` at once (a later failure must not hide it); the CSV and the pictures."""
+    earlier file kept aside by `note` at once (a later failure must not hide it); the CSV, the sweep pictures and
+    the target pictures."""
     from useg.apply.evaluate import write_csv
     from useg.apply.sweep_plot import save_sweep_pictures
     from useg.apply.target_pictures import keep_earlier_pictures, pictures_folder, save_target_pictures
@@ -59,11 +65,11 @@ def write_outputs(result, csv_path: Path, with_paths: bool, pictures: int, train
     csv_written = write_csv(csv_path, result, with_paths)
     say(f"{len(result.all_rows())} rows written to {csv_written.path}")
     kept(csv_written)
-    drawn = []
+    sweeps, targets = [], []
     for written in save_sweep_pictures(csv_written.path.parent, result):
         say(f"sweep picture written to {written.path}")
         kept(written)
-        drawn.append(written.path)
+        sweeps.append(written.path)
     if pictures and trained is not None:
         folder = pictures_folder(csv_written.path)
         earlier = keep_earlier_pictures(folder)
@@ -71,8 +77,33 @@ def write_outputs(result, csv_path: Path, with_paths: bool, pictures: int, train
             note(f"earlier pictures of {folder.name} kept in {earlier}")
         targets = save_target_pictures(folder, result, trained, pictures, with_paths)
         say(f"{len(targets)} pictures of the worst and best targets written to {folder}")
-        drawn += targets
-    return csv_written.path, drawn
+    return csv_written.path, sweeps, targets
+
+
+def log_to_trackers(result, trained, sweeps: list[Path], say: Callable[[str], None]) -> None:
+    """The run's own checkpoint evaluated: the tracked runs its training logged to (RUN/logs/trackers.json) get
+    `evaluation/<split>_dice` (and per class) at the checkpoint's epoch, and the sweep pictures (anonymous; the
+    target pictures may show a patient and are not given). A tracker that cannot take them is one warning on
+    stderr; stdout stays the table or the JSON."""
+    from useg.checkpoint import warn_to_stderr
+    from useg.run_folder import is_checkpoints_folder
+    from useg.training.trackers import STATE_NAME, Evaluated, evaluation_metrics, log_evaluation, saved_tracker_names
+
+    if trained is None or trained.export is not None or not is_checkpoints_folder(Path(trained.path).parent):
+        return  # an export, or a checkpoint copied out of its run: no tracked run of its own
+    run_root = Path(trained.path).parent.parent
+    trackers = saved_tracker_names(trained.config)  # the checkpoint's run's: not those of a run it replaced
+    if not trackers or not (run_root / "logs" / STATE_NAME).is_file():
+        return
+    split = "held_out" if result.data.held_out else result.split  # as evaluation_<split>.csv is named
+    per_class = {name: stats["dice"]["mean"] for name, stats in result.per_class.items()}
+    evaluated = Evaluated(split, result.epoch, evaluation_metrics(split, result.mean_dice, per_class), sweeps)
+    with contextlib.redirect_stdout(sys.stderr):  # a tracker library's print must not spoil the table or the JSON
+        logged = log_evaluation(run_root, trackers, evaluated, warn_to_stderr)
+    if logged:
+        with_pictures = f" with {len(sweeps)} sweep picture(s)" if sweeps else ""
+        say(f"evaluation/{split}_dice logged at step {result.epoch} (the checkpoint's epoch){with_pictures} to the "
+            f"run's trackers: {', '.join(logged)}")
 
 
 class ScoringProgress:
