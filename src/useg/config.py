@@ -41,9 +41,9 @@ class TrainConfig:
     slice_axis: int = 2
     # The in-context training recipe (useg.data.recipe): on (its defaults), off, or a mapping of its
     # settings over the defaults; a run saves the settings it resolved, so a resume draws the same.
-    task_augmentation: bool | dict = True
-    in_task_augmentation: bool | dict = True
-    synthetic_tasks: float = 0.25  # share of training tasks drawn from useg.data.synthetic_tasks
+    task_augmentation: bool | str | dict = True
+    in_task_augmentation: bool | str | dict = True
+    synthetic_tasks: float = 0.0  # share of training tasks drawn from useg.data.synthetic_tasks (0: measured, see recipe.ON)
     run_dir: str = "."
     epochs: int = 12
     batch_size: int = 4
@@ -53,7 +53,7 @@ class TrainConfig:
     widths: list[int] = field(default_factory=lambda: [32, 32, 32, 32])
     lr: float = 1e-4
     min_lr_ratio: float = 0.05
-    loss: str = "dice"  # one of LOSSES
+    loss: str = "dice+bce"  # one of LOSSES; BCE scores every pixel, which inverted tasks need (useg.data.recipe.ON)
     seed: int = 0
     samples_per_epoch: int = 512
     split_fractions: list[float] = field(default_factory=lambda: [0.6, 0.2, 0.2])
@@ -244,9 +244,11 @@ def boolean(value: Any) -> bool:
 
 
 def switch_or_settings(value: Any) -> bool | dict[str, Any]:
-    """on / off (or true / false), or a mapping of settings; useg.data.recipe checks each setting."""
+    """on / off (or true / false), paper, or a mapping of settings; useg.data.recipe resolves and checks them."""
     if isinstance(value, str) and value.strip().lower() in ("on", "off"):
         return value.strip().lower() == "on"
+    if isinstance(value, str) and value.strip().lower() == "paper":
+        return "paper"
     if isinstance(value, bool):
         return value
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
@@ -348,8 +350,9 @@ RULES: dict[str, tuple[Any, str]] = {
     "keep_empty": (number(0, 1), "a fraction from 0 to 1 (the share of empty-mask images kept as negatives)"),
     "slice_axis": (integer(0, 2), "0, 1 or 2 (the volume axis cut into 2-D slices; default "
                                   f"{TrainConfig.slice_axis}, the last)"),
-    "task_augmentation": (switch_or_settings, "on, off or a mapping of its settings, e.g. {label_inversion: 0.5}"),
-    "in_task_augmentation": (switch_or_settings, "on, off or a mapping of its settings, e.g. {affine: 0.5}"),
+    "task_augmentation": (switch_or_settings, "on, off, paper or a mapping of its settings, e.g. "
+                                              "{label_inversion: 0.5}"),
+    "in_task_augmentation": (switch_or_settings, "on, off, paper or a mapping of its settings, e.g. {affine: 0.5}"),
     "synthetic_tasks": (number(0, 1), "a fraction from 0 to 1 (the share of training tasks that are synthetic)"),
     "run_dir": (path_text, "a folder path"),
     "epochs": (integer(1), "a positive integer"),

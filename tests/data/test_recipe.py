@@ -210,8 +210,10 @@ def test_the_elastic_field_has_kornias_magnitude_and_smoothness() -> None:
 # ------------------------------------------------------------------ settings
 
 
-def test_on_and_off_are_the_defaults_and_false_as_plain_json() -> None:
+def test_on_paper_and_off_are_the_presets_and_false_as_plain_json() -> None:
     for kind, cls in (("task", TaskAugmentation), ("in_task", InTaskAugmentation)):
+        assert cls(**settings_from(kind, "paper")) == cls()  # the dataclasses' defaults are the paper's recipe
+        assert cls(**settings_from(kind, "on")) == replace(cls(), **recipe.ON[kind])
         defaults = settings_from(kind, True)
         assert settings_from(kind, "on") == settings_from(kind, "ON ") == defaults
         assert settings_from(kind, False) is False and settings_from(kind, "off") is False
@@ -219,8 +221,7 @@ def test_on_and_off_are_the_defaults_and_false_as_plain_json() -> None:
         assert all(isinstance(value, float) or (isinstance(value, list) and len(value) == 2
                                                 and all(isinstance(x, float) for x in value))
                    for value in defaults.values())
-        assert cls(**defaults) == cls()
-        assert augmentation_from(kind, defaults) == cls() and augmentation_from(kind, False) is None
+        assert augmentation_from(kind, defaults) == cls(**defaults) and augmentation_from(kind, False) is None
     assert settings_from("task", True)["label_inversion"] == recipe.LABEL_INVERSION_PROBABILITY
     assert settings_from("task", True)["edges"] == recipe.EDGES_PROBABILITY
     assert settings_from("in_task", True)["elastic_alpha"] == [1.0, 2.5]
@@ -263,6 +264,6 @@ def test_each_bad_setting_is_one_line_naming_the_key_the_rule_and_the_value(kind
 
 def test_a_value_that_is_neither_on_off_nor_a_mapping_is_one_line() -> None:
     for value in (3, None, "sometimes", [0.5]):
-        with pytest.raises(ValueError, match=r"^task_augmentation must be on, off or a mapping of its settings; "
+        with pytest.raises(ValueError, match=r"^task_augmentation must be on, off, paper or a mapping of its settings; "
                                              r"got .*$"):
             settings_from("task", value)

@@ -167,9 +167,9 @@ def test_ctrl_c_while_the_last_save_finishes_says_done_and_complete_and_exits_13
 
     real_finish = useg.training.loop.finish
 
-    def ctrl_c_then_finish(run) -> None:  # after the last epoch's check for a signal, before its save is durable
+    def ctrl_c_then_finish(run, *rest) -> None:  # after the last epoch's check for a signal, before its save is durable
         os.kill(os.getpid(), signal.SIGINT)
-        real_finish(run)
+        real_finish(run, *rest)
 
     monkeypatch.setattr(useg.training.loop, "finish", ctrl_c_then_finish)
     run = tmp_path / "run"

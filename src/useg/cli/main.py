@@ -46,16 +46,16 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--split-file", dict(help="JSON {train: [...], val: [...], test: [...]} overriding the seeded split; entries are "
                           "anonymous ids or file names relative to the data folder; a missing test list is carved "
                           "from train by patient")),
-    ("--task-augmentation", dict(choices=("on", "off"),
-                                 help="augment each task as a whole, target and supports alike: labels inverted or "
-                                      "turned into their edges, intensities inverted, flips, affine and elastic "
-                                      "warps, brightness, blur, noise; so the model must read its supports to know "
-                                      "what to segment (default on; probabilities in the config file's "
-                                      "task_augmentation mapping)")),
-    ("--in-task-augmentation", dict(choices=("on", "off"),
-                                    help="augment each image of a task on its own: affine and elastic warps, "
-                                         "brightness, blur, noise, sharpness (default on; probabilities in the "
-                                         "config file's in_task_augmentation mapping)")),
+    ("--task-augmentation", dict(choices=("on", "off", "paper"),
+                                 help="change each task as a whole, target and supports alike, so that the model "
+                                      "must read its supports to know what to segment: on (default) inverts the "
+                                      "labels of half the tasks and flips and varies brightness and noise; paper "
+                                      "adds the UniverSeg paper's edges, intensity inversion, warps, blur and "
+                                      "sharpness (for long runs); probabilities in the config file")),
+    ("--in-task-augmentation", dict(choices=("on", "off", "paper"),
+                                    help="change each image of a task on its own: on (default) varies brightness "
+                                         "and noise; paper adds affine and elastic warps, blur and sharpness; "
+                                         "probabilities in the config file")),
     ("--synthetic-tasks", dict(type=float, metavar="FRACTION",
                                help="share of training tasks drawn from random synthetic shapes instead of the "
                                     f"data, made from the seed and never written to disk ({default('synthetic_tasks')})")),
