@@ -267,3 +267,12 @@ def test_a_value_that_is_neither_on_off_nor_a_mapping_is_one_line() -> None:
         with pytest.raises(ValueError, match=r"^task_augmentation must be on, off, paper or a mapping of its settings; "
                                              r"got .*$"):
             settings_from("task", value)
+
+
+def test_a_stored_recipe_is_described_by_its_preset_and_what_it_changes() -> None:
+    # `useg runs compare` shows a run's recipe so: a whole mapping would fill the table.
+    assert recipe.describe("task", settings_from("task", "on")) == "on"
+    assert recipe.describe("in_task", settings_from("in_task", "paper")) == "paper"
+    assert recipe.describe("task", False) == "off"
+    assert recipe.describe("task", settings_from("task", {"edges": 0.25, "scale": [0.9, 1]})) == \
+        "on, edges=0.25 scale=[0.9, 1]"

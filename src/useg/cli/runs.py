@@ -139,7 +139,7 @@ def compare_table(comparison: dict[str, Any]) -> Table:
                  "samples\n/s"):
         table.add_column(name, justify="right", min_width=max(map(len, name.split())))  # no word cut
     for run in comparison["runs"]:
-        table.add_row(run["run"], *(display.flag_text(value) for value in run["settings"].values()),
+        table.add_row(run["run"], *(setting_text(key, value) for key, value in run["settings"].items()),
                       format_number(run["best_val_dice"]), str(run["best_epoch"] or "-"),
                       format_number(run["held_out_dice"]), format_number(run["test_dice"]),
                       f"{run['epochs']}/{run['epochs_planned'] or '?'}", ", ".join(map(str, run["resumed_at"])) or "-",
@@ -147,8 +147,19 @@ def compare_table(comparison: dict[str, Any]) -> Table:
     return table
 
 
+def setting_text(key: str, value: Any) -> str:
+    """A setting as the table and legend show it: the recipe's by its preset and changes (a whole mapping
+    would fill the screen), the rest as typed after its flag."""
+    kinds = {"task_augmentation": "task", "in_task_augmentation": "in_task"}
+    if key not in kinds:
+        return display.flag_text(value)
+    from useg.data import recipe  # here: importing useg.data loads torch, which `useg runs` needs only then
+
+    return recipe.describe(kinds[key], value)
+
+
 def legend_label(run: dict[str, Any]) -> str:
-    settings = ", ".join(f"{key} {display.flag_text(value)}"[:40] for key, value in run["settings"].items())
+    settings = ", ".join(f"{key} {setting_text(key, value)}"[:40] for key, value in run["settings"].items())
     best = (f"best {run['best_val_dice']:.3f} at epoch {run['best_epoch']}" if run["best_val_dice"] is not None
             else "no val Dice")
     return f"{run['run']}" + (f" ({settings})" if settings else "") + f": {best}"

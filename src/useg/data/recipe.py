@@ -174,6 +174,24 @@ def settings_from(kind: Literal["task", "in_task"], value: Any) -> dict | Litera
     return _as_json(cls(**{**ON[kind], **value}))
 
 
+def describe(kind: Literal["task", "in_task"], stored: Any) -> str:
+    """A stored setting in a few words: its preset (on, off, paper), else `on` and the settings it changes."""
+    if stored is False or stored is None:
+        return "off"
+    for preset in ("on", "paper"):
+        if stored == settings_from(kind, preset):
+            return preset
+    if not isinstance(stored, Mapping):
+        return str(stored)
+    on = settings_from(kind, "on")
+    changed = [f"{name}={_short(value)}" for name, value in stored.items() if on.get(name) != value]
+    return "on, " + " ".join(changed)
+
+
+def _short(value: Any) -> str:
+    return f"[{_short(value[0])}, {_short(value[1])}]" if isinstance(value, (list, tuple)) else f"{value:g}"
+
+
 def augmentation_from(kind: Literal["task", "in_task"],
                       stored: dict | bool) -> TaskAugmentation | InTaskAugmentation | None:
     """What `augment` takes from stored settings (False: None)."""
