@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import traceback
+from types import SimpleNamespace
 from pathlib import Path
 
 from . import (checkpoint_io, compile_step, demo, evaluation, gpu_report, in_context, listing, model_step,
@@ -20,7 +21,9 @@ from .report import merge, render
 DEFAULT = {"checkpoint": checkpoint_io, "resume": resume, "listing": listing, "model": model_step,
            "training": training, "sampler": sampler, "synthetic": synthetic_rate, "saves": save_overhead, "demo": demo, "evaluation": evaluation,
            "precision": precision_cpu, "threads": thread_choice, "trackers": trackers, "gpu": gpu_report}
-OPTIONAL = {"compile": compile_step, "in_context": in_context}  # in_context: four training runs, ~20 min
+# in_context and unseen_class: two default training runs each (about 10 minutes each on 2 cores)
+OPTIONAL = {"compile": compile_step, "in_context": in_context,
+            "unseen_class": SimpleNamespace(run=in_context.run_unseen_class)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
