@@ -5,6 +5,8 @@ choice and its timings are in the log."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import json
 import time
 from pathlib import Path
@@ -36,10 +38,16 @@ def test_the_candidates_are_powers_of_two_and_every_core(cores, expected):
     assert thread_candidates(cores) == expected
 
 
-def test_the_fastest_count_is_kept_near_ties_go_to_fewer_threads_and_the_callers_count_comes_back():
+def test_the_fastest_count_is_kept_near_ties_go_to_fewer_threads_and_the_callers_count_comes_back(monkeypatch):
     before = torch.get_num_threads()
     pause = {1: 0.03, 2: 0.01, 3: 0.0102}  # seconds per step at each count: 2 and 3 tie within 3 %
-    chosen, seconds = fastest_thread_count(lambda: time.sleep(pause[torch.get_num_threads()]), [1, 2, 3])
+    clock = [0.0]  # a step takes exactly its pause on this clock (sleeping was at the mercy of the machine's load)
+    monkeypatch.setattr(useg.compute.device, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def step() -> None:
+        clock[0] += pause[torch.get_num_threads()]
+
+    chosen, seconds = fastest_thread_count(step, [1, 2, 3])
     assert chosen == 2 and set(seconds) == {1, 2, 3} and seconds[1] > seconds[2]
     assert torch.get_num_threads() == before
 
