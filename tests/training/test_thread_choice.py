@@ -8,7 +8,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import json
-import time
 from pathlib import Path
 
 import pytest
