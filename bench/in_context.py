@@ -37,8 +37,7 @@ def run(settings: Settings) -> list[Section]:
     section = Section("In-context recipe: does the model read its supports? (embedded dataset)",
                       "default recipe", "today's recipe")
     if settings.quick:
-        section.reading.append("Skipped with --quick (two default training runs take about 10 minutes).")
-        return [section]
+        return skipped(section)
     started = time.perf_counter()
     folders = train_all(settings, RUNS)
     reliance = {name: evaluate(folders[name], "--task", "inverted") for name in RUNS}
@@ -76,8 +75,7 @@ def run_unseen_class(settings: Settings) -> list[Section]:
     section = Section(f"In-context recipe: a class never trained ({HELD_OUT}, embedded dataset)",
                       "default recipe", "today's recipe")
     if settings.quick:
-        section.reading.append("Skipped with --quick (two default training runs take about 10 minutes).")
-        return [section]
+        return skipped(section)
     started = time.perf_counter()
     folders = train_all(settings, HELD_OUT_RUNS)
     unseen = {name: evaluate(folders[name], "--classes", HELD_OUT, "--support-size", "1,16") for name in folders}
@@ -105,6 +103,11 @@ def run_unseen_class(settings: Settings) -> list[Section]:
         f"Trained on {TRAINED} only, the model segments {HELD_OUT} from its supports alone; both sides of each "
         "ratio are scored at the same support size on the test split's patients.")
     section.seconds = time.perf_counter() - started
+    return [section]
+
+
+def skipped(section: Section) -> list[Section]:
+    section.reading.append("Skipped with --quick (two default training runs take about 10 minutes).")
     return [section]
 
 

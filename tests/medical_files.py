@@ -50,3 +50,16 @@ def write_cyst_folder(root: Path) -> Path:
         save_grey(root / "images" / f"s{index}.png", image)
         save_grey(root / "masks" / f"s{index}.png", mask.astype(np.float32))
     return root
+
+
+def write_synthetic_folder(root: Path, count: int, seed: int, size: tuple[int, int]) -> Path:
+    """images/ + masks/ of `count` synthetic scans (one patient each) resized to `size` (width, height), every
+    lesion in one binary 0/255 mask (class foreground)."""
+    data = make_synthetic(image_size=48, seed=seed, n_patients=count, images_per_patient=1)
+    for kind in ("images", "masks"):
+        (root / kind).mkdir(parents=True)
+    for index, (image, mask) in enumerate(zip(data.images, data.masks.any(axis=1))):
+        Image.fromarray((image * 255).astype(np.uint8)).resize(size).save(root / "images" / f"scan{index}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST).save(
+            root / "masks" / f"scan{index}.png")
+    return root

@@ -12,33 +12,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from medical_files import write_synthetic_folder
 from tiny import error_line, evaluate_json, train_tiny
 
 from useg.cli import main
-from useg.data import make_synthetic
 from useg.data.index import INDEX_NAME
 
 WIDE = (40, 26)  # (width, height): neither square nor the model's 32 px
 
 
-def write_folder(root: Path, count: int, seed: int, size: tuple[int, int] = WIDE) -> Path:
-    """images/ + masks/ of `count` synthetic scans resized to `size`, every lesion in one binary 0/255 mask
-    (class foreground)."""
-    data = make_synthetic(image_size=48, seed=seed, n_patients=count, images_per_patient=1)
-    for kind in ("images", "masks"):
-        (root / kind).mkdir(parents=True)
-    for index, (image, mask) in enumerate(zip(data.images, data.masks.any(axis=1))):
-        Image.fromarray((image * 255).astype(np.uint8)).resize(size).save(root / "images" / f"scan{index}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST).save(
-            root / "masks" / f"scan{index}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("held_out")
-    return {"data": write_folder(root / "data", 8, seed=3), "other": write_folder(root / "other", 6, seed=4),
-            "single": write_folder(root / "single", 1, seed=5)}
+    return {"data": write_synthetic_folder(root / "data", 8, seed=3, size=WIDE),
+            "other": write_synthetic_folder(root / "other", 6, seed=4, size=WIDE),
+            "single": write_synthetic_folder(root / "single", 1, seed=5, size=WIDE)}
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import nibabel
 import numpy as np
 import pytest
 from PIL import Image
+from medical_files import write_synthetic_folder
 from tiny import train_tiny, error_line
 
 from useg.apply import outputs
@@ -20,7 +21,6 @@ from useg.apply.evaluate import evaluate
 from useg.apply.predict import load_trained
 from useg.apply.target_pictures import native_image
 from useg.cli import main
-from useg.data import make_synthetic
 from useg.data.medical import read_medical_image
 from useg.errors import UsegError
 
@@ -36,15 +36,7 @@ def run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def patient_folder(tmp_path_factory) -> Path:
     """images/ + masks/ of 8 synthetic scans at 40x26, in a folder named like a patient."""
-    root = tmp_path_factory.mktemp("held") / "Nguyen_Thi_B"
-    data = make_synthetic(image_size=48, seed=3, n_patients=8, images_per_patient=1)
-    for kind in ("images", "masks"):
-        (root / kind).mkdir(parents=True)
-    for index, (image, mask) in enumerate(zip(data.images, data.masks.any(axis=1))):
-        Image.fromarray((image * 255).astype(np.uint8)).resize(WIDE).save(root / "images" / f"scan{index}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).resize(WIDE, Image.Resampling.NEAREST).save(
-            root / "masks" / f"scan{index}.png")
-    return root
+    return write_synthetic_folder(tmp_path_factory.mktemp("held") / "Nguyen_Thi_B", 8, seed=3, size=WIDE)
 
 
 def rows_of(path: Path) -> list[dict]:
