@@ -106,8 +106,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
 
 
 def settle_recipe(cfg: TrainConfig) -> None:
-    """The recipe's switches become the settings the run draws with (and saves): on -> the defaults,
-    a mapping -> the defaults updated with it; each setting checked, in one line naming it."""
+    """The recipe's switches become the settings the run draws with (and saves): on or paper -> that
+    preset, a mapping -> `on` updated with it (useg.data.recipe); each setting checked, in one line naming it."""
     for key, kind in (("task_augmentation", "task"), ("in_task_augmentation", "in_task")):
         try:
             setattr(cfg, key, recipe.settings_from(kind, getattr(cfg, key)))
