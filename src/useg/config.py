@@ -24,6 +24,10 @@ MODEL_WEIGHTS = "model_state_dict"
 PRECISIONS = ("fp32", "bf16", "fp16")
 RESIZE_MODES = ("squash", "pad")  # how images become the square input: useg.data.geometry
 TRACKERS = ("tensorboard", "mlflow", "wandb")  # experiment trackers: useg.training.trackers
+BEST_METRICS = ("val_dice", "held_out_dice")  # held_out_dice: the mean Dice over --held-out-data
+# What an entry of a several-dataset `data` (or of `held_out_data`) may set for its own dataset;
+# a flag (or top-level config key) of the same name applies to every dataset that does not set it.
+DATASET_KEYS = ("annotations", "label", "classes", "class_names", "patient_pattern", "keep_empty", "slice_axis")
 DEVICE_FORMAT = r"cpu|cuda(:[0-9]+)?"
 
 
@@ -31,7 +35,9 @@ DEVICE_FORMAT = r"cpu|cuda(:[0-9]+)?"
 class TrainConfig:
     """Everything a training run depends on; saved with every checkpoint."""
 
-    data: str | None = None  # None: the embedded synthetic dataset
+    # None: the embedded synthetic dataset; a path; or several datasets (useg.data.collection), each a path
+    # or a mapping {path, weight, and its own data options}: one path stays a string, as runs always saved it.
+    data: str | list | None = None
     annotations: str | None = None
     label: int | list[int] | None = None  # one value stays an int, as older runs saved it
     classes: list[str] | None = None
@@ -39,6 +45,8 @@ class TrainConfig:
     patient_pattern: str | None = None
     keep_empty: float = 0.0
     slice_axis: int = 2
+    held_out_data: list = field(default_factory=list)  # datasets never trained on, scored at every validation
+    best_metric: str = "val_dice"  # one of BEST_METRICS: what makes an epoch best_model.pt
     # The in-context training recipe (useg.data.recipe): on (its defaults), off, or a mapping of its
     # settings over the defaults; a run saves the settings it resolved, so a resume draws the same.
     task_augmentation: bool | str | dict = True
@@ -102,7 +110,7 @@ COMPUTE_KEYS = ("num_threads", "compile", "precision", "deterministic")
 RECORDED_KEYS = frozenset({"bit_identical"})
 # Keys that checkpoints saved before the key existed lack, with the value those runs computed with.
 OLDER_RUN_VALUES = {"resize": "squash", "task_augmentation": False, "in_task_augmentation": False,
-                    "synthetic_tasks": 0.0}
+                    "synthetic_tasks": 0.0, "held_out_data": [], "best_metric": "val_dice"}
 
 
 def with_older_values(saved: dict[str, Any]) -> dict[str, Any]:
@@ -243,6 +251,38 @@ def boolean(value: Any) -> bool:
     return value
 
 
+def dataset_entry(value: Any) -> str | dict[str, Any]:
+    """One dataset: a folder path, or a mapping {path, weight (> 0, default 1), DATASET_KEYS options}."""
+    if not isinstance(value, dict):
+        return path_text(value)
+    entry = {str(key).replace("-", "_"): setting for key, setting in value.items()}
+    unknown = set(entry) - {"path", "weight", *DATASET_KEYS}
+    if unknown or "path" not in entry:
+        raise ValueError(value)
+    checked: dict[str, Any] = {"path": path_text(entry.pop("path"))}
+    if "weight" in entry:
+        checked["weight"] = number(0, above_low=True)(entry.pop("weight"))
+    for key, setting in entry.items():
+        if setting is not None:
+            checked[key] = RULES[key][0](setting)
+    return checked
+
+
+def dataset_list(value: Any) -> list[str | dict[str, Any]]:
+    """Datasets as a list of `dataset_entry`s (one path or mapping is a list of one)."""
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    return [dataset_entry(item) for item in items]
+
+
+def data_setting(value: Any) -> str | list[str | dict[str, Any]]:
+    """--data: one folder stays its path (what runs always saved); several (or one with its own options)
+    stay a list of entries."""
+    entries = dataset_list(value)
+    if not entries:
+        raise ValueError(value)
+    return entries[0] if len(entries) == 1 and isinstance(entries[0], str) else entries
+
+
 def switch_or_settings(value: Any) -> bool | dict[str, Any]:
     """on / off (or true / false), paper, or a mapping of settings; useg.data.recipe resolves and checks them."""
     if isinstance(value, str) and value.strip().lower() in ("on", "off"):
@@ -339,7 +379,10 @@ def split_fractions(value: Any) -> list[float]:
 
 
 RULES: dict[str, tuple[Any, str]] = {
-    "data": (optional(path_text), "a folder path"),
+    "data": (optional(data_setting), "a folder path, or a list of them, each a path or a mapping "
+                                     "{path: FOLDER, weight: 2, label: 255, ...}"),
+    "held_out_data": (dataset_list, "a list of folder paths (or mappings {path: FOLDER, label: 255, ...})"),
+    "best_metric": (choice(*BEST_METRICS), one_of(BEST_METRICS)),
     "annotations": (optional(path_text), "a file path"),
     "label": (optional(label_values), "an integer >= 0 (the mask value of the class) or several, e.g. 128,255"),
     "classes": (optional(class_names), "comma-separated class names"),
@@ -393,6 +436,8 @@ RULES: dict[str, tuple[Any, str]] = {
 
 def validate(cfg: TrainConfig) -> None:
     """Refuse combinations of values that cannot work, naming the flag (each value is checked by RULES)."""
+    if cfg.best_metric == "held_out_dice" and not cfg.held_out_data:
+        raise ConfigError("--best-metric held_out_dice needs --held-out-data: the datasets it is measured on")
     factor = 2 ** (len(cfg.widths) - 1)
     if cfg.image_size % factor:
         raise ConfigError(f"--image-size {cfg.image_size} must be divisible by {factor} for {len(cfg.widths)} levels")

@@ -103,7 +103,7 @@ COLOUR_NOTE = "colour input, shown and trained on in grey (mean of R, G and B)"
 def colour_input_note(run_dir: Path, image_id: str) -> str | None:
     """COLOUR_NOTE when the file behind `image_id` (found through the run's data_index.json) is a colour
     image, which the loaders turn into grey; None for grey files, the synthetic set, or an unknown file."""
-    from useg.data.index import INDEX_NAME
+    from useg.data.index import INDEX_NAME, image_folder
 
     try:
         index = json.loads((Path(run_dir) / INDEX_NAME).read_text(encoding="utf-8"))
@@ -112,9 +112,10 @@ def colour_input_note(run_dir: Path, image_id: str) -> str | None:
     if not isinstance(index, dict):
         return None
     entry = (index.get("images") or {}).get(image_id) or {}
-    if not index.get("data") or not entry.get("image") or entry.get("slice") is not None:
+    folder = image_folder(index, entry)
+    if folder is None or not entry.get("image") or entry.get("slice") is not None:
         return None  # volumes are grey by nature
-    return COLOUR_NOTE if is_colour_file(Path(index["data"]), entry["image"]) else None
+    return COLOUR_NOTE if is_colour_file(folder, entry["image"]) else None
 
 
 @functools.lru_cache(maxsize=256)

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from useg.config import LOSSES, PRECISIONS, RESIZE_MODES, TRACKERS, TrainConfig
+from useg.config import BEST_METRICS, LOSSES, PRECISIONS, RESIZE_MODES, TRACKERS, TrainConfig
 from useg.errors import UsegError
 from useg.cli.display import flag_text
 
@@ -19,7 +19,18 @@ def default(key: str) -> str:
 
 
 TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    ("--data", dict(help="data folder (Ovatus, images/+masks/, or MMOTU OTU_2d); default: embedded synthetic set")),
+    ("--data", dict(action="append", metavar="FOLDER",
+                    help="data folder (Ovatus, images/+masks/, or MMOTU OTU_2d); default: embedded synthetic set. "
+                         "Repeat to train one model over several datasets: each is split by patient on its own and "
+                         "tasks draw a dataset uniformly (weights and per-dataset options in the config file's "
+                         "data list); the data flags below apply to every dataset")),
+    ("--held-out-data", dict(action="append", metavar="FOLDER",
+                             help="a dataset never trained on, scored in context at every validation (its val "
+                                  "patients as targets, its train patients as supports): held_out_dice beside "
+                                  "val_dice; repeatable")),
+    ("--best-metric", dict(choices=BEST_METRICS,
+                           help=f"what makes an epoch best_model.pt ({default('best_metric')}; held_out_dice needs "
+                                "--held-out-data)")),
     ("--annotations", dict(help="the Ovatus mapping_normalized4.jsonl when it is not beside US_map4/")),
     ("--label", dict(help="label-map masks: the mask value(s) to train, e.g. 255 or 128,255 (default: every value)")),
     ("--classes", dict(help="comma-separated class names to train on (default: all)")),

@@ -21,9 +21,13 @@ class ImageSource:
     image: str  # e.g. "images/case1/a.png"
     mask: str | None = None  # None where masks are drawn from annotations (Ovatus)
     slice: int | None = None  # the slice of a 3-D volume, along `slice_axis`
+    dataset: int | None = None  # which dataset of several (0-based; useg.data.collection), None for one
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "mask": self.mask, "slice": self.slice}
+        record = {"image": self.image, "mask": self.mask, "slice": self.slice}
+        if self.dataset is not None:
+            record["dataset"] = self.dataset
+        return record
 
 
 @dataclass
@@ -44,6 +48,12 @@ class SegDataset:
     # (C, H, W) bool masks of image i at the size it has on disk (evaluation scores there);
     # None where the loaded masks are the stored ones (synthetic).
     read_native_masks: Callable[[int], np.ndarray] | None = field(default=None, repr=False)
+    # Several datasets merged into one (useg.data.collection); empty / None for one dataset.
+    datasets: list[str] = field(default_factory=list)  # each dataset's name, in the run's order
+    dataset_weights: list[float] = field(default_factory=list)  # how often tasks come from each
+    image_datasets: np.ndarray | None = None  # (N,) int64: the dataset of each image
+    class_datasets: list[int] = field(default_factory=list)  # the dataset of each class
+    image_fingerprints: list[str] | None = field(default=None, repr=False)  # as each image's own dataset gives them
 
     def __post_init__(self) -> None:
         n, c = len(self.images), len(self.classes)
@@ -64,8 +74,15 @@ class SegDataset:
     def fingerprints(self) -> list[str]:
         """A short sha256 of each image's pixels and masks as loaded: saved with a run's split, so
         that resuming or evaluating on other data with the same image ids is refused, not trusted."""
+        if self.image_fingerprints is not None:
+            return list(self.image_fingerprints)
         return [hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:16]
                 for image, mask in zip(self.images, self.masks)]
+
+    @property
+    def array_bytes(self) -> int:
+        """The memory the images and masks take (the data line reports it)."""
+        return self.images.nbytes + self.masks.nbytes
 
     def class_presence(self) -> np.ndarray:
         """(N, C) bool: image n has a non-empty mask of class c."""

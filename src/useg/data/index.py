@@ -12,17 +12,32 @@ import json
 from pathlib import Path
 from typing import Any
 
+from useg.data.collection import data_paths, is_several
 from useg.files import write_file_atomically
 
 INDEX_NAME = "data_index.json"
 INDEX_MODE = 0o600
 
 
-def index_record(data: str | Path | None, dataset) -> dict[str, Any]:
-    """The index as a plain dict: the data folder and, per image id, its image/mask files and slice."""
+def index_record(data, dataset) -> dict[str, Any]:
+    """The index as a plain dict: the data folder and, per image id, its image/mask files and slice. With
+    several datasets `data` lists their folders, `datasets` their names, and each image its `dataset` (0-based)."""
     images = {image_id: source.to_dict() for image_id, source in zip(dataset.ids, dataset.sources)}
-    return {"data": None if data is None else str(Path(data).expanduser().resolve()), "source": dataset.source,
-            "images": images}
+    folders = [str(Path(path).expanduser().resolve()) for path in data_paths(data) if path is not None]
+    record = {"data": folders if is_several(data) else (folders or [None])[0], "source": dataset.source,
+              "images": images}
+    if dataset.datasets:
+        record["datasets"] = list(dataset.datasets)
+    return record
+
+
+def image_folder(index: dict[str, Any], entry: dict[str, Any]) -> Path | None:
+    """The data folder an index entry's file is relative to (its dataset's, with several)."""
+    data = index.get("data")
+    if isinstance(data, list):
+        number = entry.get("dataset")
+        data = data[number] if isinstance(number, int) and 0 <= number < len(data) else None
+    return Path(data) if data else None
 
 
 def write_data_index(run_dir: str | Path, data: str | Path | None, dataset) -> Path | None:

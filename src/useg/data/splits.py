@@ -67,7 +67,8 @@ def split_by_patient(ds: SegDataset, seed: int, fractions: tuple[float, float, f
     if ds.predefined_split is not None:
         parts = {name: np.asarray(ds.predefined_split.get(name, []), dtype=np.int64) for name in SPLIT_NAMES}
         origin = ds.split_origin or "the data's split"
-        missing = [name for name in ("val", "test") if not len(parts[name])]
+        # Several datasets come split each on its own (useg.data.collection): nothing left to carve.
+        missing = [] if ds.datasets else [name for name in ("val", "test") if not len(parts[name])]
         split = _carved(parts, missing, ds, seed, origin)
         split.origin = _with_unmatched(split.origin, ds.report.get("split_ids_not_found", 0), "id")
         return split

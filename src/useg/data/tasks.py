@@ -131,7 +131,8 @@ def _check_settings(support_size: int, seed: int) -> None:
 
 
 class TaskSampler:
-    """Training tasks: a class uniformly among the eligible ones, then a target and supports of it."""
+    """Training tasks: a class uniformly among the eligible ones (with several datasets, a dataset by its weight
+    first, then a class of it), then a target and supports of it."""
 
     def __init__(
         self, ds: SegDataset, train_idx, *, support_size: int, seed: int, samples_per_epoch: int,
@@ -168,6 +169,22 @@ class TaskSampler:
                 f"({len(np.unique(train_idx))} images); add data or give the training split more patients"
             )
         check_support_size(largest, support_size, "training")
+        self._dataset_classes, self._dataset_bounds = self._classes_per_dataset()
+
+    def _classes_per_dataset(self) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
+        """Several datasets (useg.data.collection): each one's eligible classes, and the cumulative dataset
+        weights a task's dataset is drawn by; (None, None) for one dataset, whose draws stay as they were."""
+        ds = self.ds
+        if len(ds.datasets) < 2:
+            return None, None
+        owner = np.asarray(ds.class_datasets, dtype=np.int64)[self.eligible_classes]
+        per_dataset = [self.eligible_classes[owner == index] for index in range(len(ds.datasets))]
+        empty = [index for index, classes in enumerate(per_dataset) if not len(classes)]
+        if empty:
+            raise DataError(f"dataset d{empty[0] + 1} ({ds.datasets[empty[0]]}) has no class with a training image "
+                            f"and a support image of another patient in its training split; give it more patients "
+                            "or leave it out of --data")
+        return per_dataset, np.cumsum(np.asarray(ds.dataset_weights, dtype=np.float64))
 
     def _eligible_targets(self) -> tuple[list[np.ndarray], int]:
         """Per class, the targets that have at least one candidate; and the largest candidate pool."""
@@ -180,10 +197,13 @@ class TaskSampler:
 
     def _with_negatives(self, cls: int, targets: np.ndarray) -> np.ndarray:
         """A class's targets plus the negative images that have a support candidate of it."""
-        if not len(self._negatives) or not len(targets):
+        negatives = self._negatives
+        if self.ds.datasets:  # a negative of one dataset is no negative of another's class
+            negatives = negatives[self.ds.image_datasets[negatives] == self.ds.class_datasets[cls]]
+        if not len(negatives) or not len(targets):
             return targets
-        counts = candidate_counts(self._members[cls], self.ds.patients, self._negatives, self.exclude_same_patient)
-        return np.concatenate([targets, self._negatives[counts >= 1]])
+        counts = candidate_counts(self._members[cls], self.ds.patients, negatives, self.exclude_same_patient)
+        return np.concatenate([targets, negatives[counts >= 1]])
 
     def num_batches(self, batch_size: int) -> int:
         return batches_per_epoch(self.samples_per_epoch, batch_size)
@@ -243,10 +263,18 @@ class TaskSampler:
         return np.random.default_rng([self.seed, epoch, index])
 
     def _draw(self, rng: np.random.Generator) -> Task:
-        cls = int(rng.choice(self.eligible_classes))
+        cls = self._draw_class(rng)
         target = int(rng.choice(self._targets[cls]))
         pool = candidates(self._members[cls], self.ds.patients, target, self.exclude_same_patient)
         return Task(target=target, cls=cls, supports=choose_supports(rng, pool, self.support_size))
+
+    def _draw_class(self, rng: np.random.Generator) -> int:
+        """A class uniformly among the eligible ones; with several datasets, first a dataset by weight."""
+        if self._dataset_classes is None:
+            return int(rng.choice(self.eligible_classes))
+        bounds = self._dataset_bounds
+        dataset = min(int(np.searchsorted(bounds, rng.random() * bounds[-1], side="right")), len(bounds) - 1)
+        return int(rng.choice(self._dataset_classes[dataset]))
 
 
 def validation_tasks(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import shlex
 import signal
 import time
@@ -26,9 +25,10 @@ from useg.compute.precision import autocast, optimizer_step, scaler_state
 from useg.training.progress import Progress, SaveCounts, plural, position_text, remaining_time, whole_epoch_time
 from useg.run_folder import ExistingRun, RunPaths, existing_run, remove_unused_folders, run_paths
 from useg.run_folder import set_aside_checkpoints
+from useg.data.collection import absolute
 from useg.data.prefetch import Prefetcher
 from useg.training.log import record_saves
-from useg.training.setup import Run, build_run, settle_recipe
+from useg.training.setup import Run, build_run, saved_split_record, settle_recipe
 from useg.training.state import TrainingPosition, check_resume_state, saved_position_text
 from useg.training.schedule import step_epoch_schedule
 from useg.training.signals import StopRequest, TrainingInterrupted
@@ -140,8 +140,8 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
 
     Raises RunComplete (after saying so) when the checkpoint resumed has every epoch already."""
     paths = run_paths(cfg.run_dir)
-    if cfg.data:  # saved absolute, so the run resumes from any working directory
-        cfg.data = os.path.abspath(cfg.data)
+    cfg.data = absolute(cfg.data)  # saved absolute, so the run resumes from any working directory
+    cfg.held_out_data = absolute(cfg.held_out_data)
     if cfg.batch_size % world.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world.world_size} processes")
     choose_device(cfg.device, world.local_rank, world.enabled)  # an unavailable device fails before the lock
@@ -414,7 +414,7 @@ def current_state(run: Run) -> dict[str, Any]:
         optimizer=run.optimizer, scheduler=run.scheduler, grad_scaler=scaler_state(run.scaler),
         skipped_steps=run.skipped_steps, history=run.history,
         rng_per_rank=gather_objects(run.world, capture_rng_state()), model_config=model_config(run.model),
-        split=run.split.to_dict(), classes=run.dataset.classes, log_file=run.log_path.name)
+        split=saved_split_record(run), classes=run.dataset.classes, log_file=run.log_path.name)
 
 
 def save_checkpoint(run: Run, **save_args) -> None:

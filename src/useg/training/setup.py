@@ -12,7 +12,8 @@ import torch
 from useg.training import state as training_state
 from useg.checkpoint import CheckpointManager, restore_rng_state
 from useg.config import TrainConfig
-from useg.data import Split, TaskSampler, data_options, load_dataset, split_by_patient, validation_tasks
+from useg.data import Split, TaskSampler, data_options, split_by_patient, validation_tasks
+from useg.data.collection import HeldOut, load_data, load_held_out
 from useg.data.splits import split_from_file
 from useg.data import recipe
 from useg.data.tasks import Recipe, draw_version_to_resume
@@ -20,7 +21,7 @@ from useg.data.index import write_data_index
 from useg.compute.device import choose_device, choose_threads, compile_model, describe_compute, settle_determinism
 from useg.compute.device import fastest_thread_count, thread_candidates, usable_cores
 from useg.compute.distributed import World, any_rank, broadcast_object, wrap_distributed
-from useg.errors import ConfigError
+from useg.errors import ConfigError, UsegError
 from useg.training.history import new_history, new_log_name
 from useg.model import build_universeg
 from useg.weights import load_pretrained
@@ -60,13 +61,27 @@ class Run:
     routine_saves: int = 0  # mid-epoch saves asked for in this session (the epoch line counts them)
     thread_choice: dict | None = None  # how this session chose its CPU thread count (the log's session)
     position: TrainingPosition = field(default_factory=TrainingPosition)
+    held_out: list[HeldOut] = field(default_factory=list)  # --held-out-data, each with its fixed tasks
+    held_out_tasks: list[list] = field(default_factory=list)  # per held-out dataset, as val_tasks
+
+
+def saved_split_record(run: Run) -> dict[str, Any]:
+    """The split a checkpoint saves: the run's, and each held-out dataset's under `held_out`."""
+    record = run.split.to_dict()
+    if run.held_out:
+        record["held_out"] = [held.split.to_dict() for held in run.held_out]
+    return record
 
 
 def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: CheckpointManager | None,
               state: dict | None, resumed_from: Path | None, position: TrainingPosition, progress: Progress) -> Run:
     """Everything one run needs, from the resumed `state` (checked, at `position`) when there is one."""
-    dataset = load_dataset(cfg.data, image_size=cfg.image_size, seed=cfg.seed, **data_options(cfg))
+    dataset = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, fractions=cfg.split_fractions,
+                        **data_options(cfg))
     split = choose_split(cfg, dataset, state)
+    held_out = load_held_out(cfg.held_out_data, image_size=cfg.image_size, seed=cfg.seed,
+                             fractions=cfg.split_fractions, saved=saved_held_out(state), **data_options(cfg))
+    held_out_tasks = [held_out_validation_tasks(held, cfg) for held in held_out]
     sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
                           samples_per_epoch=cfg.samples_per_epoch,
                           draw_version=draw_version_to_resume(training_state.saved_draw_version(state) if state else None),
@@ -85,7 +100,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
     scheduler = build_scheduler(optimizer, cfg)
     run = Run(cfg, paths, world, device, manager, dataset, split, sampler, val_tasks, model, model, optimizer,
               scheduler, new_history(), log_path=paths.logs / new_log_name(), log={},
-              scaler=make_scaler(cfg.precision, device), position=position)
+              scaler=make_scaler(cfg.precision, device), position=position, held_out=held_out,
+              held_out_tasks=held_out_tasks)
     if state is not None:
         restore_state(run, state, progress)
     if threads_free:
@@ -103,6 +119,22 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
                                      warn=progress.warn)
     progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device) + describe_compute(cfg))
     return run
+
+
+def saved_held_out(state: dict | None) -> list | None:
+    """The held-out datasets' splits a resumed checkpoint saved (None for a new run)."""
+    if state is None:
+        return None
+    return (training_state.saved_split(state) or {}).get("held_out") or []
+
+
+def held_out_validation_tasks(held: HeldOut, cfg: TrainConfig) -> list:
+    """A held-out dataset's fixed tasks: its val patients' images as targets, its train patients' as supports."""
+    try:
+        return validation_tasks(held.dataset, held.split.val, held.split.train, support_size=cfg.support_size,
+                                seed=cfg.seed)
+    except UsegError as err:
+        raise type(err)(f"--held-out-data {held.name}: {err}") from None
 
 
 def settle_recipe(cfg: TrainConfig) -> None:

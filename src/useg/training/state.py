@@ -170,7 +170,9 @@ def check_resume_state(state: Mapping[str, Any], path: Path, cfg: TrainConfig, *
         raise CheckpointError(f"{path.name} holds model weights only (no optimizer or data position) and cannot "
                               "be resumed; resume from latest or an epoch_NNN checkpoint, or fine-tune with --pretrained")
     saved = saved_config(state)
-    bad = [key for key in incompatible_keys(saved, cfg) if not (key == "data" and same_data(saved, cfg, state))]
+    refuse_other_datasets(saved, cfg, path)
+    bad = [key for key in incompatible_keys(saved, cfg)
+           if not (key in ("data", "held_out_data") and same_data(saved, cfg, state, key))]
     if bad:
         details = ", ".join(f"{key} {saved_value(saved, key)!r} -> {getattr(cfg, key)!r}" for key in bad)
         raise ConfigError(f"cannot resume {path.name}: the config differs in {details}; "
@@ -194,14 +196,36 @@ def saved_position_text(state: Mapping[str, Any], total: int) -> str:
     return position_text(state[EPOCH], saved_position(state).batch, batches, total)
 
 
-def same_data(saved: dict, cfg: TrainConfig, state: Mapping[str, Any]) -> bool:
-    """A moved or re-spelled data path is the same data when it is the same folder, or when the
-    saved split's image fingerprints (checked when the split is loaded) will prove it."""
-    if saved.get("data") is None or cfg.data is None:
+def same_data(saved: dict, cfg: TrainConfig, state: Mapping[str, Any], key: str = "data") -> bool:
+    """A moved or re-spelled data path (`key`: data or held_out_data) is the same data when it is the same
+    folder, or when the saved split's image fingerprints (checked when the split is loaded) will prove it;
+    with several datasets, each in turn, with the same weights and options."""
+    before, now = saved_value(saved, key), getattr(cfg, key)
+    if before is None or now is None or isinstance(before, list) != isinstance(now, list):
         return False
-    if os.path.realpath(saved["data"]) == os.path.realpath(cfg.data):
-        return True
-    return bool((saved_split(state) or {}).get("fingerprints"))
+    pairs = list(zip(dataset_entries(before), dataset_entries(now)))
+    if len(dataset_entries(before)) != len(dataset_entries(now)) or any(
+            {**old, "path": None} != {**new, "path": None} for old, new in pairs):
+        return False
+    split = saved_split(state) or {}
+    fingerprinted = bool(split.get("fingerprints")) if key == "data" else all(
+        part.get("fingerprints") for part in split.get("held_out") or [{}])
+    return all(os.path.realpath(old["path"]) == os.path.realpath(new["path"]) for old, new in pairs) or fingerprinted
+
+
+def dataset_entries(data: Any) -> list[dict[str, Any]]:
+    """A `data` or `held_out_data` setting as a list of {path, options...} mappings (for comparing)."""
+    items = data if isinstance(data, list) else [data]
+    return [dict(item) if isinstance(item, Mapping) else {"path": item} for item in items]
+
+
+def refuse_other_datasets(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """A resume trains on the datasets the run trained on: adding or removing one is another run."""
+    before, now = dataset_entries(saved_value(saved, "data")), dataset_entries(cfg.data)
+    if len(before) != len(now):
+        raise ConfigError(f"cannot resume {path.name}: the run trained on {len(before)} dataset(s) and this resume "
+                          f"names {len(now)}; resume with the run's --data, or start a new run (a new --run-dir) and "
+                          f"fine-tune from it with --pretrained {path}")
 
 
 # --- how the run computes: kept on resume, or changed with a warning ---------------------------

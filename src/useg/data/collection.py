@@ -1,0 +1,207 @@
+"""Several data folders as one run's data: each loaded by its own layout, split by patient on its own,
+merged into one `SegDataset`; and the held-out datasets a run never trains on.
+
+A run's `data` is one folder (a path, as always; `load_data` is then exactly `load_dataset`) or a list of
+entries, each a path or a mapping {path, weight, its own data options} (useg.config.dataset_entry). In the
+merged dataset image ids are `d1/p012_i003` (the dataset's number, then its own anonymous id), patients
+of different datasets are different patients, a class is named `dataset/class` where two datasets share
+its name, and each image's fingerprint is the one its own dataset gives it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from useg.config import DATASET_KEYS
+from useg.data.dataset import ImageSource, SegDataset
+from useg.data.loading import load_dataset
+from useg.data.splits import SPLIT_NAMES, Split, split_by_patient
+from useg.errors import ConfigError, UsegError
+
+DEFAULT_FRACTIONS = (0.6, 0.2, 0.2)
+
+
+@dataclass(frozen=True)
+class DataEntry:
+    """One dataset of a run: its folder (None: the embedded synthetic set), weight and `load_dataset` options."""
+
+    path: str | None
+    weight: float = 1.0
+    options: Mapping[str, Any] = None  # type: ignore[assignment]
+
+
+def is_several(data: Any) -> bool:
+    """True for a run's `data` that lists datasets (even one with its own options), False for one path or None."""
+    return isinstance(data, list)
+
+
+def entries(data: Any, options: Mapping[str, Any] | None = None) -> list[DataEntry]:
+    """A run's `data` (or `held_out_data`) as entries; `options` (the run's data options) apply to every
+    entry that does not set its own."""
+    common = dict(options or {})
+    items = data if isinstance(data, list) else [data]
+    found = []
+    for item in items:
+        own = dict(item) if isinstance(item, Mapping) else {"path": item}
+        path = own.pop("path")
+        weight = float(own.pop("weight", 1.0))
+        found.append(DataEntry(None if path is None else str(path), weight, {**common, **own}))
+    return found
+
+
+def absolute(data: Any) -> Any:
+    """`data` with every folder made absolute, so that a run resumes from any working directory."""
+    if data is None:
+        return None
+    if not isinstance(data, list):
+        return str(Path(data).expanduser().absolute())
+    return [{**item, "path": absolute(item["path"])} if isinstance(item, Mapping) else absolute(item) for item in data]
+
+
+def data_paths(data: Any) -> list[str | None]:
+    """The folder of each dataset of `data`, in order (one path or None: a list of one)."""
+    return [entry.path for entry in entries(data)]
+
+
+def load_data(data: Any, *, image_size: int, seed: int, fractions=DEFAULT_FRACTIONS, **options) -> SegDataset:
+    """A run's data: one folder through `load_dataset` unchanged, several merged (see the module docstring),
+    each split by patient with `fractions` and `seed` on its own (the merged dataset's predefined split)."""
+    if not is_several(data):
+        return load_dataset(data, image_size=image_size, seed=seed, **options)
+    found = entries(data, options)
+    parts = [load_one(entry, number, len(found), "--data", image_size, seed) for number, entry in enumerate(found)]
+    splits = [split_by_patient(part, seed=seed, fractions=tuple(fractions)) for part in parts]
+    return merge(parts, dataset_names(found), [entry.weight for entry in found], splits)
+
+
+def load_one(entry: DataEntry, number: int, count: int, flag: str, image_size: int, seed: int) -> SegDataset:
+    """One dataset; a problem with it names which one (`--data 2 of 3 (/data/mri): ...`)."""
+    options = {key: value for key, value in (entry.options or {}).items() if key in (*DATASET_KEYS, "resize")}
+    try:
+        return load_dataset(entry.path, image_size=image_size, seed=seed, **options)
+    except UsegError as err:
+        where = entry.path if entry.path is not None else "the embedded synthetic set"
+        raise type(err)(f"{flag} {number + 1} of {count} ({where}): {err}") from None
+
+
+def dataset_names(found: list[DataEntry]) -> list[str]:
+    """Each dataset's name for classes and messages: its folder's name (`synthetic` for the embedded set),
+    made unique with `-2`, `-3` where two folders share a name."""
+    names: list[str] = []
+    for entry in found:
+        base = Path(entry.path).name if entry.path is not None else "synthetic"
+        name, number = base, 1
+        while name in names:
+            number += 1
+            name = f"{base}-{number}"
+        names.append(name)
+    return names
+
+
+def merge(parts: list[SegDataset], names: list[str], weights: list[float], splits: list[Split]) -> SegDataset:
+    """One dataset of `parts`: images stacked, one mask column per (dataset, class), patients and ids kept
+    apart, and `splits` (one per part) as its predefined split."""
+    shared = {name for index, part in enumerate(parts) for name in part.classes
+              if any(name in other.classes for other in parts[index + 1:])}
+    classes = [f"{names[index]}/{name}" if name in shared else name
+               for index, part in enumerate(parts) for name in part.classes]
+    size = parts[0].images.shape[1:]
+    masks = np.zeros((sum(len(part) for part in parts), len(classes), *size), dtype=bool)
+    offsets = np.cumsum([0] + [len(part) for part in parts])
+    columns = np.cumsum([0] + [len(part.classes) for part in parts])
+    patient_offsets = np.cumsum([0] + [int(part.patients.max()) + 1 if len(part) else 0 for part in parts])
+    for index, part in enumerate(parts):
+        masks[offsets[index]:offsets[index + 1], columns[index]:columns[index + 1]] = part.masks
+    predefined = {name: [int(i) + offsets[index] for index, split in enumerate(splits) for i in getattr(split, name)]
+                  for name in SPLIT_NAMES}
+    origin = "per dataset: " + "; ".join(f"d{index + 1} {split.origin}" for index, split in enumerate(splits))
+    return SegDataset(
+        images=np.concatenate([part.images for part in parts]), masks=masks, classes=classes,
+        patients=np.concatenate([part.patients + patient_offsets[index] for index, part in enumerate(parts)]),
+        ids=[f"d{index + 1}/{image}" for index, part in enumerate(parts) for image in part.ids],
+        source="+".join(dict.fromkeys(part.source for part in parts)),
+        report=merged_report(parts, names), predefined_split=predefined, split_origin=origin,
+        notes=[f"d{index + 1} ({names[index]}): {note}" for index, part in enumerate(parts) for note in part.notes],
+        sources=merged_sources(parts, offsets),
+        read_native_masks=merged_native_masks(parts, offsets, columns, len(classes)),
+        datasets=list(names), dataset_weights=[float(weight) for weight in weights],
+        image_datasets=np.repeat(np.arange(len(parts)), np.diff(offsets)).astype(np.int64),
+        class_datasets=[index for index, part in enumerate(parts) for _ in part.classes],
+        image_fingerprints=[fingerprint for part in parts for fingerprint in part.fingerprints()],
+    )
+
+
+def merged_report(parts: list[SegDataset], names: list[str]) -> dict[str, int]:
+    """The parts' counts added up (patients, skipped files...), and each dataset's own counts as `d1/key`."""
+    report: dict[str, int] = {}
+    for index, part in enumerate(parts):
+        for key, value in part.report.items():
+            if not key.startswith("masks_"):
+                report[key] = report.get(key, 0) + int(value)
+            report[f"d{index + 1}/{key}"] = int(value)
+    report["patients"] = sum(part.num_patients for part in parts)
+    return report
+
+
+def merged_sources(parts: list[SegDataset], offsets: np.ndarray) -> list[ImageSource]:
+    """Each image's file relative to its own dataset's folder, and that dataset's number (0-based)."""
+    if not any(part.sources for part in parts):
+        return []
+    sources = []
+    for index, part in enumerate(parts):
+        own = part.sources or [ImageSource(image="") for _ in range(len(part))]
+        sources += [ImageSource(source.image, source.mask, source.slice, dataset=index) for source in own]
+    return sources
+
+
+def merged_native_masks(parts: list[SegDataset], offsets: np.ndarray, columns: np.ndarray,
+                        count: int) -> Callable[[int], np.ndarray]:
+    """Image i's masks at the size it has on disk, read by its own dataset, in the merged class columns."""
+    def read(index: int) -> np.ndarray:
+        part = int(np.searchsorted(offsets, index, side="right")) - 1
+        own_index = index - int(offsets[part])
+        own = parts[part].read_native_masks
+        native = parts[part].masks[own_index] if own is None else own(own_index)
+        masks = np.zeros((count, *native.shape[1:]), dtype=bool)
+        masks[columns[part]:columns[part + 1]] = native
+        return masks
+    return read
+
+
+@dataclass
+class HeldOut:
+    """A dataset the run never trains on: targets from its val patients, supports from its train patients."""
+
+    name: str
+    dataset: SegDataset
+    split: Split
+
+
+def load_held_out(held_out_data: list, *, image_size: int, seed: int, fractions=DEFAULT_FRACTIONS,
+                  saved: list | None = None, **options) -> list[HeldOut]:
+    """The run's held-out datasets, each split by patient on its own (or as `saved` with the run)."""
+    found = entries(held_out_data, options)
+    names = dataset_names(found)
+    if saved is not None and len(saved) != len(found):
+        raise ConfigError(f"the run was saved with {len(saved)} held-out dataset(s), not {len(found)}; resume with "
+                          "the run's --held-out-data or start a new run")
+    held = []
+    for number, entry in enumerate(found):
+        dataset = load_one(entry, number, len(found), "--held-out-data", image_size, seed)
+        if saved is None:
+            split = split_by_patient(dataset, seed=seed, fractions=tuple(fractions))
+        else:
+            split = Split.from_dict(saved[number], dataset, origin=f"--held-out-data {number + 1} ({names[number]})")
+        held.append(HeldOut(names[number], dataset, split))
+    return held
+
+
+def image_dataset_names(dataset: SegDataset) -> list[str]:
+    """Per image, the name of the dataset it comes from ("" for one dataset)."""
+    if not dataset.datasets:
+        return [""] * len(dataset)
+    return [dataset.datasets[int(index)] for index in dataset.image_datasets]
