@@ -39,7 +39,7 @@ from useg.data.task_kinds import EDGES, INVERTED, NORMAL, TASK_KINDS, edges, inv
 from useg.data.tasks import candidates, choose_supports, class_members
 from useg.errors import ConfigError, DataError
 from useg.apply.outputs import Written, write_keeping_earlier
-from useg.apply.targets import SPLITS, EvalSet, load_eval_set
+from useg.apply.targets import SPLITS, EvalSet, classes_of, load_eval_set
 from useg.apply.predict import TrainedModel, probabilities
 from useg.apply.scores import describe, hausdorff95, mean_over_classes, scores, summarise
 
@@ -48,6 +48,7 @@ __all__ = ["SPLITS", "Evaluation", "evaluate", "hausdorff95", "scores", "describ
 CSV_COLUMNS = ("image", "class", "dice", "iou", "hd95_px", "truth_pixels", "predicted_pixels")
 SWEEP_COLUMNS = ("support_size", "ensembles")
 TASK_COLUMN = "task"  # the last CSV column when in-context checks are scored: normal, inverted or edges
+DATASET_COLUMN = "dataset"  # after `image` on a run over several datasets: the name of the image's dataset
 TASKS_PER_BATCH = 16
 SUPPORTS_PER_BATCH = 128  # bounds a forward's memory: (tasks, supports, channels, H, W) activations
 
@@ -171,7 +172,22 @@ class Evaluation:
                 "mean_iou": mean_over_classes(self.per_class, "iou"),
                 "mean_hd95_px": mean_over_classes(self.per_class, "hd95_px"), "rows": self.rows,
                 "sweep": [point.to_dict() for point in self.points], "skipped_support_sizes": self.skipped,
-                **({"task_kinds": self.kinds_dict()} if self.has_checks else {})}
+                **({"task_kinds": self.kinds_dict()} if self.has_checks else {}),
+                **({"datasets": self.dataset_results()} if self.data.scored_datasets else {})}
+
+    def dataset_results(self) -> dict[str, dict[str, Any]]:
+        """A run over several datasets: per dataset scored (by name), its id prefix, folder, targets and tasks,
+        the means over its own classes and its per-class summary, at the main point."""
+        dataset, results = self.data.dataset, {}
+        for number in self.data.scored_datasets:
+            name = dataset.datasets[number]
+            own = classes_of(dataset, [number])
+            per_class = {cls: stats for cls, stats in self.per_class.items() if cls in own}
+            results[name] = {"id": f"d{number + 1}", "data": self.data.folder_of_dataset(number),
+                             "targets": int(np.count_nonzero(dataset.image_datasets[self.data.targets] == number)),
+                             "tasks": sum(row[DATASET_COLUMN] == name for row in self.rows), **means(per_class),
+                             "per_class": per_class}
+        return results
 
     def kinds_dict(self) -> dict[str, Any]:
         """Per task kind at the main point: the means over classes, per class, where it was scored, its rows."""
@@ -373,6 +389,9 @@ def score_row(evalset: EvalSet, task: Task, prob: torch.Tensor, with_paths: bool
         pred = from_square(prob, truth.shape, evalset.resize).numpy() > 0.5
         pred = inverted(pred) if kind == INVERTED else pred
     row = {"image": dataset.ids[task.target], "class": dataset.classes[task.cls], **scores(pred, truth)}
+    if evalset.scored_datasets:  # a run over several datasets: which one the image comes from
+        row = {"image": row.pop("image"), DATASET_COLUMN: dataset.datasets[int(dataset.image_datasets[task.target])],
+               **row}
     if with_paths:
         row["file"] = evalset.files[task.target]
     return row
@@ -402,8 +421,12 @@ def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
 
 def csv_columns(result: Evaluation, with_paths: bool) -> tuple[str, ...]:
     """Today's columns; a sweep adds support_size and ensembles, --with-paths adds file, in-context checks add
-    task last (older readers find every other column where it was)."""
-    return (CSV_COLUMNS + (SWEEP_COLUMNS if result.is_sweep else ()) + (("file",) if with_paths else ())
+    task last (older readers find every other column where it was); a run over several datasets has dataset
+    after image."""
+    columns = CSV_COLUMNS
+    if result.data.scored_datasets:
+        columns = (columns[0], DATASET_COLUMN, *columns[1:])
+    return (columns + (SWEEP_COLUMNS if result.is_sweep else ()) + (("file",) if with_paths else ())
             + ((TASK_COLUMN,) if result.has_checks else ()))
 
 

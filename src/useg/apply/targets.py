@@ -3,7 +3,11 @@
 On the run's own data the targets are its saved val or test split and the
 supports its train split (training's validation rules); `--classes` may name a
 class of that data the run never trained (`useg train --classes` left it out),
-scored the same way and marked held-out. On any other folder
+scored the same way and marked held-out. A run over several datasets
+(useg.data.collection) is read again as it was trained, merged, and each
+dataset's part of the split is scored (a class belongs to one dataset, so its
+supports come from that dataset's training patients); `--data` naming one of
+its folders scores that dataset alone. On any other folder
 every image is a target once per class it shows; its supports come from the
 other images of that folder, never of the target's patient, or from a second
 labelled folder (`--support DIR2`) matched by class name. The two folders are
@@ -15,11 +19,12 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from useg.data import SegDataset, Split, data_options, load_dataset
+from useg.data.collection import DEFAULT_FRACTIONS, data_paths, is_several, load_data
 from useg.data.index import dataset_files
 from useg.errors import ConfigError, DataError
 from useg.apply.predict import TrainedModel
@@ -37,10 +42,12 @@ class EvalSet:
     pool: np.ndarray
     split: str  # "val" or "test" of the run, or "all" for another folder
     held_out: bool  # True when the data is not the run's own
-    data: str | None
+    data: str | list[str] | None  # the folder scored; a run over several datasets: its folders, in order
     support_data: str | None
     files: list[str]  # per dataset image: its file relative to its data folder ("" when unknown)
     resize: str = "squash"  # how the images were made square: the run's --resize (useg.data.geometry)
+    # A run over several datasets: the numbers (0-based) of those scored, each reported on its own; else empty.
+    scored_datasets: list[int] = field(default_factory=list)
 
     _native: OrderedDict[int, np.ndarray] = field(default_factory=OrderedDict, repr=False)
     _native_bytes: int = field(default=0, repr=False)
@@ -62,18 +69,37 @@ class EvalSet:
             self._native_bytes -= self._native.popitem(last=False)[1].nbytes
         return masks
 
+    def folder_of(self, index: int) -> str | None:
+        """The folder image `index`'s file is relative to: with several datasets, its own dataset's."""
+        if isinstance(self.data, list):
+            return self.folder_of_dataset(int(self.dataset.image_datasets[index]))
+        return self.data
+
+    def folder_of_dataset(self, number: int) -> str | None:
+        """The folder of dataset `number` (0-based) of a run over several; `data` itself otherwise."""
+        return self.data[number] if isinstance(self.data, list) else self.data
+
     def class_status(self, trained_classes: list[str]) -> dict[str, str]:
         """Per class of the data: `trained` when the model was trained on it, else `held-out`."""
         return {name: "trained" if name in trained_classes else "held-out" for name in self.dataset.classes}
 
 
 def is_run_data(trained: TrainedModel, data: str | None) -> bool:
-    """No --data, or the folder the run trained on (same real path)."""
+    """No --data, or a folder the run trained on (same real path)."""
+    return data is None or run_dataset_number(trained, data) is not None
+
+
+def run_dataset_number(trained: TrainedModel, data: str | None) -> int | None:
+    """Which of the run's datasets (0-based) the folder `data` is, by real path; None when none (or no --data)."""
     if data is None:
-        return True
-    saved = trained.config.get("data")
-    return saved is not None and os.path.realpath(os.path.expanduser(saved)) == os.path.realpath(
-        os.path.expanduser(data))
+        return None
+    wanted = real_path(data)
+    folders = [real_path(path) if path is not None else None for path in data_paths(trained.config.get("data"))]
+    return folders.index(wanted) if wanted in folders else None
+
+
+def real_path(path: str) -> str:
+    return os.path.realpath(os.path.expanduser(path))
 
 
 def load_eval_set(trained: TrainedModel, *, data: str | None, annotations: str | None, split: str,
@@ -104,10 +130,22 @@ def run_split(trained: TrainedModel, data: str | None, annotations: str | None, 
             raise ConfigError(f"{flag} {value} differs from the run's ({saved_options.get(key)}); the run's data is "
                               f"read as it was trained, so drop {flag} (or evaluate a copy of the folder as other "
                               "data)")
+    if is_several(trained.config.get("data")):
+        return several_datasets(trained, data, annotations, split, options, saved_options)
     data = trained.config.get("data") if data is None else data
     saved_options["annotations"] = annotations or saved_options.get("annotations")
     saved_options["resize"] = trained.resize
     dataset = load_dataset(data, image_size=trained.image_size, seed=trained.seed, **saved_options)
+    saved, targets = saved_targets(trained, dataset, split)
+    wanted = options.get("classes")
+    if wanted and not set(wanted) <= set(dataset.classes):  # a class the run did not train: read every class
+        return with_untrained_classes(trained, data, saved_options, dataset, saved, split, wanted)
+    dataset = only_classes(dataset, wanted)
+    return EvalSet(dataset, targets, saved.train, split, False, data, None, dataset_files(dataset), trained.resize)
+
+
+def saved_targets(trained: TrainedModel, dataset: SegDataset, split: str) -> tuple[Split, np.ndarray]:
+    """The run's saved split rebuilt on its data (ids and fingerprints checked), and its `split` part."""
     if trained.classes and dataset.classes != trained.classes:
         raise DataError(f"the data has classes {', '.join(dataset.classes)} but {trained.path.name} was trained on "
                         f"{', '.join(trained.classes)}; pass the run's data with --data")
@@ -118,11 +156,51 @@ def run_split(trained: TrainedModel, data: str | None, annotations: str | None, 
     if not len(targets):
         raise DataError(f"the {split} split of {trained.path.name} is empty; evaluate --split "
                         f"{'val' if split == 'test' else 'test'} instead")
+    return saved, targets
+
+
+def several_datasets(trained: TrainedModel, data: str | None, annotations: str | None, split: str, options: dict,
+                     saved_options: dict) -> EvalSet:
+    """A run over several datasets: its data loaded and merged as training did, the saved split rebuilt on it;
+    every dataset's `split` part scored, or only the one whose folder `data` names."""
+    run_data = trained.config.get("data")
+    chosen = run_dataset_number(trained, data)
+    saved_options["annotations"] = annotations or saved_options.get("annotations")  # where an entry sets none
+    saved_options["resize"] = trained.resize
+    fractions = trained.config.get("split_fractions") or DEFAULT_FRACTIONS
+    dataset = load_data(run_data, image_size=trained.image_size, seed=trained.seed, fractions=fractions,
+                        **saved_options)
+    saved, targets = saved_targets(trained, dataset, split)
+    numbers = list(range(len(dataset.datasets))) if chosen is None else [chosen]
+    targets = targets[np.isin(dataset.image_datasets[targets], numbers)]
+    if not len(targets):
+        raise DataError(f"the {split} split of dataset {dataset.datasets[chosen]} in {trained.path.name} is empty; "
+                        f"evaluate --split {'val' if split == 'test' else 'test'} instead")
+    own = classes_of(dataset, numbers)
     wanted = options.get("classes")
-    if wanted and not set(wanted) <= set(dataset.classes):  # a class the run did not train: read every class
-        return with_untrained_classes(trained, data, saved_options, dataset, saved, split, wanted)
-    dataset = only_classes(dataset, wanted)
-    return EvalSet(dataset, targets, saved.train, split, False, data, None, dataset_files(dataset), trained.resize)
+    check_wanted(wanted or [], own, dataset.classes, None if chosen is None else dataset.datasets[chosen])
+    dataset = only_classes(dataset, wanted or own)
+    folders = [str(path) for path in data_paths(run_data)]
+    return EvalSet(dataset, targets, saved.train, split, False, folders, None, dataset_files(dataset),
+                   trained.resize, scored_datasets=numbers)
+
+
+def classes_of(dataset: SegDataset, numbers: list[int]) -> list[str]:
+    """The classes of the datasets `numbers` (0-based) of a merged dataset, in its class order."""
+    return [name for name, number in zip(dataset.classes, dataset.class_datasets) if number in numbers]
+
+
+def check_wanted(wanted: list[str], own: list[str], trained: list[str], chosen: str | None) -> None:
+    """--classes on a run over several datasets: classes it trained on, of the dataset --data names (if any)."""
+    unknown = [name for name in wanted if name not in trained]
+    if unknown:
+        raise ConfigError(f"--classes {', '.join(unknown)} is not a class of the run ({', '.join(trained)}); a run "
+                          "over several datasets scores only the classes it trained on (to score another class, "
+                          "evaluate a copy of its folder with --data)")
+    elsewhere = [name for name in wanted if name not in own]
+    if elsewhere:
+        raise ConfigError(f"--classes {', '.join(elsewhere)} is not a class of dataset {chosen} (its classes: "
+                          f"{', '.join(own)}); drop --data to score every dataset of the run")
 
 
 def with_untrained_classes(trained: TrainedModel, data: str | None, saved_options: dict, run_data: SegDataset,
@@ -201,9 +279,9 @@ def only_classes(dataset: SegDataset, wanted: list[str] | None) -> SegDataset:
 
     keep = select_classes(dataset.classes, wanted)
     read = dataset.read_native_masks
-    return SegDataset(dataset.images, dataset.masks[:, keep], [dataset.classes[i] for i in keep], dataset.patients,
-                      dataset.ids, dataset.source, dataset.report, dataset.predefined_split, sources=dataset.sources,
-                      read_native_masks=None if read is None else lambda index: read(index)[keep])
+    return replace(dataset, masks=dataset.masks[:, keep], classes=[dataset.classes[i] for i in keep],
+                   class_datasets=[dataset.class_datasets[i] for i in keep] if dataset.class_datasets else [],
+                   read_native_masks=None if read is None else lambda index: read(index)[keep])
 
 
 def stack_datasets(first: SegDataset, second: SegDataset) -> SegDataset:

@@ -17,8 +17,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="Dice, IoU and HD95 of a checkpoint on its test split or other data")
     add_common(evaluate)
     evaluate.add_argument("--data", metavar="DIR",
-                          help="labelled folder to score (default: the run's data and saved split); any other folder "
-                               "is scored whole, each image a target of the other patients' supports")
+                          help="labelled folder to score (default: the run's data and saved split; a run over "
+                               "several datasets: each one's part, reported per dataset, or the one this names); any "
+                               "other folder is scored whole, each image a target of the other patients' supports")
     evaluate.add_argument("--support", metavar="DIR2", help="draw the supports from this labelled folder instead")
     evaluate.add_argument("--annotations", metavar="FILE",
                           help="the Ovatus mapping_normalized4.jsonl when it is not beside US_map4/")

@@ -124,10 +124,29 @@ def describe(path: str | Path, run_dir: str | Path | None = None) -> dict[str, A
         raise CheckpointError(f"{path} is not a useg checkpoint (no sidecar {path.name}.json and {result.reason})")
     run_dir = run_dir if run_dir is not None else run_dir_of(path, info.config)
     batch, batches = batch_position(info)
-    return {**record(info, result), "sha256": (result.metadata or {}).get("sha256"), "config": info.config or {},
-            "batch": batch, "batches_per_epoch": batches,
-            "resume_command": resume_command(run_dir, path, info.kind, info.epoch),
-            "resumes_from": resume_target(run_dir, path, result.ok)}
+    details = {**record(info, result), "sha256": (result.metadata or {}).get("sha256"), "config": info.config or {},
+               "batch": batch, "batches_per_epoch": batches,
+               "resume_command": resume_command(run_dir, path, info.kind, info.epoch),
+               "resumes_from": resume_target(run_dir, path, result.ok)}
+    datasets = run_datasets(info.config or {})
+    return {**details, "datasets": datasets} if datasets else details
+
+
+def run_datasets(config: dict[str, Any]) -> dict[str, list[dict[str, Any]]] | None:
+    """A run over several datasets or with held-out ones: each dataset's id, name, folder, weight and own data
+    options, and each held-out one's; None for a run over one dataset and nothing held out (nothing to add)."""
+    from useg.data.collection import dataset_names, entries, is_several
+
+    data, held_out = config.get("data"), config.get("held_out_data") or []
+    if not is_several(data) and not held_out:
+        return None
+    trained = entries(data) if is_several(data) else []
+    held = entries(held_out)
+    return {"trained": [{"id": f"d{number + 1}", "name": name, "data": entry.path, "weight": entry.weight,
+                         "options": dict(entry.options or {})}
+                        for number, (entry, name) in enumerate(zip(trained, dataset_names(trained)))],
+            "held_out": [{"name": name, "data": entry.path, "options": dict(entry.options or {})}
+                         for entry, name in zip(held, dataset_names(held))]}
 
 
 # What `checkpoints info` shows of an export's description (useg.weights), besides its file and checks.

@@ -91,7 +91,7 @@ def info_lines(details: dict[str, Any]) -> list[str]:
     if details["kind"] == "export":
         return export_lines(details)
     config = details["config"]
-    summary = ", ".join(f"{key}={config[key]}" for key in CONFIG_SUMMARY_KEYS if key in config)
+    summary = ", ".join(f"{key}={summary_value(key, config[key])}" for key in CONFIG_SUMMARY_KEYS if key in config)
     status = "valid" if details["valid"] else f"INVALID ({details['status']}: {details['reason']})"
     lines = [
         f"file:          {details['path']} ({format_size(details['size_bytes'])}, {status})",
@@ -102,6 +102,7 @@ def info_lines(details: dict[str, Any]) -> list[str]:
         f"best so far:   {best_line(details)}",
         f"created:       {details['created']}",
         f"config:        {summary or '-'}",
+        *dataset_lines(details.get("datasets")),
         f"precision:     {config.get('precision') or 'fp32 (before mixed precision existed)'}",
         f"deterministic: {determinism_text(config) if details['resume_command'] else NOT_A_RESUME_POINT}",
     ]
@@ -111,6 +112,26 @@ def info_lines(details: dict[str, Any]) -> list[str]:
         lines.append("resume with:   - (weights only, no optimizer state: export it or start a run with --pretrained)")
     if details["resumes_from"]:
         lines.append(f"note:          latest is invalid; resuming falls back to {details['resumes_from']}")
+    return lines
+
+
+def summary_value(key: str, value: Any) -> Any:
+    """A config value in the info's summary line; several datasets are counted there, listed below it."""
+    return f"{len(value)} datasets" if key == "data" and isinstance(value, list) else value
+
+
+def dataset_lines(datasets: dict[str, Any] | None) -> list[str]:
+    """`checkpoints info` of a run over several datasets or with held-out ones: one line per dataset."""
+    if not datasets:
+        return []
+    lines = []
+    for label, found in (("datasets:", datasets["trained"]), ("held out:", datasets["held_out"])):
+        for number, entry in enumerate(found):
+            name = f"{entry['id']} {entry['name']}" if "id" in entry else entry["name"]
+            settings = ([f"weight {flag_text(entry['weight'])}"] if "weight" in entry else []) + [
+                f"{key.replace('_', '-')} {flag_text(value)}" for key, value in entry["options"].items()]
+            lines.append(f"{label if number == 0 else '':<15}{name}: {entry['data'] or 'the embedded synthetic set'}"
+                         + (f" ({', '.join(settings)})" if settings else ""))
     return lines
 
 

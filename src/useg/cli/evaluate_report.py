@@ -36,6 +36,8 @@ def report_evaluation(result, csv_path: Path, *, as_json: bool, with_paths: bool
     # The table first: a CSV the disk cannot take does not cost the user the scores.
     console = terminal_console()
     console.print(evaluation_table(result))
+    if result.data.scored_datasets:
+        console.print(datasets_table(result))
     if result.has_checks:
         console.print(task_kinds_table(result))
     if result.is_sweep:
@@ -148,7 +150,10 @@ class ScoringProgress:
 
 def where_scored(result) -> str:
     if not result.data.held_out:
-        return result.split
+        datasets = [result.data.dataset.datasets[number] for number in result.data.scored_datasets]
+        if len(datasets) == 1:
+            return f"{result.split} of dataset {datasets[0]}"
+        return f"{result.split} of datasets {', '.join(datasets)}" if datasets else result.split
     support = f", supports from {result.data.support_data}" if result.data.support_data else ""
     return f"every image of {result.data.data}{support}"
 
@@ -167,6 +172,18 @@ def evaluation_table(result) -> Table:
     summary = result.to_dict()
     table.add_row("mean over classes", "", "", format_number(summary["mean_dice"]), "",
                   format_number(summary["mean_iou"]), format_number(summary["mean_hd95_px"], 2), style="bold")
+    return table
+
+
+def datasets_table(result) -> Table:
+    """A run over several datasets: per dataset, its targets and tasks and the means over its own classes."""
+    table = Table(title=f"per dataset: its {result.split} split, mean over its classes", box=box.SIMPLE_HEAD)
+    for name in ("dataset", "ids", "classes", "targets", "tasks", "Dice", "IoU", "HD95 px"):
+        table.add_column(name, justify="left" if name in ("dataset", "ids", "classes") else "right")
+    for name, scored in result.to_dict()["datasets"].items():
+        table.add_row(name, f"{scored['id']}/...", ", ".join(scored["per_class"]) or "-", str(scored["targets"]),
+                      str(scored["tasks"]), format_number(scored["mean_dice"]), format_number(scored["mean_iou"]),
+                      format_number(scored["mean_hd95_px"], 2))
     return table
 
 

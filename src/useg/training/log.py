@@ -18,13 +18,22 @@ from useg.training.history import read_log, utc_now, write_log
 from useg.model import model_config
 
 
-def describe_data(dataset, split: Split, val_tasks: int) -> str:
+def describe_data(dataset, split: Split, val_tasks: int, held_out=()) -> str:
+    """The data line: the data, its classes and split; with several datasets each one's counts and split, and
+    the held-out datasets' (`held_out`: useg.data.collection.HeldOut); the memory the arrays take. Datasets are
+    named by their folders' names, patients only counted."""
     report = dataset.report
     skipped = {key: value for key, value in report.items() if key.startswith(("skipped", "missing")) and value}
     text = (f"Data: {dataset.source}, {len(dataset.ids)} images of {report.get('patients', '?')} patients, "
             f"classes {', '.join(dataset.classes)}; split train/val/test = "
             f"{len(split.train)}/{len(split.val)}/{len(split.test)} images"
             f"{f' ({split.origin})' if split.origin else ''}; {val_tasks} validation tasks")
+    if dataset.datasets:
+        text += "; datasets: " + "; ".join(f"d{number + 1} {part_text(part)}, weight {part['weight']:g}"
+                                           for number, part in enumerate(datasets_record(dataset, split)))
+    if held_out:
+        text += "; held out: " + "; ".join(part_text(part) for part in held_out_record(held_out))
+    text += f"; arrays {megabytes(array_bytes(dataset, held_out))}"
     if skipped:
         text += "; skipped: " + ", ".join(f"{key}={value}" for key, value in skipped.items())
     if dataset.notes:
@@ -32,18 +41,68 @@ def describe_data(dataset, split: Split, val_tasks: int) -> str:
     return text
 
 
+def part_text(part: dict[str, Any]) -> str:
+    """`a 8 images of 8 patients, split 4/2/2` (train/val/test) for a dataset's record."""
+    sizes = "/".join(str(part["split_sizes"][name]) for name in ("train", "val", "test"))
+    return f"{part['name']} {part['images']} images of {part['patients']} patients, split {sizes}"
+
+
+def split_sizes(split: Split, images=None) -> dict[str, int]:
+    """Images per part of `split`, counting only `images` (a boolean mask over the data) when given."""
+    return {name: int(len(getattr(split, name)) if images is None else np.count_nonzero(images[getattr(split, name)]))
+            for name in ("train", "val", "test")}
+
+
+def datasets_record(dataset, split: Split) -> list[dict[str, Any]]:
+    """Each dataset of a run over several: its name, images, patients, weight, classes and split sizes."""
+    record = []
+    for number, name in enumerate(dataset.datasets):
+        mine = dataset.image_datasets == number
+        classes = [cls for cls, owner in zip(dataset.classes, dataset.class_datasets) if owner == number]
+        record.append({"name": name, "images": int(np.count_nonzero(mine)),
+                       "patients": int(len(np.unique(dataset.patients[mine]))),
+                       "weight": float(dataset.dataset_weights[number]), "classes": classes,
+                       "split_sizes": split_sizes(split, mine)})
+    return record
+
+
+def held_out_record(held_out) -> list[dict[str, Any]]:
+    """Each held-out dataset: its name, images, patients, classes and split sizes."""
+    return [{"name": held.name, "images": len(held.dataset), "patients": held.dataset.num_patients,
+             "classes": list(held.dataset.classes), "split_sizes": split_sizes(held.split)} for held in held_out]
+
+
+def array_bytes(dataset, held_out=()) -> int:
+    """The memory the run's images and masks take, the held-out datasets' included."""
+    return dataset.array_bytes + sum(held.dataset.array_bytes for held in held_out)
+
+
+def megabytes(size: int) -> str:
+    """`172 MB`, `3.4 MB`, `0.021 MB`, `<0.01 MB`: what a size is in mebibytes, to two digits."""
+    value = size / 2**20
+    if value < 0.01:
+        return "<0.01 MB"
+    return f"{value:.0f} MB" if value >= 10 else f"{value:.2g} MB"
+
+
 def describe_world(world: World, device: torch.device) -> str:
     return f"; {world.world_size} processes on {device.type}" if world.enabled else f"; device {device.type}"
 
 
 def log_header(cfg: TrainConfig, model, dataset, split: Split, device: torch.device,
-               world_size: int) -> dict[str, Any]:
-    """The log's description of the run: config, model, environment and data (no patient names)."""
+               world_size: int, held_out=()) -> dict[str, Any]:
+    """The log's description of the run: config, model, environment and data (no patient names); with several
+    datasets each one's counts and split, and the held-out datasets' (describe_data)."""
+    data = {"source": dataset.source, "classes": dataset.classes, "report": dataset.report,
+            "split_sizes": split_sizes(split), "array_bytes": array_bytes(dataset, held_out)}
+    if dataset.datasets:
+        data["datasets"] = datasets_record(dataset, split)
+    if held_out:
+        data["held_out"] = held_out_record(held_out)
     return {
         "format": "useg-training-log", "format_version": 1,
         "config": cfg.to_dict(), "model": model_config(model), "environment": environment(device, world_size),
-        "data": {"source": dataset.source, "classes": dataset.classes, "report": dataset.report,
-                 "split_sizes": {name: len(getattr(split, name)) for name in ("train", "val", "test")}},
+        "data": data,
     }
 
 

@@ -117,7 +117,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
         write_data_index(paths.root, cfg.data, dataset)  # id -> file, owner-only (useg.data.index)
         run.trackers = open_trackers(cfg, paths, run.log, run.history, position.epoch, fresh=state is None,
                                      warn=progress.warn)
-    progress.line(describe_data(dataset, split, len(val_tasks)) + describe_world(world, device) + describe_compute(cfg))
+    progress.line(describe_data(dataset, split, len(val_tasks), held_out) + describe_world(world, device)
+                  + describe_compute(cfg))
     return run
 
 
