@@ -438,9 +438,32 @@ def validate(cfg: TrainConfig) -> None:
     """Refuse combinations of values that cannot work, naming the flag (each value is checked by RULES)."""
     if cfg.best_metric == "held_out_dice" and not cfg.held_out_data:
         raise ConfigError("--best-metric held_out_dice needs --held-out-data: the datasets it is measured on")
+    refuse_repeated_datasets(cfg)
     factor = 2 ** (len(cfg.widths) - 1)
     if cfg.image_size % factor:
         raise ConfigError(f"--image-size {cfg.image_size} must be divisible by {factor} for {len(cfg.widths)} levels")
+
+
+def refuse_repeated_datasets(cfg: TrainConfig) -> None:
+    """Each folder once: a folder given twice as --data would put the same scans in one dataset's training
+    split and the other's test split, and one also given as --held-out-data would not be held out."""
+    trained, held = dataset_folders(cfg.data), dataset_folders(cfg.held_out_data)
+    for flag, folders in (("--data", trained), ("--held-out-data", held)):
+        for number, folder in enumerate(folders):
+            if folder is not None and folder in folders[:number]:
+                raise ConfigError(f"{flag} names the folder {folder} twice ({folders.index(folder) + 1} and "
+                                  f"{number + 1} of {len(folders)}); give each dataset once")
+    for folder in held:
+        if folder is not None and folder in trained:
+            raise ConfigError(f"--held-out-data {folder} is also given as --data: a held-out dataset is one the "
+                              "run never trains on; leave it out of one of them")
+
+
+def dataset_folders(data: Any) -> list[str | None]:
+    """The real folder of each dataset of a `data` or `held_out_data` value (None: the embedded set)."""
+    items = data if isinstance(data, list) else [data]
+    paths = [item.get("path") if isinstance(item, dict) else item for item in items]
+    return [None if path is None else os.path.realpath(os.path.expanduser(path)) for path in paths]
 
 
 def incompatible_keys(saved: dict[str, Any], current: TrainConfig) -> list[str]:

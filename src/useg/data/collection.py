@@ -10,9 +10,11 @@ its name, and each image's fingerprint is the one its own dataset gives it.
 
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -74,18 +76,42 @@ def load_data(data: Any, *, image_size: int, seed: int, fractions=DEFAULT_FRACTI
         return load_dataset(data, image_size=image_size, seed=seed, **options)
     found = entries(data, options)
     parts = [load_one(entry, number, len(found), "--data", image_size, seed) for number, entry in enumerate(found)]
-    splits = [split_by_patient(part, seed=seed, fractions=tuple(fractions)) for part in parts]
-    return merge(parts, dataset_names(found), [entry.weight for entry in found], splits)
+    splits = []
+    for number, (entry, part) in enumerate(zip(found, parts)):
+        with naming_dataset("--data", number, len(found), entry.path):
+            splits.append(split_by_patient(part, seed=seed, fractions=tuple(fractions)))
+    merged = merge(parts, dataset_names(found), [entry.weight for entry in found], splits)
+    share_arrays(parts, merged)
+    return merged
 
 
 def load_one(entry: DataEntry, number: int, count: int, flag: str, image_size: int, seed: int) -> SegDataset:
-    """One dataset; a problem with it names which one (`--data 2 of 3 (/data/mri): ...`)."""
+    """One dataset of several (or one held-out dataset), a problem with it named as `naming_dataset` says."""
     options = {key: value for key, value in (entry.options or {}).items() if key in (*DATASET_KEYS, "resize")}
-    try:
+    with naming_dataset(flag, number, count, entry.path):
         return load_dataset(entry.path, image_size=image_size, seed=seed, **options)
+
+
+@contextmanager
+def naming_dataset(flag: str, number: int, count: int, path: str | None) -> Iterator[None]:
+    """A problem with one dataset names which one (`--data 2 of 3 (/data/mri): ...`), and a loader's advice to
+    pass --data names `flag` (a held-out dataset is given with --held-out-data)."""
+    try:
+        yield
     except UsegError as err:
-        where = entry.path if entry.path is not None else "the embedded synthetic set"
-        raise type(err)(f"{flag} {number + 1} of {count} ({where}): {err}") from None
+        where = path if path is not None else "the embedded synthetic set"
+        reason = re.sub(r"--data\b(?!-)", flag, str(err))
+        raise type(err)(f"{flag} {number + 1} of {count} ({where}): {reason}") from None
+
+
+def share_arrays(parts: list[SegDataset], merged: SegDataset) -> None:
+    """Point each part's images and masks at its rows (and class columns) of the merged arrays: a part's
+    native-mask reader keeps the part alive, and its own copies would double the memory the data takes."""
+    rows = np.cumsum([0] + [len(part) for part in parts])
+    columns = np.cumsum([0] + [len(part.classes) for part in parts])
+    for index, part in enumerate(parts):
+        part.images = merged.images[rows[index]:rows[index + 1]]
+        part.masks = merged.masks[rows[index]:rows[index + 1], columns[index]:columns[index + 1]]
 
 
 def dataset_names(found: list[DataEntry]) -> list[str]:
@@ -127,7 +153,7 @@ def merge(parts: list[SegDataset], names: list[str], weights: list[float], split
         report=merged_report(parts, names), predefined_split=predefined, split_origin=origin,
         notes=[f"d{index + 1} ({names[index]}): {note}" for index, part in enumerate(parts) for note in part.notes],
         sources=merged_sources(parts, offsets),
-        read_native_masks=merged_native_masks(parts, offsets, columns, len(classes)),
+        read_native_masks=merged_native_masks(parts, masks, offsets, columns),
         datasets=list(names), dataset_weights=[float(weight) for weight in weights],
         image_datasets=np.repeat(np.arange(len(parts)), np.diff(offsets)).astype(np.int64),
         class_datasets=[index for index, part in enumerate(parts) for _ in part.classes],
@@ -158,17 +184,20 @@ def merged_sources(parts: list[SegDataset], offsets: np.ndarray) -> list[ImageSo
     return sources
 
 
-def merged_native_masks(parts: list[SegDataset], offsets: np.ndarray, columns: np.ndarray,
-                        count: int) -> Callable[[int], np.ndarray]:
-    """Image i's masks at the size it has on disk, read by its own dataset, in the merged class columns."""
+def merged_native_masks(parts: list[SegDataset], masks: np.ndarray, offsets: np.ndarray,
+                        columns: np.ndarray) -> Callable[[int], np.ndarray]:
+    """Image i's masks at the size it has on disk, read by its own dataset, in the merged class columns
+    (`masks` where its dataset's loaded masks are the stored ones). Holds the parts' readers, not the parts,
+    whose arrays the merged ones replace."""
+    readers = [part.read_native_masks for part in parts]
+
     def read(index: int) -> np.ndarray:
         part = int(np.searchsorted(offsets, index, side="right")) - 1
-        own_index = index - int(offsets[part])
-        own = parts[part].read_native_masks
-        native = parts[part].masks[own_index] if own is None else own(own_index)
-        masks = np.zeros((count, *native.shape[1:]), dtype=bool)
-        masks[columns[part]:columns[part + 1]] = native
-        return masks
+        own = readers[part]
+        native = masks[index, columns[part]:columns[part + 1]] if own is None else own(index - int(offsets[part]))
+        merged = np.zeros((masks.shape[1], *native.shape[1:]), dtype=bool)
+        merged[columns[part]:columns[part + 1]] = native
+        return merged
     return read
 
 
@@ -192,10 +221,11 @@ def load_held_out(held_out_data: list, *, image_size: int, seed: int, fractions=
     held = []
     for number, entry in enumerate(found):
         dataset = load_one(entry, number, len(found), "--held-out-data", image_size, seed)
-        if saved is None:
-            split = split_by_patient(dataset, seed=seed, fractions=tuple(fractions))
-        else:
-            split = Split.from_dict(saved[number], dataset, origin=f"--held-out-data {number + 1} ({names[number]})")
+        with naming_dataset("--held-out-data", number, len(found), entry.path):
+            if saved is None:
+                split = split_by_patient(dataset, seed=seed, fractions=tuple(fractions))
+            else:
+                split = Split.from_dict(saved[number], dataset, origin="the split saved with the run")
         held.append(HeldOut(names[number], dataset, split))
     return held
 

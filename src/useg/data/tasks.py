@@ -169,9 +169,9 @@ class TaskSampler:
                 f"({len(np.unique(train_idx))} images); add data or give the training split more patients"
             )
         check_support_size(largest, support_size, "training")
-        self._dataset_classes, self._dataset_bounds = self._classes_per_dataset()
+        self._dataset_classes, self._dataset_bounds = self._classes_per_dataset(train_idx)
 
-    def _classes_per_dataset(self) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
+    def _classes_per_dataset(self, train_idx) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
         """Several datasets (useg.data.collection): each one's eligible classes, and the cumulative dataset
         weights a task's dataset is drawn by; (None, None) for one dataset, whose draws stay as they were."""
         ds = self.ds
@@ -181,9 +181,12 @@ class TaskSampler:
         per_dataset = [self.eligible_classes[owner == index] for index in range(len(ds.datasets))]
         empty = [index for index, classes in enumerate(per_dataset) if not len(classes)]
         if empty:
-            raise DataError(f"dataset d{empty[0] + 1} ({ds.datasets[empty[0]]}) has no class with a training image "
-                            f"and a support image of another patient in its training split; give it more patients "
-                            "or leave it out of --data")
+            number = empty[0]
+            images = int((ds.image_datasets[np.unique(np.asarray(train_idx, dtype=np.int64))] == number).sum())
+            raise DataError(f"--data {number + 1} of {len(ds.datasets)} ({ds.datasets[number]}) has no class with a "
+                            "training image and a support image of another patient in its training split "
+                            f"({images} training image{'s' if images != 1 else ''}); give it more patients or "
+                            "leave it out of --data")
         return per_dataset, np.cumsum(np.asarray(ds.dataset_weights, dtype=np.float64))
 
     def _eligible_targets(self) -> tuple[list[np.ndarray], int]:
