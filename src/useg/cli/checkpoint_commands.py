@@ -157,14 +157,18 @@ def cmd_export(args) -> int:
 
 
 def cmd_history(args) -> int:
-    from useg.training.history import epoch_rows, history_table, plot_curves
+    from useg.training.history import best_metric, best_value, epoch_rows, history_table, plot_curves
 
     history = manage.run_history(args.run_dir)
     curves_path = Path(args.run_dir) / "training_curves.png"
     if args.json:  # the JSON names the curves file, so it is printed only once that file exists
         curves = plot_curves(history, curves_path)
+        # A run whose best is chosen by another metric (--best-metric) says which, and its value; its
+        # best_val_dice stays null (the history's meaning, see training.history.set_best).
+        chosen_by = {} if best_metric(history) == "val_dice" else {
+            "best_metric": best_metric(history), "best_value": best_value(history)}
         display.print_json({"best_val_dice": history["best_val_dice"], "best_epoch": history["best_epoch"],
-                           "resumed_at": history.get("resumed_at", []), "epochs": epoch_rows(history),
+                           **chosen_by, "resumed_at": history.get("resumed_at", []), "epochs": epoch_rows(history),
                            "curves": str(curves)})
     else:  # the table first: a disk too full for the picture still shows the numbers
         display.console().print(history_table(history))

@@ -18,7 +18,7 @@ from useg.compute.device import choose_device, choose_threads, compute_settings,
 from useg.compute.distributed import World, any_rank, barrier, check_replicas_agree, close_world, gather_objects
 from useg.compute.distributed import init_world, local_part, mean_over_ranks, on_main
 from useg.errors import CheckpointError, ConfigError, DivergedError
-from useg.training.history import append_epoch, set_best, write_log
+from useg.training.history import append_epoch, best_text, set_best, write_log
 from useg.training.losses import segmentation_loss
 from useg.model import model_config
 from useg.compute.precision import autocast, optimizer_step, scaler_state
@@ -32,11 +32,14 @@ from useg.training.setup import Run, build_run, saved_split_record, settle_recip
 from useg.training.state import TrainingPosition, check_resume_state, saved_position_text
 from useg.training.schedule import step_epoch_schedule
 from useg.training.signals import StopRequest, TrainingInterrupted
-from useg.training.validation import picture_tasks, save_pictures, validate
+from useg.training.validation import picture_tasks, save_pictures, score_held_out, validate
 
-# What best_model.pt holds: the checkpoint manager applies the rule and owns the best so far;
-# the history and the screen ask it (`take_managers_best`, `record_epoch_best`).
-BEST = BestRule("val_dice", "max")
+
+def best_rule(cfg: TrainConfig) -> BestRule:
+    """What best_model.pt holds: the highest --best-metric (val_dice, or held_out_dice). The checkpoint
+    manager applies the rule and owns the best so far; the history and the screen ask it
+    (`take_managers_best`, `record_epoch_best`)."""
+    return BestRule(cfg.best_metric, "max")
 
 
 def train(cfg: TrainConfig, *, resume: str | None = None, overwrite: bool = False, console=None,
@@ -76,10 +79,11 @@ def train_in_settings(cfg: TrainConfig, resume: str | None, overwrite: bool, con
 
 def say_done(run: Run, progress: Progress) -> None:
     history, epochs = run.history, run.cfg.epochs
-    untrained = history.get("initial_val_dice")
+    # The untrained value of the metric the best is named by: what training achieved on it.
+    untrained = history.get("initial_held_out_dice" if run.cfg.best_metric == "held_out_dice" else "initial_val_dice")
     # Next: goes out with Done: in one print, so that nothing of the run is left once Done: is on the screen.
-    progress.line(f"Done: {plural(epochs, 'epoch')}, best val Dice {history['best_val_dice']:.4f} at epoch "
-                  f"{history['best_epoch']}" + (f" (untrained {untrained:.4f})" if untrained is not None else "")
+    progress.line(f"Done: {plural(epochs, 'epoch')}, {best_text(history) or 'no best epoch'}"
+                  + (f" (untrained {untrained:.4f})" if untrained is not None else "")
                   + f"; checkpoints in {run.paths.checkpoints}\n{next_steps(run.paths)}")
 
 
@@ -152,7 +156,7 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
         position = TrainingPosition()
         if state is not None:
             position = check_resume_state(state, path, cfg, warn=progress.warn, say=progress.line)
-            take_managers_best(world, manager, training_state.saved_history(state))
+            take_managers_best(world, manager, training_state.saved_history(state), cfg)
             if run_is_complete(state, position, cfg, progress):
                 raise RunComplete(training_state.saved_history(state))
         return build_run(cfg, paths, world, manager, state, path, position, progress)
@@ -163,12 +167,13 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
         raise
 
 
-def take_managers_best(world: World, manager: CheckpointManager | None, history: dict[str, Any]) -> None:
+def take_managers_best(world: World, manager: CheckpointManager | None, history: dict[str, Any],
+                       cfg: TrainConfig) -> None:
     """The resumed history's best becomes best_model.pt's, as the manager read it from disk: after a
     resume from an older epoch it may be an epoch of the branch the run leaves, which a worse
     epoch of the new branch does not replace."""
     best = on_main(world, lambda: (manager.best_value, manager.best_epoch), share=True)
-    set_best(history, *best)
+    set_best(history, *best, metric=cfg.best_metric)
 
 
 def run_is_complete(state: dict, position: TrainingPosition, cfg: TrainConfig, progress: Progress) -> bool:
@@ -177,10 +182,8 @@ def run_is_complete(state: dict, position: TrainingPosition, cfg: TrainConfig, p
     if done < cfg.epochs:
         return False
     if done == cfg.epochs and not position.batch:
-        history = training_state.saved_history(state)
-        best = history.get("best_val_dice")
-        best_text = f", best val Dice {best:.4f} at epoch {history.get('best_epoch')}" if best is not None else ""
-        said = f"The run is complete: {done} of {plural(done, 'epoch')} trained{best_text}"
+        best = best_text(training_state.saved_history(state))
+        said = f"The run is complete: {done} of {plural(done, 'epoch')} trained" + (f", {best}" if best else "")
     else:
         said = f"The checkpoint is at {saved_position_text(state, None)}, beyond --epochs {cfg.epochs}"
     progress.notice(f"{said}; nothing to do. To train further, resume with a larger total, e.g.: "
@@ -206,7 +209,7 @@ def open_manager(cfg: TrainConfig, paths: RunPaths, resume, overwrite: bool, pro
     check_run_dir(paths, resume, overwrite)
     manager = CheckpointManager(paths.checkpoints, total_epochs=cfg.epochs,
                                 periodic_percentages=tuple(cfg.periodic_percentages), lock=True, warn=progress.warn,
-                                best_metric=BEST.metric, mode=BEST.mode,
+                                best_metric=best_rule(cfg).metric, mode=best_rule(cfg).mode,
                                 best_exclude=training_state.TRAINING_ONLY_KEYS, _overlap_copies_in_useg_train=True)
     try:
         if resume is None and manager.list():
@@ -262,7 +265,7 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         steps_time = time.perf_counter() - started
         step_epoch_schedule(run.scheduler)
         kill_point("validation")
-        record = validate(run.model, run.dataset, run.val_tasks, 2 * cfg.batch_size, run.device, run.world)
+        record = validate_epoch(run)
         train_time = time.perf_counter() - started
         # A resume mid-epoch trains only the rest of it: the rate counts those samples, not a whole epoch's.
         samples = max(0, cfg.samples_per_epoch - first_batch * cfg.batch_size)  # saved after the last step: none
@@ -336,11 +339,25 @@ def stop_after_epoch(run: Run, stop: StopRequest, progress: Progress) -> None:
     raise TrainingInterrupted(stop.exit_code, resume_hint(run, complete=epochs_done >= run.cfg.epochs))
 
 
+def validate_epoch(run: Run) -> dict[str, Any]:
+    """The epoch's validation record: val Dice over the fixed tasks (per class, and per dataset with several),
+    and with --held-out-data each held-out dataset's Dice and their mean, `held_out_dice`."""
+    size = 2 * run.cfg.batch_size
+    record = validate(run.model, run.dataset, run.val_tasks, size, run.device, run.world)
+    record.update(score_held_out(run.model, run.held_out, run.held_out_tasks, size, run.device, run.world))
+    return record
+
+
 def record_untrained_dice(run: Run, progress: Progress) -> None:
-    """Validation Dice before any step: the baseline that shows what training achieved."""
-    record = validate(run.model, run.dataset, run.val_tasks, 2 * run.cfg.batch_size, run.device, run.world)
+    """Validation Dice (and held-out Dice) before any step: the baseline that shows what training achieved."""
+    record = validate_epoch(run)
     run.history["initial_val_dice"] = record["val_dice"]
-    progress.line(f"val Dice before training: {record['val_dice']:.4f}")
+    said = f"val Dice before training: {record['val_dice']:.4f}"
+    if "held_out_dice" in record:
+        run.history["initial_held_out_dice"] = record["held_out_dice"]
+        run.history["initial_held_out_dice_per_dataset"] = record["held_out_dice_per_dataset"]
+        said += f", held-out Dice {record['held_out_dice']:.4f}"
+    progress.line(said)
 
 
 def run_one_epoch(run: Run, stop: StopRequest, progress: Progress) -> None:
@@ -433,7 +450,7 @@ def save_epoch_checkpoint(run: Run, record: dict[str, Any]) -> bool:
     check_replicas_agree(run.world, run.model)
     improved = record_epoch_best(run, record)
     started = time.perf_counter()
-    save_checkpoint(run, metrics={"val_dice": record["val_dice"], "train_loss": record["train_loss"]})
+    save_checkpoint(run, metrics=saved_metrics(record))
     run.history["checkpoint_time_s"][-1] = round(time.perf_counter() - started, 4)
     if run.world.is_main:
         record_saves(run.log, run.manager)
@@ -441,20 +458,29 @@ def save_epoch_checkpoint(run: Run, record: dict[str, Any]) -> bool:
     return improved
 
 
+def saved_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """What the epoch's checkpoint records as its metrics (the sidecar's, best_model.pt's best among them)."""
+    metrics = {"val_dice": record["val_dice"], "train_loss": record["train_loss"]}
+    if record.get("held_out_dice") is not None:
+        metrics["held_out_dice"] = record["held_out_dice"]
+    return metrics
+
+
 def record_epoch_best(run: Run, record: dict[str, Any]) -> bool:
     """Ask the checkpoint manager which files this epoch's save writes and what the best is then;
     record both in the history (before the save, which holds it) and return whether this epoch is
     the new best. Rank 0 asks; every rank's history gets the answer."""
-    epoch, value = run.position.epoch, record[BEST.metric]
+    metric = best_rule(run.cfg).metric
+    epoch, value = run.position.epoch, record[metric]
 
     def ask() -> tuple[list[str], tuple[float | None, int | None]]:
-        planned = run.manager.planned_files(epoch, metrics={BEST.metric: value})
+        planned = run.manager.planned_files(epoch, metrics={metric: value})
         improved = BEST_NAME in planned  # save() then makes (value, epoch) the manager's best
         return planned, (value, epoch) if improved else (run.manager.best_value, run.manager.best_epoch)
 
     planned, best = on_main(run.world, ask, share=True)
     run.history["checkpoints_written"][-1] = planned
-    set_best(run.history, *best)
+    set_best(run.history, *best, metric=metric)
     return BEST_NAME in planned
 
 

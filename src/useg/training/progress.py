@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 
+from useg.training.history import best_metric, best_value
+
 
 def plural(count: int, noun: str) -> str:
     """`1 epoch`, `2 epochs`."""
@@ -84,12 +86,19 @@ class Progress:
     def epoch_summary(self, epoch: int, epochs: int, record: dict[str, Any], improved: bool,
                       history: dict[str, Any], saves: SaveCounts | None = None, samples_per_epoch: int | None = None,
                       remaining_s: float | None = None) -> None:
-        """The epoch's line; `remaining_s`: the estimate for the run's remaining epochs (None: none left)."""
-        best = " *best*" if improved else f" (best {history['best_val_dice']:.4f} @ {history['best_epoch']})"
+        """The epoch's line; `remaining_s`: the estimate for the run's remaining epochs (None: none left).
+
+        The best mark follows the number that chooses best_model.pt (--best-metric): the val Dice, or the
+        held-out Dice, which a run with --held-out-data shows next to it."""
+        best = " *best*" if improved else f" (best {best_value(history):.4f} @ {history['best_epoch']})"
+        by_held_out = best_metric(history) == "held_out_dice"
+        dice = f"val Dice {record['val_dice']:.4f}{'' if by_held_out else best}"
+        if record.get("held_out_dice") is not None:
+            dice += f"  held-out Dice {record['held_out_dice']:.4f}{best if by_held_out else ''}"
         left = f"  {remaining_text(remaining_s)}" if remaining_s is not None else ""
         slow = slowdown_note(history["samples_per_s"], history.get("samples_trained"), samples_per_epoch)
         self.console.print(
-            f"epoch {epoch:>3}/{epochs}  loss {record['train_loss']:.4f}  val Dice {record['val_dice']:.4f}{best}  "
+            f"epoch {epoch:>3}/{epochs}  loss {record['train_loss']:.4f}  {dice}  "
             f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s  {record['samples_per_s']:.1f} samples/s{left}"
             + skipped_note(record) + saves_note(saves) + slow,
             markup=False, highlight=False, soft_wrap=True)

@@ -123,13 +123,20 @@ def epoch_metrics(row: dict[str, Any], extras: dict[str, float] | None = None) -
 
 
 def steps_to_log(history: dict[str, Any], logged: int, extras: dict[str, float] | None) -> list[tuple[int, dict]]:
-    """The epochs after `logged` as (step, metrics), `extras` with the newest; step 0, the val Dice before
-    training, goes with epoch 1."""
+    """The epochs after `logged` as (step, metrics), `extras` with the newest; step 0, the val Dice (and
+    held-out Dice) before training, goes with epoch 1."""
     rows = epoch_rows(history)
     steps = [(row["epoch"], epoch_metrics(row, extras if row["epoch"] == len(rows) else None)) for row in rows[logged:]]
     if logged == 0 and steps and history.get("initial_val_dice") is not None:
-        steps.insert(0, (0, {"val_dice": float(history["initial_val_dice"])}))
+        steps.insert(0, (0, untrained_metrics(history)))
     return steps
+
+
+def untrained_metrics(history: dict[str, Any]) -> dict[str, float]:
+    """Step 0: the scores before training, under the names the epochs log them by."""
+    return epoch_metrics({"val_dice": history["initial_val_dice"],
+                          "held_out_dice": history.get("initial_held_out_dice"),
+                          "held_out_dice_per_dataset": history.get("initial_held_out_dice_per_dataset")})
 
 
 def metric_name(key: str) -> str:
@@ -388,13 +395,17 @@ class Trackers:
 
 def run_results(history: dict[str, Any], paths, folder: Path, upload_best: bool,
                 warn: Callable[[str], None]) -> tuple[dict[str, Any], list[Path], Path | None]:
-    """The finished run's results for the trackers: best val Dice and epoch, best_model.pt's path (relative to
-    the run folder) and SHA-256 from its sidecar, the curves picture drawn into `folder`, and the best file."""
+    """The finished run's results for the trackers: best val Dice and epoch (a run whose best is chosen by
+    --best-metric held_out_dice: that metric and its best value, best_val_dice None as in its history),
+    best_model.pt's path (relative to the run folder) and SHA-256 from its sidecar, the curves picture drawn
+    into `folder`, and the best file."""
     from useg.checkpoint import BEST_NAME, read_metadata
     from useg.training.history import plot_curves
 
     best = paths.checkpoints / BEST_NAME
     result = {"best_val_dice": history.get("best_val_dice"), "best_epoch": history.get("best_epoch")}
+    if history.get("best_metric") not in (None, "val_dice"):
+        result.update(best_metric=history["best_metric"], best_value=history.get("best_value"))
     if best.is_file():
         result.update(best_checkpoint=str(best.relative_to(paths.root)),
                       best_checkpoint_sha256=(read_metadata(best) or {}).get("sha256"))

@@ -17,7 +17,8 @@ from useg.viz import class_display_name, colour_input_note, save_prediction_figu
 
 @torch.no_grad()
 def validate(model, dataset, tasks: list, batch_size: int, device, world: World = World()) -> dict[str, Any]:
-    """Dice of every fixed validation task (shared out over ranks); per class, their mean and spread."""
+    """Dice of every fixed validation task (shared out over ranks); per class, their mean and spread; with
+    several datasets also `val_dice_per_dataset`, each dataset's mean over its classes."""
     model.eval()
     mine = tasks[world.rank::world.world_size]
     scores, classes = [], []
@@ -29,10 +30,38 @@ def validate(model, dataset, tasks: list, batch_size: int, device, world: World 
     gathered = gather_objects(world, (scores, classes))
     dice = np.array([value for part, _ in gathered for value in part], dtype=np.float64)
     cls = np.array([value for _, part in gathered for value in part], dtype=np.int64)
-    per_class = {dataset.classes[c]: float(dice[cls == c].mean()) for c in sorted(set(cls.tolist()))}
-    return {"val_dice": float(np.mean(list(per_class.values()))), "val_dice_per_class": per_class,
-            "val_dice_std": float(dice.std(ddof=1)) if len(dice) > 1 else 0.0,
-            "val_dice_min": float(dice.min()), "val_dice_max": float(dice.max())}
+    by_class = {c: float(dice[cls == c].mean()) for c in sorted(set(cls.tolist()))}
+    per_class = {dataset.classes[c]: value for c, value in by_class.items()}
+    record = {"val_dice": float(np.mean(list(per_class.values()))), "val_dice_per_class": per_class,
+              "val_dice_std": float(dice.std(ddof=1)) if len(dice) > 1 else 0.0,
+              "val_dice_min": float(dice.min()), "val_dice_max": float(dice.max())}
+    per_dataset = dice_per_dataset(dataset, by_class)
+    if per_dataset:
+        record["val_dice_per_dataset"] = per_dataset
+    return record
+
+
+def dice_per_dataset(dataset, by_class: dict[int, float]) -> dict[str, float]:
+    """{dataset name: mean of its classes' Dice} of a run over several datasets, in the run's order (a
+    dataset none of whose classes had a task is left out); {} for one dataset."""
+    names = getattr(dataset, "datasets", None) or []
+    if len(names) < 2:
+        return {}
+    grouped: dict[int, list[float]] = {}
+    for cls, value in by_class.items():
+        grouped.setdefault(dataset.class_datasets[cls], []).append(value)
+    return {names[number]: float(np.mean(grouped[number])) for number in range(len(names)) if number in grouped}
+
+
+def score_held_out(model, held_out: list, tasks: list[list], batch_size: int, device,
+                   world: World = World()) -> dict[str, Any]:
+    """Each --held-out-data dataset scored in context on its fixed tasks (`validate`'s val_dice: its mean
+    over its classes), and `held_out_dice`, the mean over those datasets; {} for a run without any."""
+    if not held_out:
+        return {}
+    per_dataset = {held.name: validate(model, held.dataset, own, batch_size, device, world)["val_dice"]
+                   for held, own in zip(held_out, tasks)}
+    return {"held_out_dice": float(np.mean(list(per_dataset.values()))), "held_out_dice_per_dataset": per_dataset}
 
 
 def picture_tasks(tasks: list, count: int) -> list:
