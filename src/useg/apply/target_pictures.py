@@ -64,7 +64,7 @@ def save_target_pictures(folder: Path, result: Evaluation, trained: TrainedModel
         pred = task_prediction(trained, evalset, task, point.ensembles, result.seed)
         image = native_image(evalset, task.target, truth.shape, slice_axis)
         digits = max(2, len(str(count)))
-        name = f"{kind}_{rank:0{digits}d}_{row['image']}_{safe_name(row['class'])}.png"
+        name = f"{kind}_{rank:0{digits}d}_{safe_name(row['image'])}_{safe_name(row['class'])}.png"
         title = (f"{kind} {rank} of {count} · {row['image']} · class {class_display_name(row['class'])} · "
                  f"Dice {row['dice']:.3f}")
         note = (f"S={point.support_size}, ensembles={point.ensembles}, seed={result.seed} · {scored_on(result)} · "
@@ -77,7 +77,7 @@ def save_target_pictures(folder: Path, result: Evaluation, trained: TrainedModel
 
 
 def safe_name(text: str) -> str:
-    """A class name as a file-name part: letters, digits, `-` and `_` only."""
+    """A class name or image id (`d1/p001_i000`) as a file-name part: letters, digits, `-` and `_` only."""
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "class"
 
 
@@ -97,10 +97,11 @@ def native_image(evalset: EvalSet, index: int, shape: tuple[int, int], slice_axi
 def read_native_image(evalset: EvalSet, index: int, slice_axis: int) -> np.ndarray | None:
     """(H, W) grey in [0, 1] from the file the dataset recorded (`images/a.png`, `images/ct.nii.gz#slice=3`)."""
     label = evalset.files[index] if index < len(evalset.files) else ""
-    if not label or evalset.data is None:
+    folder = evalset.folder_of(index)
+    if not label or folder is None:
         return None
     relative, _, number = label.partition("#slice=")
-    root = Path(evalset.data).expanduser()
+    root = Path(folder).expanduser()
     roots = [root, *sorted(path for path in root.glob("*/") if path.is_dir())]  # MMOTU: relative to OTU_2d/
     path = next((place / relative for place in roots if (place / relative).is_file()), None)
     if path is None:

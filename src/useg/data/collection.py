@@ -69,9 +69,12 @@ def data_paths(data: Any) -> list[str | None]:
     return [entry.path for entry in entries(data)]
 
 
-def load_data(data: Any, *, image_size: int, seed: int, fractions=DEFAULT_FRACTIONS, **options) -> SegDataset:
+def load_data(data: Any, *, image_size: int, seed: int, fractions=DEFAULT_FRACTIONS, names: list[str] | None = None,
+              **options) -> SegDataset:
     """A run's data: one folder through `load_dataset` unchanged, several merged (see the module docstring),
-    each split by patient with `fractions` and `seed` on its own (the merged dataset's predefined split)."""
+    each split by patient with `fractions` and `seed` on its own (the merged dataset's predefined split).
+    `names`: the datasets' names as the run first gave them (`names_of` its saved data), so that a folder
+    moved under another name keeps its classes' and scores' names; default: from the folders."""
     if not is_several(data):
         return load_dataset(data, image_size=image_size, seed=seed, **options)
     found = entries(data, options)
@@ -80,7 +83,7 @@ def load_data(data: Any, *, image_size: int, seed: int, fractions=DEFAULT_FRACTI
     for number, (entry, part) in enumerate(zip(found, parts)):
         with naming_dataset("--data", number, len(found), entry.path):
             splits.append(split_by_patient(part, seed=seed, fractions=tuple(fractions)))
-    merged = merge(parts, dataset_names(found), [entry.weight for entry in found], splits)
+    merged = merge(parts, names or dataset_names(found), [entry.weight for entry in found], splits)
     share_arrays(parts, merged)
     return merged
 
@@ -112,6 +115,11 @@ def share_arrays(parts: list[SegDataset], merged: SegDataset) -> None:
     for index, part in enumerate(parts):
         part.images = merged.images[rows[index]:rows[index + 1]]
         part.masks = merged.masks[rows[index]:rows[index + 1], columns[index]:columns[index + 1]]
+
+
+def names_of(data: Any) -> list[str] | None:
+    """The names a saved `data` (or `held_out_data`) list gave its datasets; None for one folder."""
+    return dataset_names(entries(data)) if is_several(data) else None
 
 
 def dataset_names(found: list[DataEntry]) -> list[str]:
@@ -211,10 +219,11 @@ class HeldOut:
 
 
 def load_held_out(held_out_data: list, *, image_size: int, seed: int, fractions=DEFAULT_FRACTIONS,
-                  saved: list | None = None, **options) -> list[HeldOut]:
-    """The run's held-out datasets, each split by patient on its own (or as `saved` with the run)."""
+                  saved: list | None = None, names: list[str] | None = None, **options) -> list[HeldOut]:
+    """The run's held-out datasets, each split by patient on its own (or as `saved` with the run); `names`
+    as for `load_data`."""
     found = entries(held_out_data, options)
-    names = dataset_names(found)
+    names = names or dataset_names(found)
     if saved is not None and len(saved) != len(found):
         raise ConfigError(f"the run was saved with {len(saved)} held-out dataset(s), not {len(found)}; resume with "
                           "the run's --held-out-data or start a new run")

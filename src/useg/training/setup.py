@@ -13,7 +13,7 @@ from useg.training import state as training_state
 from useg.checkpoint import CheckpointManager, restore_rng_state
 from useg.config import TrainConfig
 from useg.data import Split, TaskSampler, data_options, split_by_patient, validation_tasks
-from useg.data.collection import HeldOut, load_data, load_held_out
+from useg.data.collection import HeldOut, load_data, load_held_out, names_of
 from useg.data.splits import split_from_file
 from useg.data import recipe
 from useg.data.tasks import Recipe, draw_version_to_resume
@@ -76,11 +76,13 @@ def saved_split_record(run: Run) -> dict[str, Any]:
 def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: CheckpointManager | None,
               state: dict | None, resumed_from: Path | None, position: TrainingPosition, progress: Progress) -> Run:
     """Everything one run needs, from the resumed `state` (checked, at `position`) when there is one."""
+    saved = training_state.saved_config(state) if state is not None else {}
     dataset = load_data(cfg.data, image_size=cfg.image_size, seed=cfg.seed, fractions=cfg.split_fractions,
-                        **data_options(cfg))
+                        names=names_of(saved.get("data")), **data_options(cfg))
     split = choose_split(cfg, dataset, state)
     held_out = load_held_out(cfg.held_out_data, image_size=cfg.image_size, seed=cfg.seed,
-                             fractions=cfg.split_fractions, saved=saved_held_out(state), **data_options(cfg))
+                             fractions=cfg.split_fractions, saved=saved_held_out(state),
+                             names=names_of(saved.get("held_out_data")), **data_options(cfg))
     held_out_tasks = [held_out_validation_tasks(held, cfg) for held in held_out]
     sampler = TaskSampler(dataset, split.train, support_size=cfg.support_size, seed=cfg.seed,
                           samples_per_epoch=cfg.samples_per_epoch,
@@ -197,7 +199,8 @@ def say_how_the_resume_computes(cfg: TrainConfig, saved: dict[str, Any], device:
 
 
 def start_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
-    header = log_header(run.cfg, run.model, run.dataset, run.split, run.device, run.world.world_size)
+    header = log_header(run.cfg, run.model, run.dataset, run.split, run.device, run.world.world_size,
+                        held_out=run.held_out)
     saved = training_state.saved_config(state) if state is not None else None
     session = new_session(run.position, run.world.world_size, resumed_from, saved, run.cfg)
     if run.thread_choice is not None:

@@ -220,20 +220,19 @@ def dataset_entries(data: Any) -> list[dict[str, Any]]:
 
 
 def refuse_other_datasets(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    """A resume trains on the datasets the run trained on: adding or removing one is another run, and so is
-    renaming one's folder (see refuse_renamed_datasets)."""
+    """A resume trains on the datasets the run trained on, in its order: adding or removing one is another run."""
     before, now = dataset_entries(saved_value(saved, "data")), dataset_entries(cfg.data)
     if len(before) != len(now):
         raise ConfigError(f"cannot resume {path.name}: the run trained on {len(before)} dataset(s) and this resume "
                           f"names {len(now)}; resume with the run's --data, or start a new run (a new --run-dir) and "
                           f"fine-tune from it with --pretrained {path}")
     for key, flag in (("data", "--data"), ("held_out_data", "--held-out-data")):
-        refuse_renamed_datasets(saved_value(saved, key), getattr(cfg, key), flag, path)
+        refuse_reordered_datasets(saved_value(saved, key), getattr(cfg, key), flag, path)
 
 
-def refuse_renamed_datasets(before: Any, now: Any, flag: str, path: Path) -> None:
-    """Several datasets are named after their folders (classes `name/class`, Dice per dataset): a moved
-    folder resumes only under its old name, or the run's classes and scores would change names halfway."""
+def refuse_reordered_datasets(before: Any, now: Any, flag: str, path: Path) -> None:
+    """The same folders in another order would pair each dataset with another's saved images: say so in
+    one line. (A folder moved under another name keeps the name the run gave it: training.setup.)"""
     from useg.data.collection import dataset_names, entries  # here: `useg checkpoints list` must not load torch
 
     if not (isinstance(before, list) and isinstance(now, list)) or len(before) != len(now):
@@ -242,12 +241,6 @@ def refuse_renamed_datasets(before: Any, now: Any, flag: str, path: Path) -> Non
     if old != new and sorted(old) == sorted(new):
         raise ConfigError(f"cannot resume {path.name}: {flag} names the run's datasets in another order; give them "
                           f"in the run's order: {', '.join(old)}")
-    for number, (was, named) in enumerate(zip(old, new)):
-        if was != named:
-            raise ConfigError(f"cannot resume {path.name}: {flag} {number + 1} of {len(now)} is now a folder named "
-                              f"{named}, but the run named that dataset {was} (its classes and scores carry the "
-                              f"name); give the folder its name {was} again (a symbolic link will do), or start a "
-                              "new run")
 
 
 # --- how the run computes: kept on resume, or changed with a warning ---------------------------
