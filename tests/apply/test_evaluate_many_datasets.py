@@ -112,3 +112,19 @@ def test_another_folder_is_scored_as_before(run, folders, capsys, tmp_path):
     assert sorted(row["image"] for row in report["rows"]) == sorted(f"p{i:03d}_i000" for i in range(6))
     assert all("dataset" not in row for row in report["rows"])
     assert path.read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
+
+
+def test_pictures_of_a_several_dataset_run_read_each_target_from_its_own_folder(run, tmp_path, capsys):
+    from PIL import Image
+
+    capsys.readouterr()
+    assert main(["evaluate", "--run-dir", str(run), "--csv", str(tmp_path / "e.csv"), "--pictures", "2"]) == 0
+    folder = tmp_path / "e_pictures"
+    names = sorted(path.name for path in folder.iterdir())
+    assert len(names) == 4 and all(name.split("_")[2] in ("d1-p", "d2-p") or "_d1-p" in name or "_d2-p" in name
+                                   for name in names)
+    for name in names:
+        description = Image.open(folder / name).text["Description"]
+        # folder a's scans are 40x26 on disk, b's 30x30: each target at its own dataset's native size
+        assert ("native size 40x26" in description) == ("_d1-p" in name)
+        assert ("native size 30x30" in description) == ("_d2-p" in name)
