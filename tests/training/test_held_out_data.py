@@ -145,6 +145,13 @@ def test_best_metric_held_out_dice_chooses_best_model_by_held_out_dice(folders, 
     [starred] = [line for line in capsys.readouterr().out.splitlines() if "* best" in line]
     assert starred.split("│")[1].strip() == str(best_epoch)
 
+    assert main(["checkpoints", "info", str(run / "checkpoints" / "latest_checkpoint.pt"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["best_metric"], info["best_value"], info["best_epoch"]) == ("held_out_dice", max(held_out),
+                                                                             best_epoch)
+    assert main(["checkpoints", "info", str(run / "checkpoints" / "latest_checkpoint.pt")]) == 0
+    assert f"held-out Dice {max(held_out):.4f} at epoch {best_epoch}" in capsys.readouterr().out
+
 
 def test_the_best_follows_held_out_dice_where_val_dice_disagrees(folders, tmp_path, monkeypatch):
     """Held-out Dice scripted to rank the epochs opposite to val Dice: best_model.pt is the epoch of the

@@ -128,8 +128,18 @@ def describe(path: str | Path, run_dir: str | Path | None = None) -> dict[str, A
                "batch": batch, "batches_per_epoch": batches,
                "resume_command": resume_command(run_dir, path, info.kind, info.epoch),
                "resumes_from": resume_target(run_dir, path, result.ok)}
+    details.update(best_by_other_metric(result.metadata or {}))
     datasets = run_datasets(info.config or {})
     return {**details, "datasets": datasets} if datasets else details
+
+
+def best_by_other_metric(metadata: dict[str, Any]) -> dict[str, Any]:
+    """`best_metric` and `best_value` of a run whose best is not chosen by val Dice (`--best-metric
+    held_out_dice`: its `best_val_dice` is null), else nothing: the record stays as it was."""
+    metric = metadata.get("best_metric")
+    if metric in (None, "val_dice"):
+        return {}
+    return {"best_metric": metric, "best_value": metadata.get("best_value")}
 
 
 def run_datasets(config: dict[str, Any]) -> dict[str, list[dict[str, Any]]] | None:

@@ -71,6 +71,9 @@ def position_line(details: dict[str, Any]) -> str:
 
 
 def best_line(details: dict[str, Any]) -> str:
+    if details.get("best_metric") not in (None, "val_dice") and details.get("best_value") is not None:
+        named = "held-out Dice" if details["best_metric"] == "held_out_dice" else details["best_metric"]
+        return f"{named} {format_number(details['best_value'])} at epoch {details['best_epoch']}"
     if details["best_val_dice"] is None:
         return "none yet"
     return f"{format_number(details['best_val_dice'])} at epoch {details['best_epoch']}"
