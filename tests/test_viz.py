@@ -62,12 +62,24 @@ def test_a_colour_input_gets_the_grey_conversion_note_and_a_grey_one_does_not(tm
     write_image(data / "images" / "stained.png", (150, 60, 180))
     write_image(data / "images" / "grey_as_rgb.png", (90, 90, 90))  # RGB file, but nothing is lost
     run.mkdir()
-    dataset = SimpleNamespace(ids=["p000_i000", "p001_i000"], source="folders",
+    dataset = SimpleNamespace(ids=["p000_i000", "p001_i000"], source="folders", datasets=[],
                               sources=[ImageSource("images/stained.png"), ImageSource("images/grey_as_rgb.png")])
     write_data_index(run, data, dataset)
     assert colour_input_note(run, "p000_i000") == COLOUR_NOTE
     assert colour_input_note(run, "p001_i000") is None
     assert colour_input_note(tmp_path / "synthetic run", "p000_i000") is None  # no index: nothing to say
+
+
+def test_with_several_datasets_the_colour_note_reads_each_image_from_its_own_dataset_s_folder(tmp_path):
+    first, second, run = tmp_path / "a", tmp_path / "b", tmp_path / "run"
+    write_image(first / "images" / "s.png", (90, 90, 90))  # the same file name, grey in a, colour in b
+    write_image(second / "images" / "s.png", (150, 60, 180))
+    run.mkdir()
+    dataset = SimpleNamespace(ids=["d1/p000_i000", "d2/p000_i000"], source="folders", datasets=["a", "b"],
+                              sources=[ImageSource("images/s.png", dataset=0), ImageSource("images/s.png", dataset=1)])
+    write_data_index(run, [str(first), str(second)], dataset)
+    assert colour_input_note(run, "d1/p000_i000") is None
+    assert colour_input_note(run, "d2/p000_i000") == COLOUR_NOTE
 
 
 def hue_degrees(rgb) -> float:
