@@ -248,3 +248,15 @@ def test_runs_compare_shows_the_held_out_dice_scored_while_training(folders, tmp
     table = capsys.readouterr().out
     assert "Dice at" in table and f"{rows['held']['held_out_dice_at_best']:.4f}" in table
     assert "--best-metric held_out_dice" in table  # the caption says what chose the held-out run's best
+
+
+def test_no_dataset_folder_reaches_the_trackers_parameters(tmp_path):
+    from types import SimpleNamespace
+
+    from useg.training.trackers import describe_run
+
+    config = {"lr": 1e-4, "data": [str(tmp_path / "lab" / "a"), {"path": str(tmp_path / "b"), "weight": 2.0}],
+              "held_out_data": [str(tmp_path / "clinic" / "mri")], "best_metric": "held_out_dice"}
+    about = describe_run(SimpleNamespace(root=tmp_path / "run"), {"config": config, "data": {}})
+    assert about.params["lr"] == 1e-4 and about.params["best_metric"] == "held_out_dice"
+    assert str(tmp_path) not in json.dumps(about.params)

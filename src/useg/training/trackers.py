@@ -42,7 +42,7 @@ from useg.training.history import epoch_rows, read_log
 
 STATE_NAME = "trackers.json"  # in RUN/logs/: {tracker: {run_id, logged_through[, outcome]}}
 RUNS_KEY = "tracker_runs"  # the history's {tracker: run id}
-PATH_KEYS = ("data", "annotations", "split_file", "pretrained", "run_dir")  # settings that name files: not logged
+PATH_KEYS = ("data", "held_out_data", "annotations", "split_file", "pretrained", "run_dir")  # settings that name files: not logged
 OUTCOMES = {"finished": ("FINISHED", 0), "interrupted": ("KILLED", 1), "failed": ("FAILED", 1)}  # MLflow, W&B
 
 
