@@ -12,18 +12,22 @@ import traceback
 from types import SimpleNamespace
 from pathlib import Path
 
-from . import (checkpoint_io, compile_step, demo, evaluation, gpu_report, in_context, listing, model_step,
-               precision_cpu, resume, sampler, save_overhead, synthetic_rate, thread_choice, trackers, training)
+from . import (checkpoint_io, compile_step, demo, evaluation, gpu_report, in_context, listing, many_datasets,
+               model_step, precision_cpu, resume, sampler, save_overhead, synthetic_rate, thread_choice, trackers,
+               training)
 from .common import REPO, Section, Settings, machine
 from .report import merge, render
 
 # name -> module with run(settings) -> list[Section]; in this order (training uses the model's numbers)
 DEFAULT = {"checkpoint": checkpoint_io, "resume": resume, "listing": listing, "model": model_step,
            "training": training, "sampler": sampler, "synthetic": synthetic_rate, "saves": save_overhead, "demo": demo, "evaluation": evaluation,
-           "precision": precision_cpu, "threads": thread_choice, "trackers": trackers, "gpu": gpu_report}
-# in_context and unseen_class: two default training runs each (about 10 minutes each on 2 cores)
+           "precision": precision_cpu, "threads": thread_choice, "trackers": trackers,
+           "many_datasets_sampling": SimpleNamespace(run=many_datasets.run_sampling), "gpu": gpu_report}
+# in_context, unseen_class and many_datasets_held_out: two default training runs each (about 10 minutes each on
+# 2 cores)
 OPTIONAL = {"compile": compile_step, "in_context": in_context,
-            "unseen_class": SimpleNamespace(run=in_context.run_unseen_class)}
+            "unseen_class": SimpleNamespace(run=in_context.run_unseen_class),
+            "many_datasets_held_out": SimpleNamespace(run=many_datasets.run_held_out)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -63,3 +63,84 @@ def write_synthetic_folder(root: Path, count: int, seed: int, size: tuple[int, i
         Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST).save(
             root / "masks" / f"scan{index}.png")
     return root
+
+
+FAMILIES = ("blobs", "streaks", "rings")  # write_family_folder's dataset families, deliberately unlike each other
+
+
+def write_family_folder(root: Path, family: str, count: int, seed: int, size: int = 64) -> Path:
+    """images/ + masks/ (0/255, one class) of `count` grey `size`-px images of one synthetic family, one patient
+    each; the same (family, seed) always gives the same files. The families share no look, so that a run
+    trained on two of them meets something new in the third:
+
+    - `blobs`: one to three round bright lesions with soft edges on a smooth, dim background;
+    - `streaks`: one or two thin dark elongated shapes on a bright speckled (textured) background;
+    - `rings`: one or two annuli (the ring is the label, not its inside) on a linear intensity gradient.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
+    draw = {"blobs": _blobs, "streaks": _streaks, "rings": _rings}[family]
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    for index in range(count):
+        rng = np.random.default_rng([seed, FAMILIES.index(family), index])
+        image, mask = draw(rng, x, y)
+        save_grey(root / "images" / f"{family}{index:03d}.png", image)
+        save_grey(root / "masks" / f"{family}{index:03d}.png", mask.astype(np.float64))
+    return root
+
+
+def _smooth_field(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, waves: int = 3) -> np.ndarray:
+    """A smooth random field in about [-1, 1]: a few low-frequency sine waves."""
+    field = np.zeros_like(x)
+    for _ in range(waves):
+        fx, fy, phase = rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0), rng.uniform(0, 2 * np.pi)
+        field += np.sin(2 * np.pi * (fx * x + fy * y) + phase)
+    return field / waves
+
+
+def _ellipse(x, y, centre, radii, angle) -> np.ndarray:
+    """(distance / radius)^2 of each pixel from an ellipse's centre along its turned axes (< 1 inside)."""
+    dx, dy = x - centre[0], y - centre[1]
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    return (u / radii[0]) ** 2 + (v / radii[1]) ** 2
+
+
+def _blobs(rng, x, y):
+    image = 0.22 + 0.06 * _smooth_field(rng, x, y)
+    mask = np.zeros(x.shape, dtype=bool)
+    for _ in range(rng.integers(1, 4)):
+        radius = rng.uniform(0.08, 0.16)
+        radii = (radius, radius * rng.uniform(0.85, 1.0))
+        distance = _ellipse(x, y, rng.uniform(0.2, 0.8, 2), radii, rng.uniform(0, np.pi))
+        # a soft edge, full brightness inside (the exponent capped: far pixels would overflow exp)
+        image += rng.uniform(0.45, 0.6) / (1 + np.exp(np.minimum((distance - 1) * 8, 50)))
+        mask |= distance < 1
+    return image + rng.normal(0, 0.02, x.shape), mask
+
+
+def _streaks(rng, x, y):
+    speckle = rng.gamma(3.0, 1 / 3.0, x.shape)  # multiplicative, mean 1: a grainy texture
+    image = (0.65 + 0.1 * _smooth_field(rng, x, y)) * speckle
+    mask = np.zeros(x.shape, dtype=bool)
+    for _ in range(rng.integers(1, 3)):
+        length, width = rng.uniform(0.25, 0.4), rng.uniform(0.03, 0.06)
+        inside = _ellipse(x, y, rng.uniform(0.3, 0.7, 2), (length, width), rng.uniform(0, np.pi)) < 1
+        image[inside] = rng.uniform(0.08, 0.18) * speckle[inside] ** 0.3
+        mask |= inside
+    return image, mask
+
+
+def _rings(rng, x, y):
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (x - 0.5) * np.cos(angle) + (y - 0.5) * np.sin(angle)  # about [-0.7, 0.7]
+    image = 0.35 + 0.35 * ramp
+    mask = np.zeros(x.shape, dtype=bool)
+    for _ in range(rng.integers(1, 3)):
+        outer = rng.uniform(0.12, 0.2)
+        inner = outer * rng.uniform(0.5, 0.7)
+        distance = np.sqrt(_ellipse(x, y, rng.uniform(0.25, 0.75, 2), (outer, outer), 0.0))
+        ring = (distance < 1) & (distance > inner / outer)
+        image[ring] += 0.3
+        mask |= ring
+    return image + rng.normal(0, 0.03, x.shape), mask
