@@ -133,6 +133,13 @@ def record_saves(log: dict[str, Any], manager) -> None:
         log["sessions"][-1]["checkpoint_saves"] = {"asked": manager.saves_asked, "coalesced": manager.coalesced_saves}
 
 
+def record_thread_recheck(log: dict[str, Any], record: dict[str, Any]) -> None:
+    """A re-timing of the thread counts after a SLOW epoch (useg.training.setup.recheck_thread_count),
+    in this session's log entry next to its `thread_choice`."""
+    if log.get("sessions"):
+        log["sessions"][-1].setdefault("thread_rechecks", []).append(record)
+
+
 def environment(device: torch.device, world_size: int) -> dict[str, Any]:
     return {"useg": useg.__version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version(), "platform": platform.platform(),

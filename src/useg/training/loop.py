@@ -23,12 +23,13 @@ from useg.training.losses import segmentation_loss
 from useg.model import model_config
 from useg.compute.precision import autocast, optimizer_step, scaler_state
 from useg.training.progress import Progress, SaveCounts, plural, position_text, remaining_time, whole_epoch_time
+from useg.training.progress import DEFAULT_SLOW_ADVICE, slow_advice, slow_median
 from useg.run_folder import ExistingRun, RunPaths, existing_run, remove_unused_folders, run_paths
 from useg.run_folder import set_aside_checkpoints
 from useg.data.collection import absolute
 from useg.data.prefetch import Prefetcher
-from useg.training.log import record_saves
-from useg.training.setup import Run, build_run, saved_split_record, settle_recipe
+from useg.training.log import record_saves, record_thread_recheck
+from useg.training.setup import Run, build_run, recheck_thread_count, saved_split_record, settle_recipe
 from useg.training.state import TrainingPosition, check_resume_state, saved_position_text
 from useg.training.schedule import step_epoch_schedule
 from useg.training.signals import StopRequest, TrainingInterrupted
@@ -277,13 +278,15 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         position.finish_epoch()
         improved = save_epoch_checkpoint(run, record)
         epoch_end_kill_point(run)
+        advice, rechecked_s = slow_epoch_advice(run)
         now = time.perf_counter()  # since the last summary: this epoch, its save and the last pictures
-        whole_epochs.append(whole_epoch_time(now - mark, steps_time, samples, cfg.samples_per_epoch))
+        whole_epochs.append(whole_epoch_time(now - mark - rechecked_s, steps_time, samples, cfg.samples_per_epoch))
         mark = now
         saves = epoch_saves(run, saves_before)
         progress.epoch_summary(position.epoch, cfg.epochs, record, improved, run.history,
                                saves=saves, samples_per_epoch=cfg.samples_per_epoch,
-                               remaining_s=remaining_time(whole_epochs, cfg.epochs - position.epoch))
+                               remaining_s=remaining_time(whole_epochs, cfg.epochs - position.epoch),
+                               slow_advice=advice)
         # Pictures after the checkpoint: a picture that cannot be written must not cost the epoch.
         if cfg.vis_every and position.epoch % cfg.vis_every == 0:
             on_main(run.world, lambda: save_pictures(run.model, run.dataset, pictured, run.paths.visualizations,
@@ -293,6 +296,24 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
             # The signal came during validation, the save or the pictures: the epoch checkpoint is
             # the position, also after the last epoch (a Ctrl+C is never ignored).
             stop_after_epoch(run, stop, progress)
+
+
+def slow_epoch_advice(run: Run) -> tuple[str, float]:
+    """What the epoch line's SLOW note advises after a slow epoch, and the seconds it took to find out
+    (not part of the epoch's time). A one-process CPU run whose count was measured times the candidate
+    counts again (`recheck_thread_count`, once the epoch's checkpoint is written) and records it in the
+    log; the run keeps computing with its count."""
+    history = run.history
+    if slow_median(history["samples_per_s"], history.get("samples_trained"), run.cfg.samples_per_epoch) is None:
+        return DEFAULT_SLOW_ADVICE, 0.0  # no SLOW note this epoch
+    started = time.perf_counter()
+    recheck = recheck_thread_count(run)
+    if recheck is not None and run.world.is_main:
+        record_thread_recheck(run.log, recheck.record(run.position.epoch))
+        write_log(run.log_path, run.log, run.history)
+    one_cpu_process = run.device.type == "cpu" and not run.world.enabled
+    advice = slow_advice(recheck, run.cfg.num_threads if one_cpu_process else None)
+    return advice, time.perf_counter() - started
 
 
 def track_epoch(run: Run, saves: SaveCounts) -> None:

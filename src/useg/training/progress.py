@@ -16,6 +16,11 @@ from rich.progress import Progress as RichProgress
 from useg.training.history import best_metric, best_value
 
 
+DEFAULT_SLOW_ADVICE = "another process may be using these cores (try --num-threads 1, or fewer than now)"
+# Advise another count only when the kept count's step is this much slower: a switch costs bit-identity.
+SWITCH_WORTH = 1.25
+
+
 def plural(count: int, noun: str) -> str:
     """`1 epoch`, `2 epochs`."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
@@ -85,8 +90,9 @@ class Progress:
 
     def epoch_summary(self, epoch: int, epochs: int, record: dict[str, Any], improved: bool,
                       history: dict[str, Any], saves: SaveCounts | None = None, samples_per_epoch: int | None = None,
-                      remaining_s: float | None = None) -> None:
-        """The epoch's line; `remaining_s`: the estimate for the run's remaining epochs (None: none left).
+                      remaining_s: float | None = None, slow_advice: str = DEFAULT_SLOW_ADVICE) -> None:
+        """The epoch's line; `remaining_s`: the estimate for the run's remaining epochs (None: none left);
+        `slow_advice`: what a SLOW note says after its figure (`slow_advice` below).
 
         The best mark follows the number that chooses best_model.pt (--best-metric): the val Dice, or the
         held-out Dice, which a run with --held-out-data shows next to it."""
@@ -96,7 +102,7 @@ class Progress:
         if record.get("held_out_dice") is not None:
             dice += f"  held-out Dice {record['held_out_dice']:.4f}{best if by_held_out else ''}"
         left = f"  {remaining_text(remaining_s)}" if remaining_s is not None else ""
-        slow = slowdown_note(history["samples_per_s"], history.get("samples_trained"), samples_per_epoch)
+        slow = slowdown_note(history["samples_per_s"], history.get("samples_trained"), samples_per_epoch, slow_advice)
         self.console.print(
             f"epoch {epoch:>3}/{epochs}  loss {record['train_loss']:.4f}  {dice}  "
             f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s  {record['samples_per_s']:.1f} samples/s{left}"
@@ -159,10 +165,10 @@ def skipped_note(record: dict[str, Any]) -> str:
     return f"  {skipped} step(s) skipped by the fp16 loss scaler (inf gradients)" if skipped else ""
 
 
-def slowdown_note(samples_per_s: list, samples_trained: list | None = None,
-                  samples_per_epoch: int | None = None) -> str:
-    """A warning when the last epoch ran at under a third of the run's median so far (at least two
-    earlier epochs): something else took the cores, the classic cause of a 20x slower epoch.
+def slow_median(samples_per_s: list, samples_trained: list | None = None,
+                samples_per_epoch: int | None = None) -> float | None:
+    """The run's median samples/s when the last epoch ran at under a third of it (at least two earlier
+    epochs): something else took the cores, the classic cause of a 20x slower epoch; None otherwise.
 
     Only whole epochs are compared: the rest of an epoch resumed mid-way pays a whole validation for
     fewer samples, so its samples/s is lower without anything being wrong."""
@@ -171,12 +177,59 @@ def slowdown_note(samples_per_s: list, samples_trained: list | None = None,
              else None for index, rate in enumerate(samples_per_s)]
     earlier = [value for value in whole[:-1] if value]
     if len(earlier) < 2 or not whole[-1]:
-        return ""
+        return None
     median = statistics.median(earlier)
-    if whole[-1] >= median / 3:
+    return median if whole[-1] < median / 3 else None
+
+
+def slowdown_note(samples_per_s: list, samples_trained: list | None = None,
+                  samples_per_epoch: int | None = None, advice: str = DEFAULT_SLOW_ADVICE) -> str:
+    """The epoch line's warning when the last epoch was slow (`slow_median`), then `advice`."""
+    median = slow_median(samples_per_s, samples_trained, samples_per_epoch)
+    if median is None:
         return ""
-    return (f"  SLOW: under a third of this run's {median:.1f} samples/s; another process may be using these "
-            "cores (try --num-threads 1, or fewer than now)")
+    return f"  SLOW: under a third of this run's {median:.1f} samples/s; {advice}"
+
+
+@dataclass
+class ThreadRecheck:
+    """The trial step re-timed at each candidate thread count after a slow epoch (seconds per step), the
+    count found fastest, and the count the run keeps computing with."""
+
+    seconds: dict[int, float]
+    fastest: int
+    kept: int
+
+    def record(self, epoch: int) -> dict[str, Any]:
+        """The log's record of this re-check (the session's `thread_rechecks`)."""
+        return {"epoch": epoch, "seconds_per_trial_step": {str(n): round(s, 4) for n, s in self.seconds.items()},
+                "fastest": self.fastest, "kept": self.kept}
+
+    def worth_switching(self) -> bool:
+        """Whether another count ran the step clearly faster than the kept one."""
+        return self.fastest != self.kept and self.seconds[self.kept] > SWITCH_WORTH * self.seconds[self.fastest]
+
+
+def slow_advice(recheck: ThreadRecheck | None = None, cpu_threads: int | None = None) -> str:
+    """What a SLOW note advises: what the re-timed trial step found (`recheck`); else, for a one-process
+    CPU run whose count was not re-timed (`cpu_threads`: set by --num-threads or by its checkpoint), what
+    fewer threads would mean; else (a GPU, several processes) the general advice."""
+    if recheck is not None:
+        timings = ", ".join(f"{plural(n, 'thread')} {s:.2f} s" for n, s in recheck.seconds.items())
+        said = f"re-timed a step here: {timings}"
+        if not recheck.worth_switching():
+            standing = ("still the fastest" if recheck.fastest == recheck.kept
+                        else f"within {round(SWITCH_WORTH * 100 - 100)} % of the fastest")
+            return (f"{said}; {plural(recheck.kept, 'thread')} {'is' if recheck.kept == 1 else 'are'} {standing} "
+                    "here: something else slows this machine")
+        return (f"{said}. The run keeps computing with {recheck.kept} (its results depend on the count); to switch, "
+                f"stop and resume with --num-threads {recheck.fastest} (the resume then says it is not bit-identical)")
+    if cpu_threads == 1:
+        return "another process may be using these cores (this run already computes with 1 thread)"
+    if cpu_threads:
+        return (f"another process may be using these cores; fewer threads than this run's {cpu_threads} may be "
+                "faster: stop and resume with --num-threads 1 (the resume then says it is not bit-identical)")
+    return DEFAULT_SLOW_ADVICE
 
 
 class RichBar:

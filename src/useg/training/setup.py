@@ -26,7 +26,7 @@ from useg.training.history import new_history, new_log_name
 from useg.model import build_universeg
 from useg.weights import load_pretrained
 from useg.compute.precision import autocast, default_precision, make_scaler, restore_scaler
-from useg.training.progress import Progress
+from useg.training.progress import Progress, ThreadRecheck
 from useg.run_folder import RunPaths
 from useg.training.losses import segmentation_loss
 from useg.training.log import describe_data, describe_world, log_header, new_session, open_log
@@ -60,6 +60,7 @@ class Run:
     skipped_steps: int = 0  # steps the fp16 scaler skipped over the whole run
     routine_saves: int = 0  # mid-epoch saves asked for in this session (the epoch line counts them)
     thread_choice: dict | None = None  # how this session chose its CPU thread count (the log's session)
+    threads_measured: bool = False  # the count is the one a trial step measured fastest (not --num-threads)
     position: TrainingPosition = field(default_factory=TrainingPosition)
     held_out: list[HeldOut] = field(default_factory=list)  # --held-out-data, each with its fixed tasks
     held_out_tasks: list[list] = field(default_factory=list)  # per held-out dataset, as val_tasks
@@ -181,6 +182,33 @@ def choose_thread_count(run: Run, progress: Progress) -> None:
                   f"--num-threads N forces a count")
 
 
+def recheck_thread_count(run: Run) -> ThreadRecheck | None:
+    """After a SLOW epoch, `choose_thread_count`'s trial step timed again at each candidate count, for a
+    one-process CPU run whose count was measured (not --num-threads); None for any other run.
+
+    The run keeps its count whatever the timings say, and the SLOW note advises instead. Switching
+    would make what the run computes depend on when this machine was busy: the count changes a step's
+    floating-point result (with 1 and 2 threads the weights differ after one step), so the weights would
+    no longer be a function of the seed and settings, nor equal to a run with --num-threads forced to its
+    starting count. A stop and resume with --num-threads N is the switch, said as not bit-identical.
+    The trial leaves weights, gradients and random streams untouched; the run's count comes back."""
+    candidates = thread_candidates(usable_cores())
+    if not run.threads_measured or run.device.type != "cpu" or run.world.enabled or len(candidates) < 2:
+        return None
+    if run.manager is not None:
+        run.manager.wait()  # a checkpoint being written would compete with the trial steps for the cores
+    kept = run.cfg.num_threads
+    fastest, seconds = fastest_thread_count(lambda: timing_step(run.model, run.cfg, run.device), candidates)
+    torch.set_num_threads(kept)  # fastest_thread_count restores it too: the count is what the run computes with
+    return ThreadRecheck(seconds, fastest, kept)
+
+
+def count_was_measured(sessions: list[dict[str, Any]], threads: int) -> bool:
+    """Whether a run computes with the count its first session measured fastest (`thread_choice`), kept
+    by every resume since, rather than one that --num-threads set."""
+    return any((session.get("thread_choice") or {}).get("chosen") == threads for session in sessions)
+
+
 def say_how_the_resume_computes(cfg: TrainConfig, saved: dict[str, Any], device: torch.device,
                                 progress: Progress) -> None:
     """Say which settings that change the arithmetic were kept although this machine would choose
@@ -206,6 +234,7 @@ def start_log(run: Run, state: dict | None, resumed_from: str | None) -> None:
     if run.thread_choice is not None:
         session["thread_choice"] = run.thread_choice
     run.log = open_log(run.log_path, header, session, run.history, continuing=state is not None)
+    run.threads_measured = count_was_measured(run.log["sessions"], run.cfg.num_threads)
 
 
 def wrap_model(model: torch.nn.Module, world: World, cfg: TrainConfig) -> torch.nn.Module:
