@@ -423,3 +423,161 @@ def test_start_option_overwrite_typed_at_a_terminal_sets_the_run_and_its_picture
 def test_history_option_on_a_folder_without_a_run_says_so(tmp_path, monkeypatch, capsys):
     code, out = menu(monkeypatch, capsys, tmp_path, "6\nq\n")
     assert code == 0 and "error: no training history" in out
+
+
+# --- runs over several datasets (issue 27) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def several_run(tmp_path_factory) -> Path:
+    """A tiny 1-epoch run over two datasets (a: binary masks, b: a label map), c held out and choosing the best."""
+    folder = tmp_path_factory.mktemp("several")
+    a, b, c = folder_data(folder / "a"), folder_data(folder / "b", (128, 255)), folder_data(folder / "c")
+    return train_tiny(folder / "run", 1, "--data", str(a), "--data", str(b), "--held-out-data", str(c),
+                      "--best-metric", "held_out_dice")
+
+
+def saved_config(run: Path) -> dict:
+    import torch
+
+    return torch.load(run / "checkpoints" / "latest_checkpoint.pt", weights_only=True)["config"]
+
+
+def test_a_several_dataset_run_resumes_from_options_2_and_1(several_run, tmp_path, monkeypatch, capfd):
+    import torch
+
+    run = Path(shutil.copytree(several_run, tmp_path / "run"))
+    code, out = menu(monkeypatch, capfd, run, "2\n2\n1\n\nr\n3\nq\n")  # option 2 to epoch 2, option 1's r to 3
+    assert code == 0 and "Traceback" not in out
+    assert f"$ useg resume latest --run-dir {run} --epochs 2" in out and f"--run-dir {run} --epochs 3" in out
+    state = torch.load(run / "checkpoints" / "latest_checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 3 and state["config"]["data"] == saved_config(several_run)["data"]
+    assert len(state["config"]["data"]) == 2 and state["history"]["resumed_at"] == [1, 2]
+    assert len(state["history"]["held_out_dice"]) == 3  # c scored at every epoch, before and after each resume
+
+
+def test_starting_afresh_on_a_several_dataset_run_keeps_its_datasets_on_enter(several_run, tmp_path, monkeypatch,
+                                                                             capfd):
+    # Before: the data question crashed (Path of a list); the flags would have read --data a,b.
+    run = Path(shutil.copytree(several_run, tmp_path / "run"))
+    before = saved_config(run)
+    a, b = before["data"]
+    [c] = before["held_out_data"]
+    code, out = menu(monkeypatch, capfd, run, "1\n\no\n" + "\n" * 10 + "y\nq\n")
+    assert code == 0 and "Traceback" not in out
+    assert f"Data folder (Enter: 2 datasets: {a}, {b}; or one folder instead; synthetic: the embedded set): " in out
+    # b's masks are a label map: the label question is asked, for every dataset
+    assert "e.g. 255 or 128,255, in every dataset (Enter: every value): " in out
+    assert re.search(rf"^\$ useg train --run-dir \S+ --data {re.escape(a)} --data {re.escape(b)} --epochs 1 .*"
+                     rf"--held-out-data {re.escape(c)} --best-metric held_out_dice .*--overwrite$", out, flags=re.M)
+    after = saved_config(run)
+    assert (after["data"], after["held_out_data"], after["best_metric"]) == ([a, b], [c], "held_out_dice")
+
+
+def test_one_folder_for_a_several_dataset_run_starts_a_one_dataset_run(several_run, monkeypatch, capsys):
+    before = snapshot(several_run)
+    a, b = saved_config(several_run)["data"]
+    [c] = saved_config(several_run)["held_out_data"]
+    code, out = menu(monkeypatch, capsys, several_run, f"1\n\no\n\n{c}\n" + "\n" * 8 + "\nq\n")  # [y/N]: no
+    assert code == 0 and "Traceback" not in out
+    assert "Label-map masks" not in out  # c's masks are binary
+    [command] = [line for line in out.splitlines() if line.startswith("$ useg train")]
+    # the run's held-out datasets and best metric went with its data: c is now the data
+    assert f"--data {c} --epochs 1" in command and "--held-out-data" not in command and "--best-metric" not in command
+    assert a not in command and b not in command
+    assert snapshot(several_run) == before
+
+
+def test_a_config_file_with_a_data_list_keeps_it_in_the_file(tmp_path, monkeypatch, capfd):
+    # Before: the data and label questions crashed on the list (Path of a list).
+    a, b = folder_data(tmp_path / "a", (128, 255)), folder_data(tmp_path / "b", (128, 255))
+    c = folder_data(tmp_path / "c")
+    config = tiny_config(tmp_path)
+    config.write_text(config.read_text() + f"data:\n  - {a}\n  - {{path: {b}, weight: 3, label: 255}}\n"
+                      f"held_out_data: [{c}]\n")
+    run = tmp_path / "run"
+    code, out = menu(monkeypatch, capfd, run, f"1\n\n{config}\nsynthetic\n\n\n\n1\n\n32\n2\n\n\n\nq\n")
+    assert code == 0 and "Traceback" not in out
+    described = f"2 datasets: {a}, {b} (weight 3, label 255)"
+    assert f"the config file sets data: {described}; give a data folder" in out
+    assert f"Data folder (Enter: {described}; or one folder instead;" in out
+    assert "e.g. 255 or 128,255, in every dataset without its own label (Enter: every value): " in out
+    [command] = [line for line in out.splitlines() if line.startswith("$ useg train")]
+    # the list stays in the file: no --data flag flattens it
+    assert command == f"$ useg train --run-dir {run} --config {config} --epochs 1 --image-size 32 --support-size 2"
+    after = saved_config(run)
+    assert after["data"] == [str(a), {"path": str(b), "weight": 3, "label": 255}]
+    assert after["held_out_data"] == [str(c)]
+
+
+def test_a_folder_held_out_by_the_config_file_is_refused_as_the_data(tmp_path, monkeypatch, capsys):
+    a, c = folder_data(tmp_path / "a"), folder_data(tmp_path / "c")
+    config = tiny_config(tmp_path)
+    config.write_text(config.read_text() + f"held_out_data: [{c}]\n")
+    code, out = menu(monkeypatch, capsys, tmp_path / "run", f"1\n\n{config}\n{c}\n{a}\n")
+    assert code == 0 and "Traceback" not in out
+    assert f"{c} is held out by the config file (held_out_data): a run never trains on its held-out datasets" in out
+    assert out.count("Data folder (") == 2
+    assert out.rstrip().endswith("Classes to train on, comma-separated (Enter: all):")
+
+
+def test_datasets_with_their_own_settings_are_never_flattened_into_flags(tmp_path, monkeypatch, capsys):
+    a, b, c = folder_data(tmp_path / "a"), folder_data(tmp_path / "b", (128, 255)), folder_data(tmp_path / "c")
+    config = tmp_path / "several.yaml"
+    config.write_text(f"data:\n  - {a}\n  - {{path: {b}, weight: 3, label: 255}}\n"
+                      f"held_out_data: [{{path: {c}, label: 255}}]\nbest_metric: held_out_dice\n")
+    run = train_tiny(tmp_path / "run", 1, "--config", str(config))
+    capsys.readouterr()
+    before = snapshot(run)
+    code, out = menu(monkeypatch, capsys, run, f"1\n\no\n\n\n{a}\n" + "\n" * 8 + "\nq\n")  # [y/N]: no
+    assert code == 0 and "Traceback" not in out
+    described = f"2 datasets: {a}, {b} (weight 3, label 255)"
+    assert (f"The replaced run trained on {described}; their own weights or options exist only in a config file's "
+            "data list: give that config file to keep them.") in out
+    assert f"Data folder (the replaced run's {described} need a config file; give a folder; synthetic:" in out
+    assert f"Enter cannot keep the replaced run's {described}: their own weights or options" in out
+    assert "Label-map masks" not in out  # a's masks are binary, and b's label is b's own
+    [command] = [line for line in out.splitlines() if line.startswith("$ useg train")]
+    assert f"--data {a} --epochs 1" in command and str(b) not in command and "weight" not in command
+    assert "--held-out-data" not in command and "--best-metric" not in command
+    assert "Not kept from the replaced run" not in out  # c and its metric went with the replaced run's data
+    assert snapshot(run) == before
+
+
+def test_held_out_datasets_with_their_own_settings_are_named_as_not_kept(tmp_path, monkeypatch, capsys):
+    a, b, c = folder_data(tmp_path / "a"), folder_data(tmp_path / "b"), folder_data(tmp_path / "c", (128, 255))
+    config = tmp_path / "held.yaml"
+    config.write_text(f"held_out_data: [{{path: {c}, label: 255}}]\nbest_metric: held_out_dice\n")
+    run = train_tiny(tmp_path / "run", 1, "--data", str(a), "--data", str(b), "--config", str(config))
+    capsys.readouterr()
+    code, out = menu(monkeypatch, capsys, run, "1\n\no\n" + "\n" * 9 + "\nq\n")  # [y/N]: no
+    assert code == 0 and "Traceback" not in out
+    assert (f"Not kept from the replaced run (config-file keys, no flag): held_out_data 1 dataset: {c} (label 255); "
+            "best_metric held_out_dice; put them in a config file to keep them.") in out
+    [command] = [line for line in out.splitlines() if line.startswith("$ useg train")]
+    assert f"--data {a} --data {b} --epochs 1" in command
+    assert "--held-out-data" not in command and "--best-metric" not in command
+
+
+def test_a_dataset_folder_gone_is_named_before_enter_keeps_the_runs_data(tmp_path, monkeypatch, capsys):
+    a, b = folder_data(tmp_path / "a"), folder_data(tmp_path / "b")
+    run = train_tiny(tmp_path / "run", 1, "--data", str(a), "--data", str(b))
+    capsys.readouterr()
+    b.rename(tmp_path / "b moved")
+    code, out = menu(monkeypatch, capsys, run, "1\n\no\n\n\nsynthetic\n")
+    assert code == 0 and "Traceback" not in out
+    assert f"{b} (dataset 2 of 2) is not a folder any more; give the data folder, or synthetic" in out
+    assert out.rstrip().endswith("Classes to train on, comma-separated (Enter: all):")
+
+
+def test_a_held_out_folder_gone_stops_before_the_run_is_set_aside(tmp_path, monkeypatch, capsys):
+    a, c = folder_data(tmp_path / "a"), folder_data(tmp_path / "c")
+    run = train_tiny(tmp_path / "run", 1, "--data", str(a), "--held-out-data", str(c))
+    capsys.readouterr()
+    c.rename(tmp_path / "c moved")
+    before = snapshot(run)
+    code, out = menu(monkeypatch, capsys, run, "1\n\no\n" + "\n" * 9 + "q\n")
+    assert code == 0 and "Traceback" not in out and "$ useg train" not in out
+    assert (f"error: held-out dataset {c} is not a folder; nothing started. Give the held-out datasets in a config "
+            "file's held_out_data ([] for none)") in out
+    assert snapshot(run) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,7 +15,7 @@ from rich.markup import escape
 from useg.cli import checkpoint_actions as manage
 from useg.checkpoint import BEST_NAME, LATEST_NAME, ResumePoint, checkpoint_files, left_behind, resume_points
 from useg.cli import display
-from useg.errors import CheckpointError, UsegError
+from useg.errors import CheckpointError, DataError, UsegError
 from useg.run_folder import checkpoints_folder, existing_run, replaced_folders
 from useg.training.progress import position_text
 
@@ -148,14 +149,16 @@ SYNTHETIC = "synthetic"  # the answer to the data question that chooses the embe
 # machine or session chooses for itself (threads, device, precision, workers, output) ...
 RECIPE_KEYS = ("loss", "seed", "samples_per_epoch", "min_lr_ratio", "split_fractions", "periodic_percentages",
                "vis_every", "vis_count", "save_every_steps", "save_every_minutes")
-# ... and, while its data stays the run's data, the settings that describe that data (data_keys()).
+# ... and, while its data stays the run's data, the settings that describe that data (data_keys()): its
+# options, its split and the held-out datasets it is scored beside (another data folder may be one of them).
 LABEL_SAMPLE = 4  # masks read to tell label maps from binary masks before asking for --label
+DATASET_LIST_KEYS = ("data", "held_out_data")  # several datasets: one flag each, --data A --data B
 
 
 def data_keys() -> tuple[str, ...]:
     from useg.data.loading import DATA_OPTION_KEYS
 
-    return ("data", *DATA_OPTION_KEYS, "split_file")
+    return ("data", *DATA_OPTION_KEYS, "split_file", "held_out_data", "best_metric")
 
 
 def start_training(run_dir: str, console: Console) -> None:
@@ -242,8 +245,17 @@ class RunSettings:
     (`kept`: none in a fresh folder), else TrainConfig's defaults."""
 
     def __init__(self, file_layer: dict[str, Any], previous: dict[str, Any]) -> None:
+        from useg.config import FILE_ONLY_KEYS
+
         self.file_layer = file_layer
+        self.previous_data = previous.get("data")  # what the kept data settings describe
         self.kept = {key: value for key, value in previous.items() if file_layer.get(key) is None}
+        # What no flag carries is not kept (the command is the whole run): the file-only keys, and held-out
+        # datasets with their own options (best_metric held_out_dice goes with them: it needs them).
+        self.not_kept = {key: self.kept.pop(key) for key in list(self.kept)
+                         if key in FILE_ONLY_KEYS or key == "held_out_data" and not flags_carry(self.kept[key])}
+        if "held_out_data" in self.not_kept and self.kept.get("best_metric") == "held_out_dice":
+            self.not_kept["best_metric"] = self.kept.pop("best_metric")
         self.answers: dict[str, Any] = {}
 
     def layers(self) -> tuple[dict[str, Any], ...]:
@@ -259,7 +271,9 @@ class RunSettings:
 
     def shown(self, key: str) -> str:
         value = self.current(key)
-        return UNSET_MEANS[key] if value is None else display.flag_text(value)
+        if value is None:
+            return UNSET_MEANS[key]
+        return describe_datasets(value) if key == "data" else display.flag_text(value)
 
     def check(self, key: str, text: str) -> Any:
         """One answer as the config holds it, checked alone and with the answers so far (e.g. an image
@@ -277,12 +291,13 @@ class RunSettings:
 
     def check_data(self, text: str) -> str:
         """A data folder in a layout useg reads, or SYNTHETIC."""
+        from useg.config import dataset_folders
         from useg.data.loading import ACCEPTED_LAYOUTS
 
         if text.lower() == SYNTHETIC:
             if self.file_layer.get("data") is not None:
-                raise ValueError(f"the config file sets data: {self.file_layer['data']}; give a data folder, or "
-                                 "leave data out of the config file for the synthetic set")
+                raise ValueError(f"the config file sets data: {describe_datasets(self.file_layer['data'])}; give a "
+                                 "data folder, or leave data out of the config file for the synthetic set")
             return SYNTHETIC
         root = Path(text).expanduser()  # no shell expands ~ for the training process
         if not root.is_dir():
@@ -290,28 +305,60 @@ class RunSettings:
             raise ValueError(f"{text} is not a folder; give the folder that holds your images ({other})")
         if data_layout(root, self.current("annotations")) is None:
             raise ValueError(f"{text} holds no data useg reads; expected {ACCEPTED_LAYOUTS}")
+        # The replaced run's held-out datasets go with its data (settle_data); the config file's stay.
+        if dataset_folders(str(root))[0] in dataset_folders(self.file_layer.get("held_out_data") or []):
+            raise ValueError(f"{text} is held out by the config file (held_out_data): a run never trains on its "
+                             "held-out datasets; give another folder")
         return str(root)
 
     def settle_data(self, answer: str | None) -> None:
-        """Record the data answer; another folder than the replaced run's drops what described its data."""
-        before = self.kept.get("data")
+        """Record the data answer; data other than the replaced run's (other folders, or another number of
+        them) drops what described its data."""
         if answer == SYNTHETIC:
             now = None
         elif answer is not None:
             self.answers["data"] = now = answer
         else:
             now = self.current("data")
-        if before is not None and (now is None or not same_folder(before, now)):
+        if not same_data(self.previous_data, now):
             for key in data_keys():
                 self.kept.pop(key, None)
 
+    def data_left_behind(self) -> str | None:
+        """Why Enter cannot keep the data shown (a folder gone, or datasets with their own settings that
+        only a config file carries); None when it can."""
+        data = self.current("data")
+        if self.kept.get("data") is not None and not flags_carry(data):
+            return (f"Enter cannot keep the replaced run's {describe_datasets(data)}: their own weights or options "
+                    "exist only in a config file's data list; give a data folder or synthetic, or press Ctrl+C "
+                    "and start again with that config file")
+        folders = data_folders(data)
+        for number, folder in enumerate(folders, 1):
+            if not Path(folder).expanduser().is_dir():
+                which = f" (dataset {number} of {len(folders)})" if len(folders) > 1 else ""
+                return (f"{folder}{which} is not a folder any more; give the data folder, or {SYNTHETIC} for the "
+                        "embedded set")
+        return None
+
     def label_applies(self) -> bool:
-        """--label picks mask values: asked for images/ + masks/ data whose masks hold several values,
-        or where the run or config file picked some."""
+        """--label picks mask values: asked for images/ + masks/ data whose masks hold several values (in
+        any dataset that does not pick its own), or where the run or config file picked some."""
+        from useg.data.collection import entries
+
         if self.current("label") is not None:
             return True
+        found = entries(self.current("data"), {"annotations": self.current("annotations")})
+        return any(entry.path is not None and entry.options.get("label") is None
+                   and several_mask_values(Path(entry.path).expanduser(), entry.options.get("annotations"))
+                   for entry in found)
+
+    def question(self, key: str, text: str) -> str:
+        """RUN_QUESTIONS' text; with several datasets, --label applies to each that picks no values of its own."""
         data = self.current("data")
-        return data is not None and several_mask_values(Path(data).expanduser(), self.current("annotations"))
+        if key != "label" or not isinstance(data, list):
+            return text
+        own = any("label" in own_settings(entry) for entry in data)
+        return text + (", in every dataset without its own label" if own else ", in every dataset")
 
     def flags(self) -> list[str]:
         """Each answer as its flag, and each kept value that `useg train` would not use without one."""
@@ -330,21 +377,65 @@ class RunSettings:
             flag = key.replace("_", "-")
             if isinstance(value, bool):  # a switch: --compile / --no-compile
                 arguments.append(f"--{flag}" if value else f"--no-{flag}")
+            elif key in DATASET_LIST_KEYS and isinstance(value, list):
+                for folder in value:  # plain folders: flags_carry, checked before (init, data_left_behind)
+                    arguments += [f"--{flag}", folder]
             else:
                 arguments += [f"--{flag}", display.flag_text(value)]
         return arguments
 
     def without_flag(self) -> list[str]:
-        """Kept values that only a config file can set (no flag carries them): `key value` each."""
-        from useg.config import FILE_ONLY_KEYS, TrainConfig
+        """The replaced run's values that no flag carries (not_kept): `key value` each; those describing its
+        data only while the new run trains on that data (other data drops them anyway)."""
+        from useg.config import TrainConfig
 
         default = TrainConfig()
-        return [f"{key} {display.flag_text(value)}" for key, value in self.kept.items()
-                if key in FILE_ONLY_KEYS and value != getattr(default, key)]
+        other_data = not same_data(self.previous_data, self.current("data"))
+        return [f"{key} {describe_datasets(value) if key in DATASET_LIST_KEYS else display.flag_text(value)}"
+                for key, value in self.not_kept.items()
+                if value != getattr(default, key) and not (other_data and key in data_keys())]
 
 
 def same_folder(a: str, b: str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def data_folders(data: Any) -> list[str]:
+    """The folder of each dataset a `data` or `held_out_data` value names, in order (none: the embedded set)."""
+    from useg.data.collection import data_paths
+
+    return [] if data is None else [path for path in data_paths(data) if path is not None]
+
+
+def same_data(a: Any, b: Any) -> bool:
+    """Whether two `data` values name the same folders in the same order (however each path is written)."""
+    first, second = data_folders(a), data_folders(b)
+    return len(first) == len(second) and all(map(same_folder, first, second))
+
+
+def own_settings(entry: Any) -> dict[str, Any]:
+    """What one entry of a dataset list sets for its own dataset besides its folder (weight, label, ...)."""
+    return {key: value for key, value in entry.items() if key != "path"} if isinstance(entry, Mapping) else {}
+
+
+def flags_carry(data: Any) -> bool:
+    """Whether flags can give a `data` or `held_out_data` value: one folder, or a list of plain folders
+    (repeated flags); a dataset's own weight or options exist only in a config file's list."""
+    return not isinstance(data, list) or not any(own_settings(entry) for entry in data)
+
+
+def describe_datasets(data: Any) -> str:
+    """One folder as it is; a list as `2 datasets: /a (weight 3), /b`."""
+    if not isinstance(data, list):
+        return str(data)
+
+    def one(entry: Any) -> str:
+        own = own_settings(entry)
+        folder = entry["path"] if isinstance(entry, Mapping) else entry
+        settings = ", ".join(f"{key} {display.flag_text(value)}" for key, value in own.items())
+        return f"{folder} ({settings})" if own else str(folder)
+
+    return f"{len(data)} dataset{'s' if len(data) != 1 else ''}: " + ", ".join(map(one, data))
 
 
 def data_layout(root: Path, annotations: str | None = None) -> str | None:
@@ -380,6 +471,10 @@ def ask_run_settings(console: Console, previous: dict[str, Any] | None = None) -
     `previous`: the replaced run's settings, the defaults when starting afresh in a run folder)."""
     from useg.config import build_config, read_config_file
 
+    data = (previous or {}).get("data")
+    if not flags_carry(data):  # say it before the question that can keep them
+        say(console, f"The replaced run trained on {describe_datasets(data)}; their own weights or options exist "
+                     "only in a config file's data list: give that config file to keep them.")
     config_file = ask_until_valid("Config file, YAML or TOML with the flags' keys (Enter for none): ",
                                   lambda path: (path, read_config_file(path)), console)
     arguments, file_layer = (["--config", config_file[0]], config_file[1]) if config_file else ([], {})
@@ -390,11 +485,12 @@ def ask_run_settings(console: Console, previous: dict[str, Any] | None = None) -
             continue
         if key == "label" and not settings.label_applies():
             continue  # the data's masks are binary (or not masks at all): no values to pick
-        value = ask_until_valid(f"{question} (Enter: {settings.shown(key)}): ",
+        value = ask_until_valid(f"{settings.question(key, question)} (Enter: {settings.shown(key)}): ",
                                 lambda text: settings.check(key, text), console)
         if value is not None:
             settings.answers[key] = value
     build_config(*settings.layers())  # the whole run, checked before its command is shown
+    refuse_missing_held_out(settings.current("held_out_data"))
     left = settings.without_flag()
     if left:
         say(console, f"Not kept from the replaced run (config-file keys, no flag): {'; '.join(left)}; put them in a "
@@ -402,15 +498,29 @@ def ask_run_settings(console: Console, previous: dict[str, Any] | None = None) -
     return arguments + settings.flags()
 
 
+def refuse_missing_held_out(held_out_data: list) -> None:
+    """A held-out folder gone would fail the run only after --overwrite has set the replaced run aside."""
+    for folder in data_folders(held_out_data):
+        if not Path(folder).expanduser().is_dir():
+            raise DataError(f"held-out dataset {folder} is not a folder; nothing started. Give the held-out datasets "
+                            "in a config file's held_out_data ([] for none)")
+
+
 def ask_data(settings: RunSettings, console: Console) -> None:
-    """The data question; Enter keeps the shown folder while it is still there."""
-    shown = settings.shown("data")
-    other = "" if settings.current("data") is None else f"; {SYNTHETIC}: the embedded set"
+    """The data question: one folder (a one-dataset run), SYNTHETIC, or Enter, which keeps the shown data
+    (one folder or several datasets) while flags or the config file can give it and its folders are there."""
+    data = settings.current("data")
+    offer = f"Enter: {settings.shown('data')}"
+    if settings.kept.get("data") is not None and not flags_carry(data):
+        offer = f"the replaced run's {describe_datasets(data)} need a config file; give a folder"
+    elif isinstance(data, list):
+        offer += "; or one folder instead"
+    other = "" if data is None else f"; {SYNTHETIC}: the embedded set"
     while True:
-        answer = ask_until_valid(f"Data folder (Enter: {shown}{other}): ", settings.check_data, console)
-        data = settings.current("data")
-        if answer is None and data is not None and not Path(data).expanduser().is_dir():
-            say(console, f"{data} is not a folder any more; give the data folder, or {SYNTHETIC} for the embedded set")
+        answer = ask_until_valid(f"Data folder ({offer}{other}): ", settings.check_data, console)
+        problem = settings.data_left_behind() if answer is None else None
+        if problem:
+            say(console, problem)
             continue
         settings.settle_data(answer)
         return
