@@ -158,3 +158,14 @@ def test_remove_replaced_refuses_anything_not_set_aside_and_removes_nothing(tmp_
         with pytest.raises(CheckpointError, match="nothing was removed"):
             remove_replaced(tmp_path, [ReplacedFolder(path, 0, 0)])
     assert live.is_dir() and other.is_dir() and linked.is_symlink()
+
+
+@pytest.mark.parametrize("flags", [["--data", "missing"], ["--held-out-data", "missing"],
+                                   ["--data", "missing", "--data", "also-missing"]])
+def test_overwrite_with_a_data_folder_that_is_not_there_sets_nothing_aside(tmp_path, capsys, flags):
+    run = train_tiny(tmp_path / "run", 1)
+    before = live_files(run)
+    code, _, err = run_cli(capsys, "train", "--run-dir", str(run), "--overwrite",
+                           *[str(tmp_path / flag) if not flag.startswith("--") else flag for flag in flags])
+    assert code != 0 and err.startswith("error: ") and "missing does not exist" in err and err.count("\n") == 1
+    assert not list(run.glob("checkpoints_replaced_*")) and live_files(run) == before  # the old run stays live

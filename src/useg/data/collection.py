@@ -20,7 +20,7 @@ import numpy as np
 
 from useg.config import DATASET_KEYS
 from useg.data.dataset import ImageSource, SegDataset
-from useg.data.loading import load_dataset
+from useg.data.loading import check_data_folder, load_dataset
 from useg.data.splits import SPLIT_NAMES, Split, split_by_patient
 from useg.errors import ConfigError, UsegError
 
@@ -86,6 +86,19 @@ def load_data(data: Any, *, image_size: int, seed: int, fractions=DEFAULT_FRACTI
     merged = merge(parts, names or dataset_names(found), [entry.weight for entry in found], splits)
     share_arrays(parts, merged)
     return merged
+
+
+def check_folders(data: Any, held_out_data: list) -> None:
+    """Each folder of `data` and `held_out_data` exists (one line naming the first that does not): checked
+    before anything of an earlier run is set aside (--overwrite) for a run that could not start."""
+    for flag, setting in (("--data", data), ("--held-out-data", held_out_data)):
+        found = [entry for entry in entries(setting) if entry.path is not None] if setting else []
+        for number, entry in enumerate(found):
+            if len(found) == 1 and flag == "--data":
+                check_data_folder(entry.path)
+                continue
+            with naming_dataset(flag, number, len(found), entry.path):
+                check_data_folder(entry.path)
 
 
 def load_one(entry: DataEntry, number: int, count: int, flag: str, image_size: int, seed: int) -> SegDataset:

@@ -42,11 +42,7 @@ def load_dataset(
     check_mode(resize)
     if data is None:
         return synthetic.make_synthetic(image_size=image_size, seed=seed, classes=classes)
-    root = Path(data).expanduser()
-    if not root.exists():
-        raise DataError(f"data folder {root} does not exist; pass --data with {ACCEPTED_LAYOUTS}")
-    if not root.is_dir():
-        raise DataError(f"--data {root} is a file; pass the folder holding {ACCEPTED_LAYOUTS}")
+    root = check_data_folder(data)
     if ovatus.is_ovatus(root, annotations):
         _reject_label(label, "Ovatus")
         _reject_folder_options(class_names, patient_pattern, keep_empty)
@@ -65,6 +61,16 @@ def load_dataset(
         _reject_folder_options(class_names, patient_pattern, keep_empty)
         return mmotu.load_mmotu(mmotu_root, image_size=image_size, classes=classes, resize=resize)
     raise DataError(f"unknown data layout in {root}; expected {ACCEPTED_LAYOUTS}")
+
+
+def check_data_folder(data: str | Path) -> Path:
+    """The folder `data` names, or one line saying that it does not exist or is a file."""
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataError(f"data folder {root} does not exist; pass --data with {ACCEPTED_LAYOUTS}")
+    if not root.is_dir():
+        raise DataError(f"--data {root} is a file; pass the folder holding {ACCEPTED_LAYOUTS}")
+    return root
 
 
 DATA_OPTION_KEYS = ("annotations", "label", "classes", "class_names", "patient_pattern", "keep_empty", "slice_axis",

@@ -26,7 +26,7 @@ from useg.training.progress import Progress, SaveCounts, plural, position_text, 
 from useg.training.progress import DEFAULT_SLOW_ADVICE, slow_advice, slow_median
 from useg.run_folder import ExistingRun, RunPaths, existing_run, remove_unused_folders, run_paths
 from useg.run_folder import set_aside_checkpoints
-from useg.data.collection import absolute
+from useg.data.collection import absolute, check_folders
 from useg.data.prefetch import Prefetcher
 from useg.training.log import record_saves, record_thread_recheck
 from useg.training.setup import Run, build_run, recheck_thread_count, saved_split_record, settle_recipe
@@ -147,6 +147,7 @@ def prepare_run(cfg: TrainConfig, world: World, resume: str | None, overwrite: b
     paths = run_paths(cfg.run_dir)
     cfg.data = absolute(cfg.data)  # saved absolute, so the run resumes from any working directory
     cfg.held_out_data = absolute(cfg.held_out_data)
+    check_folders(cfg.data, cfg.held_out_data)  # before --overwrite sets the earlier run aside
     if cfg.batch_size % world.world_size:
         raise ConfigError(f"--batch-size {cfg.batch_size} must be divisible by the {world.world_size} processes")
     choose_device(cfg.device, world.local_rank, world.enabled)  # an unavailable device fails before the lock
