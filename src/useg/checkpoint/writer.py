@@ -141,6 +141,7 @@ class _Worker:
     def _serve(self) -> None:
         if self.low_priority:
             lower_thread_priority()
+        one_intra_op_thread()
         while (item := self.jobs.get()) is not None:
             job, writer, done = item
             writer._run(job, done)
@@ -150,6 +151,20 @@ class _Worker:
         """Let the thread end once the jobs queued before this have run (at exit, after they are waited for)."""
         self.jobs.put(None)
         self.thread.join(timeout=5)
+
+
+def one_intra_op_thread() -> None:
+    """Run the torch ops of this thread (the deferred copies of a snapshot) on one intra-op thread.
+
+    The first parallel torch op of a thread makes it an OpenMP team of its own. Once libgomp manages
+    more threads than there are cores, it shortens every team's spin-wait, so the training thread's
+    workers sleep and wake around each op: on 2 cores every step after the first save took 35 %
+    longer (BENCHMARKS.md, "The writer's own thread team"). Copies gain little from a team anyway.
+    Threads started after this one get one intra-op thread too (torch's default for new threads
+    follows the last count set); a thread that already ran torch ops keeps its own count."""
+    import torch  # here: listing checkpoints must not load torch, and only a process that saves gets here
+
+    torch.set_num_threads(1)
 
 
 def lower_thread_priority() -> None:
