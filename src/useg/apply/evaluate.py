@@ -39,7 +39,7 @@ from useg.data.task_kinds import EDGES, INVERTED, NORMAL, TASK_KINDS, edges, inv
 from useg.data.tasks import candidates, choose_supports, class_members
 from useg.errors import ConfigError, DataError
 from useg.apply.outputs import Written, write_keeping_earlier
-from useg.apply.targets import SPLITS, EvalSet, classes_of, load_eval_set
+from useg.apply.targets import SPLITS, EvalSet, load_eval_set
 from useg.apply.predict import TrainedModel, probabilities
 from useg.apply.scores import describe, hausdorff95, mean_over_classes, scores, summarise
 
@@ -181,7 +181,7 @@ class Evaluation:
         dataset, results = self.data.dataset, {}
         for number in self.data.scored_datasets:
             name = dataset.datasets[number]
-            own = classes_of(dataset, [number])
+            own = dataset.classes_of([number])
             per_class = {cls: stats for cls, stats in self.per_class.items() if cls in own}
             results[name] = {"id": f"d{number + 1}", "data": self.data.folder_of_dataset(number),
                              "targets": int(np.count_nonzero(dataset.image_datasets[self.data.targets] == number)),

@@ -130,11 +130,11 @@ def run_split(trained: TrainedModel, data: str | None, annotations: str | None, 
             raise ConfigError(f"{flag} {value} differs from the run's ({saved_options.get(key)}); the run's data is "
                               f"read as it was trained, so drop {flag} (or evaluate a copy of the folder as other "
                               "data)")
-    if is_several(trained.config.get("data")):
-        return several_datasets(trained, data, annotations, split, options, saved_options)
-    data = trained.config.get("data") if data is None else data
-    saved_options["annotations"] = annotations or saved_options.get("annotations")
+    saved_options["annotations"] = annotations or saved_options.get("annotations")  # where an entry sets none
     saved_options["resize"] = trained.resize
+    if is_several(trained.config.get("data")):
+        return several_datasets(trained, data, split, options, saved_options)
+    data = trained.config.get("data") if data is None else data
     dataset = load_dataset(data, image_size=trained.image_size, seed=trained.seed, **saved_options)
     saved, targets = saved_targets(trained, dataset, split)
     wanted = options.get("classes")
@@ -159,14 +159,12 @@ def saved_targets(trained: TrainedModel, dataset: SegDataset, split: str) -> tup
     return saved, targets
 
 
-def several_datasets(trained: TrainedModel, data: str | None, annotations: str | None, split: str, options: dict,
+def several_datasets(trained: TrainedModel, data: str | None, split: str, options: dict,
                      saved_options: dict) -> EvalSet:
     """A run over several datasets: its data loaded and merged as training did, the saved split rebuilt on it;
     every dataset's `split` part scored, or only the one whose folder `data` names."""
     run_data = trained.config.get("data")
     chosen = run_dataset_number(trained, data)
-    saved_options["annotations"] = annotations or saved_options.get("annotations")  # where an entry sets none
-    saved_options["resize"] = trained.resize
     fractions = trained.config.get("split_fractions") or DEFAULT_FRACTIONS
     dataset = load_data(run_data, image_size=trained.image_size, seed=trained.seed, fractions=fractions,
                         **saved_options)
@@ -176,18 +174,13 @@ def several_datasets(trained: TrainedModel, data: str | None, annotations: str |
     if not len(targets):
         raise DataError(f"the {split} split of dataset {dataset.datasets[chosen]} in {trained.path.name} is empty; "
                         f"evaluate --split {'val' if split == 'test' else 'test'} instead")
-    own = classes_of(dataset, numbers)
+    own = dataset.classes_of(numbers)
     wanted = options.get("classes")
     check_wanted(wanted or [], own, dataset.classes, None if chosen is None else dataset.datasets[chosen])
     dataset = only_classes(dataset, wanted or own)
     folders = [str(path) for path in data_paths(run_data)]
     return EvalSet(dataset, targets, saved.train, split, False, folders, None, dataset_files(dataset),
                    trained.resize, scored_datasets=numbers)
-
-
-def classes_of(dataset: SegDataset, numbers: list[int]) -> list[str]:
-    """The classes of the datasets `numbers` (0-based) of a merged dataset, in its class order."""
-    return [name for name, number in zip(dataset.classes, dataset.class_datasets) if number in numbers]
 
 
 def check_wanted(wanted: list[str], own: list[str], trained: list[str], chosen: str | None) -> None:

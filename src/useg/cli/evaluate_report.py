@@ -180,7 +180,7 @@ def datasets_table(result) -> Table:
     table = Table(title=f"per dataset: its {result.split} split, mean over its classes", box=box.SIMPLE_HEAD)
     for name in ("dataset", "ids", "classes", "targets", "tasks", "Dice", "IoU", "HD95 px"):
         table.add_column(name, justify="left" if name in ("dataset", "ids", "classes") else "right")
-    for name, scored in result.to_dict()["datasets"].items():
+    for name, scored in result.dataset_results().items():
         table.add_row(name, f"{scored['id']}/...", ", ".join(scored["per_class"]) or "-", str(scored["targets"]),
                       str(scored["tasks"]), format_number(scored["mean_dice"]), format_number(scored["mean_iou"]),
                       format_number(scored["mean_hd95_px"], 2))

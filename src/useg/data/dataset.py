@@ -84,6 +84,10 @@ class SegDataset:
         """The memory the images and masks take (the data line reports it)."""
         return self.images.nbytes + self.masks.nbytes
 
+    def classes_of(self, numbers: list[int]) -> list[str]:
+        """The classes of the datasets `numbers` (0-based) of several merged ones, in the class order."""
+        return [name for name, number in zip(self.classes, self.class_datasets) if number in numbers]
+
     def class_presence(self) -> np.ndarray:
         """(N, C) bool: image n has a non-empty mask of class c."""
         return self.masks.any(axis=(2, 3))

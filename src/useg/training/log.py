@@ -58,10 +58,9 @@ def datasets_record(dataset, split: Split) -> list[dict[str, Any]]:
     record = []
     for number, name in enumerate(dataset.datasets):
         mine = dataset.image_datasets == number
-        classes = [cls for cls, owner in zip(dataset.classes, dataset.class_datasets) if owner == number]
         record.append({"name": name, "images": int(np.count_nonzero(mine)),
                        "patients": int(len(np.unique(dataset.patients[mine]))),
-                       "weight": float(dataset.dataset_weights[number]), "classes": classes,
+                       "weight": float(dataset.dataset_weights[number]), "classes": dataset.classes_of([number]),
                        "split_sizes": split_sizes(split, mine)})
     return record
 

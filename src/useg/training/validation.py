@@ -44,7 +44,7 @@ def validate(model, dataset, tasks: list, batch_size: int, device, world: World 
 def dice_per_dataset(dataset, by_class: dict[int, float]) -> dict[str, float]:
     """{dataset name: mean of its classes' Dice} of a run over several datasets, in the run's order (a
     dataset none of whose classes had a task is left out); {} for one dataset."""
-    names = getattr(dataset, "datasets", None) or []
+    names = dataset.datasets
     if len(names) < 2:
         return {}
     grouped: dict[int, list[float]] = {}
