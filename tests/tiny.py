@@ -85,3 +85,10 @@ def rewrite_saved_config(path: Path, position: dict | None = None, **changes) ->
     path.write_bytes(buffer.getvalue())
     sidecar.update(sha256=hashlib.sha256(buffer.getvalue()).hexdigest(), size_bytes=len(buffer.getvalue()))
     sidecar_path.write_text(json.dumps(sidecar))
+
+
+def assert_rate_matches(row: dict) -> None:
+    """An epoch's samples/s is its samples over its time, which the log records to the millisecond."""
+    fastest = row["samples_trained"] / max(row["epoch_time_s"] - 0.0005, 1e-9)
+    slowest = row["samples_trained"] / (row["epoch_time_s"] + 0.0005)
+    assert slowest - 0.01 <= row["samples_per_s"] <= fastest + 0.01, row
