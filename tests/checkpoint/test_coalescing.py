@@ -126,7 +126,7 @@ def test_training_with_slow_writes_coalesces_saves_and_the_log_and_epoch_line_co
 
     monkeypatch.setattr(manager_module, "publish_state", slow)
     run = train_tiny(tmp_path / "run", 1, "--samples-per-epoch", "24", "--save-every-steps", "1",
-                     "--data-workers", "0")
+                     "--save-budget", "0", "--data-workers", "0")
     [log_path] = (run / "logs").glob("training_*.json")
     saves = json.loads(log_path.read_text())["sessions"][-1]["checkpoint_saves"]
     assert saves["asked"] == 12  # 11 mid-epoch saves (none after the last step) + the epoch's
@@ -177,3 +177,22 @@ def test_routine_saves_are_written_at_the_lowest_priority_and_other_saves_at_the
                     ("latest", "writer"): own, ("latest", "helper"): own,
                     ("interrupt", "writer"): own, ("interrupt", "helper"): own}
     assert load_checkpoint(tmp_path / "checkpoints" / "latest_checkpoint.pt")["epoch"] == 1
+
+
+def test_the_manager_counts_the_cpu_its_routine_writes_take_and_only_theirs(tmp_path, monkeypatch):
+    real = manager_module.publish_state
+
+    def costly(path, state, fields):
+        end = time.thread_time() + 0.05  # CPU, not a sleep: what the budget weighs
+        while time.thread_time() < end:
+            pass
+        return real(path, state, fields)
+
+    monkeypatch.setattr(manager_module, "publish_state", costly)
+    with CheckpointManager(tmp_path, total_epochs=4) as manager:
+        manager.save({"w": torch.ones(4)}, epoch=1, val_dice=0.5)  # an epoch save: the loop waits for it anyway
+        manager.wait()
+        assert manager.routine_write_cpu_s == 0 and not manager.writing
+        manager.save({"w": torch.ones(4)}, epoch=1, step=5, kind="mid_epoch")
+        manager.wait()
+        assert 0.05 <= manager.routine_write_cpu_s < 2

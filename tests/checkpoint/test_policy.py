@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from checkpoint_kit import BEST, LATEST, Trainer, manager, periodic_on_disk, train
-from useg.checkpoint import periodic_epochs
+from useg.checkpoint import periodic_epochs, within_budget
 from useg.errors import CheckpointError
 
 
@@ -47,3 +47,11 @@ def test_extending_a_run_recomputes_the_periodic_schedule(tmp_path):
         assert mgr.scheduled_epochs == {20, 40, 60, 80, 100}
         with pytest.raises(CheckpointError):
             mgr.total_epochs = 0
+
+
+def test_a_save_budget_lets_a_routine_save_start_while_the_spending_is_within_its_share_of_the_time():
+    assert within_budget(0.0, 0.0, 1.0)  # nothing spent yet: the first save starts at once
+    assert within_budget(0.1, 10.0, 1.0)  # 1% of 10 s
+    assert not within_budget(0.11, 10.0, 1.0)
+    assert within_budget(0.11, 11.0, 1.0)  # and is allowed again once training has run long enough
+    assert within_budget(5.0, 1.0, 0)  # 0: no budget

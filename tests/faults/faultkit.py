@@ -40,7 +40,9 @@ from tiny import TINY, assert_same_training  # tests/ is on sys.path (conftest.p
 # The whole in-context recipe (every augmentation, half the tasks synthetic): every fault test also
 # proves that what it draws resumes bit for bit.
 RECIPE = ["--task-augmentation", "paper", "--in-task-augmentation", "paper", "--synthetic-tasks", "0.5"]
-RUN_FLAGS = ["--epochs", "4", *TINY, "--quiet", "--vis-every", "0", *RECIPE, "--save-every-steps", "2"]
+# No save budget: each due save is taken, so a kill point's N-th hit is the same save in every run.
+RUN_FLAGS = ["--epochs", "4", *TINY, "--quiet", "--vis-every", "0", *RECIPE, "--save-budget", "0",
+             "--save-every-steps", "2"]
 SAVE_POINTS = ("mid-write", "after-temp-write", "before-rename", "after-rename", "after-sidecar")
 # The writer holds one save in flight and one waiting; an epoch-end save waits for every earlier
 # write. So while epoch k+1 runs (up to its own save's wait), the save of epoch k-1 or a later one

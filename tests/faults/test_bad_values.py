@@ -69,6 +69,8 @@ FLAG_CASES = [  # (flag, value, words)
     ("--save-every-minutes", "-1", [">= 0"]),
     ("--save-every-minutes", "nan", ["nan"]),
     ("--save-every-steps", "-1", [">= 0"]),
+    ("--save-budget", "101", ["from 0 to 100"]),
+    ("--save-budget", "-1", ["from 0 to 100"]),
     ("--vis-every", "-1", [">= 0"]),
     ("--lr", "inf", ["positive number"]),
     ("--label", "-1", [">= 0"]),

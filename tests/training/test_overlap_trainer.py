@@ -22,9 +22,9 @@ from useg.checkpoint.overlap import DeferredCopy
 from useg.checkpoint.writer import BackgroundWriter
 from useg.cli import main
 
-# 6 steps an epoch, a save after each, 2 epochs with validation and pictures after each.
-FLAGS = ["--epochs", "2", *TINY, "--samples-per-epoch", "12", "--save-every-steps", "1", "--vis-every", "1",
-         "--quiet"]
+# 6 steps an epoch, a save after each (no budget to defer them), 2 epochs with validation and pictures after each.
+FLAGS = ["--epochs", "2", *TINY, "--samples-per-epoch", "12", "--save-every-steps", "1", "--save-budget", "0",
+         "--vis-every", "1", "--quiet"]
 
 
 class FenceAudit:

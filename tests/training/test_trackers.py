@@ -102,7 +102,8 @@ def test_mlflow_and_tensorboard_hold_the_runs_params_epochs_and_results(tmp_path
     expected = [(0, history["initial_val_dice"]), (1, history["val_dice"][0]), (2, history["val_dice"][1])]
     assert same_points(metric_steps(client, run_id), expected)
     assert [step for step, _ in metric_steps(client, run_id, "train_loss")] == [1, 2]
-    assert {"lr", "samples_per_s", "epoch_time_s", "routine_saves", "coalesced_saves"} <= set(tracked.data.metrics)
+    assert {"lr", "samples_per_s", "epoch_time_s", "routine_saves", "coalesced_saves",
+            "deferred_saves"} <= set(tracked.data.metrics)
     assert [artifact.path for artifact in client.list_artifacts(run_id)] == ["training_curves.png"]
     assert newest_log(run)["history"]["tracker_runs"] == {"mlflow": run_id}  # and so in every checkpoint
     assert same_points(tensorboard_scalars(run), expected)

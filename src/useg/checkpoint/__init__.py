@@ -6,7 +6,7 @@ Knows nothing about the model or the trainer: it saves and restores any dict of
 The face: code outside this package imports from `useg.checkpoint` only, never from its
 modules (tests/checkpoint/test_face.py checks it). It offers, in the table below:
 - for any training loop (README.md, CHECKPOINT_GUIDE.md): `CheckpointManager`, `Position`,
-  the rules (`BestRule`, `periodic_epochs`, `mid_epoch_save_due`), the random state
+  the rules (`BestRule`, `periodic_epochs`, `mid_epoch_save_due`, `within_budget`), the random state
   (`capture_rng_state`, `restore_rng_state`), and reading: `list_checkpoints`, `read_metadata`,
   `verify_checkpoint`, `load_checkpoint`, `open_checkpoint`, `resolve_checkpoint`;
 - for useg's own commands: the file names of a checkpoints folder, the resume points, the
@@ -66,6 +66,7 @@ _WHERE = {
     "resolve_checkpoint": "loading",
     "restore_rng_state": "rng",
     "verify_checkpoint": "integrity",
+    "within_budget": "policy",
     # For useg's own commands: file names, resume points, the run lock, reading one file
     "BEST_NAME": "layout",
     "LATEST_NAME": "layout",

@@ -78,6 +78,13 @@ def mid_epoch_save_due(step: int, seconds_since_save: float, every_steps: int | 
     return by_steps or by_time
 
 
+def within_budget(spent_s: float, elapsed_s: float, percent: float) -> bool:
+    """A routine save may start while what routine saves have cost so far (`spent_s`) is at most
+    `percent` % of the time elapsed (0: no budget). Spending is judged after the fact, so a save
+    that costs more than expected only delays the next one: over a run the share converges to `percent`."""
+    return not percent or spent_s <= percent / 100 * elapsed_s
+
+
 def _checked_percentages(percentages: Iterable[int]) -> tuple[int, ...]:
     checked = tuple(percentages)
     for p in checked:

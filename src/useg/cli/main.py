@@ -74,6 +74,10 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
                                "state_dict), a useg checkpoint such as best_model.pt, or a useg export")),
     ("--save-every-steps", dict(type=int, help="also rewrite latest_checkpoint.pt every N steps")),
     ("--save-every-minutes", dict(type=float, help="also rewrite latest_checkpoint.pt every M minutes")),
+    ("--save-budget", dict(type=float, metavar="PERCENT",
+                           help="the most those mid-epoch saves may cost, as a percent of training time: a due "
+                                "save waits until it fits, and the epoch line says how many waited "
+                                f"(0: no budget; {default('save_budget')})")),
     ("--vis-every", dict(type=int,
                          help=f"write prediction pictures every N epochs (0: never; {default('vis_every')})")),
     ("--vis-count", dict(type=int, help=f"validation targets pictured each time ({default('vis_count')})")),

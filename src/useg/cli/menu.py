@@ -148,7 +148,7 @@ SYNTHETIC = "synthetic"  # the answer to the data question that chooses the embe
 # A new run in a run folder also keeps the replaced run's recipe (the command shows it), not what each
 # machine or session chooses for itself (threads, device, precision, workers, output) ...
 RECIPE_KEYS = ("loss", "seed", "samples_per_epoch", "min_lr_ratio", "split_fractions", "periodic_percentages",
-               "vis_every", "vis_count", "save_every_steps", "save_every_minutes")
+               "vis_every", "vis_count", "save_every_steps", "save_every_minutes", "save_budget")
 # ... and, while its data stays the run's data, the settings that describe that data (data_keys()): its
 # options, its split and the held-out datasets it is scored beside (another data folder may be one of them).
 LABEL_SAMPLE = 4  # masks read to tell label maps from binary masks before asking for --label

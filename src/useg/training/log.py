@@ -125,11 +125,14 @@ def open_log(path: Path, header: dict[str, Any], session: dict[str, Any], histor
     return log
 
 
-def record_saves(log: dict[str, Any], manager) -> None:
-    """This session's checkpoint saves in its log entry: how many were asked for, and how many
-    routine mid-epoch saves a newer save replaced while an earlier one was still being written."""
+def record_saves(log: dict[str, Any], manager, routine) -> None:
+    """This session's checkpoint saves in its log entry: how many were asked for, how many routine
+    mid-epoch saves a newer save replaced while an earlier one was still being written, and how many
+    were due but deferred by the save budget (`routine`: the session's SaveCounts)."""
     if manager is not None and log.get("sessions"):
-        log["sessions"][-1]["checkpoint_saves"] = {"asked": manager.saves_asked, "coalesced": manager.coalesced_saves}
+        log["sessions"][-1]["checkpoint_saves"] = {
+            "asked": manager.saves_asked, "coalesced": manager.coalesced_saves,
+            "routine_due": routine.asked, "deferred": routine.deferred, "budget_percent": routine.budget}
 
 
 def record_thread_recheck(log: dict[str, Any], record: dict[str, Any]) -> None:

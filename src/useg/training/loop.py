@@ -12,10 +12,12 @@ from typing import Any
 from useg.training import state as training_state
 from useg.checkpoint import LATEST_NAME, BestRule, CheckpointManager, OpenCheckpoint, capture_rng_state, is_locked
 from useg.checkpoint import BEST_NAME, load_checkpoint, lock_owner, mid_epoch_save_due, read_metadata
+from useg.checkpoint import within_budget
 from useg.faults import kill_point, kill_point_named
 from useg.config import TrainConfig
 from useg.compute.device import choose_device, choose_threads, compute_settings, split_cores, to_device
-from useg.compute.distributed import World, any_rank, barrier, check_replicas_agree, close_world, gather_objects
+from useg.compute.distributed import World, any_rank, barrier, broadcast_object, check_replicas_agree, close_world
+from useg.compute.distributed import gather_objects
 from useg.compute.distributed import init_world, local_part, mean_over_ranks, on_main
 from useg.errors import CheckpointError, ConfigError, DivergedError
 from useg.training.history import append_epoch, best_text, set_best, write_log
@@ -260,6 +262,7 @@ def run_epochs(run: Run, stop: StopRequest, progress: Progress) -> None:
         record_untrained_dice(run, progress)
     whole_epochs: list[float] = []  # this session's epochs, each as the seconds a whole one takes
     mark = time.perf_counter()
+    run.routine.started = time.monotonic()  # the save budget is a share of the time training has run
     while position.epoch < cfg.epochs:
         started, first_batch = time.perf_counter(), position.batch
         saves_before = save_counts(run)
@@ -322,13 +325,16 @@ def track_epoch(run: Run, saves: SaveCounts) -> None:
     kill never leaves a tracker ahead of the checkpoints a resume continues from."""
     if run.trackers:
         run.manager.wait()
-        run.trackers.log_epochs(run.history, {"routine_saves": saves.asked, "coalesced_saves": saves.coalesced})
+        run.trackers.log_epochs(run.history, {"routine_saves": saves.asked, "coalesced_saves": saves.coalesced,
+                                              "deferred_saves": saves.deferred})
 
 
 def save_counts(run: Run) -> SaveCounts:
-    """Routine mid-epoch saves asked for and coalesced so far in this session (rank 0 counts them)."""
+    """Routine mid-epoch saves asked for, deferred by the budget and coalesced so far in this session
+    (rank 0 counts them)."""
     coalesced = run.manager.coalesced_saves if run.manager is not None else 0
-    return SaveCounts(asked=run.routine_saves, coalesced=coalesced)
+    return SaveCounts(asked=run.routine.asked, coalesced=coalesced, deferred=run.routine.asked - run.routine.taken,
+                      budget=run.cfg.save_budget)
 
 
 def epoch_saves(run: Run, before: SaveCounts) -> SaveCounts:
@@ -336,8 +342,8 @@ def epoch_saves(run: Run, before: SaveCounts) -> SaveCounts:
     says how many steps a kill at this moment would lose."""
     now = save_counts(run)
     counts = SaveCounts(asked=now.asked - before.asked, coalesced=now.coalesced - before.coalesced,
-                        step=run.position.step)
-    if counts.coalesced and run.manager is not None:
+                        deferred=now.deferred - before.deferred, budget=now.budget, step=run.position.step)
+    if (counts.coalesced or counts.deferred) and run.manager is not None:
         counts.latest_step = (read_metadata(run.paths.checkpoints / LATEST_NAME) or {}).get("step")
     return counts
 
@@ -388,6 +394,7 @@ def run_one_epoch(run: Run, stop: StopRequest, progress: Progress) -> None:
     run.train_model.train()
     batches = run.sampler.num_batches(cfg.batch_size)
     last_save = time.monotonic()
+    run.routine.owed = False  # the epoch's own save has just refreshed latest
     epoch = position.epoch
 
     def build(index: int):
@@ -400,11 +407,37 @@ def run_one_epoch(run: Run, stop: StopRequest, progress: Progress) -> None:
             bar.advance(position.mean_loss)
             if any_rank(run.world, stop.signum is not None):
                 save_interrupt(run, stop, progress)
-            if position.batch < batches and mid_epoch_save_due(position.step, time.monotonic() - last_save,
-                                                               cfg.save_every_steps, cfg.save_every_minutes):
-                save_checkpoint(run, kind="mid_epoch", routine=True)
-                run.routine_saves += 1
+            if position.batch < batches and routine_save(run, mid_epoch_save_due(
+                    position.step, time.monotonic() - last_save, cfg.save_every_steps, cfg.save_every_minutes)):
                 last_save = time.monotonic()
+
+
+def routine_save(run: Run, due: bool) -> bool:
+    """Take a mid-epoch save when one is due, or was due and waited, and the save budget allows it
+    (rank 0 decides: it alone knows what writing costs). Returns whether one was taken."""
+    saves = run.routine
+    saves.asked += due
+    if not (due or saves.owed):
+        return False
+    if not broadcast_object(run.world, save_affordable(run)):
+        saves.owed = True
+        return False
+    started = time.perf_counter()
+    save_checkpoint(run, kind="mid_epoch", routine=True)
+    saves.stall_s += time.perf_counter() - started
+    saves.taken, saves.owed = saves.taken + 1, False
+    return True
+
+
+def save_affordable(run: Run) -> bool:
+    """Whether routine saves have cost, so far, within --save-budget of the session's training time."""
+    manager, budget = run.manager, run.cfg.save_budget
+    if manager is None or not budget:
+        return True
+    if manager.writing:
+        return False  # what that write costs is not known yet, and a save now would only wait behind it
+    spent = run.routine.stall_s + manager.routine_write_cpu_s
+    return within_budget(spent, time.monotonic() - run.routine.started, budget)
 
 
 def train_step(run: Run, batch) -> None:
@@ -475,7 +508,7 @@ def save_epoch_checkpoint(run: Run, record: dict[str, Any]) -> bool:
     save_checkpoint(run, metrics=saved_metrics(record))
     run.history["checkpoint_time_s"][-1] = round(time.perf_counter() - started, 4)
     if run.world.is_main:
-        record_saves(run.log, run.manager)
+        record_saves(run.log, run.manager, save_counts(run))
         write_log(run.log_path, run.log, run.history)
     return improved
 
@@ -516,7 +549,7 @@ def save_interrupt(run: Run, stop: StopRequest, progress: Progress) -> None:
     save_checkpoint(run, kind="interrupt")
     if run.manager is not None:
         run.manager.wait()
-        record_saves(run.log, run.manager)
+        record_saves(run.log, run.manager, save_counts(run))
         write_log(run.log_path, run.log, run.history)
     raise TrainingInterrupted(stop.exit_code, resume_hint(run))
 

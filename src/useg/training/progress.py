@@ -142,6 +142,8 @@ class SaveCounts:
 
     asked: int = 0
     coalesced: int = 0
+    deferred: int = 0  # due, but not taken: over the save budget
+    budget: float = 0.0  # --save-budget, percent
     step: int = 0  # the run's step when the counts are said
     latest_step: int | None = None  # the step latest_checkpoint.pt holds then (None: none yet)
 
@@ -149,7 +151,7 @@ class SaveCounts:
 def saves_note(saves: SaveCounts | None) -> str:
     """When routine saves were coalesced, say so and how far latest lags: `--save-every-steps 1` is then
     not a save every step, and a kill now loses the steps latest is behind."""
-    if saves is None or not saves.coalesced:
+    if saves is None or not (saves.coalesced or saves.deferred):
         return ""
     if saves.latest_step is None:
         where = "no latest written yet"
@@ -157,7 +159,12 @@ def saves_note(saves: SaveCounts | None) -> str:
         where = f"latest at step {saves.latest_step}"
     else:
         where = f"latest at step {saves.latest_step} ({saves.step - saves.latest_step} behind)"
-    return f"  saves: {saves.coalesced} of {saves.asked} coalesced, {where}"
+    held = []
+    if saves.deferred:
+        held.append(f"{saves.deferred} of {saves.asked} deferred by the {saves.budget:g}% save budget")
+    if saves.coalesced:
+        held.append(f"{saves.coalesced} coalesced" if held else f"{saves.coalesced} of {saves.asked} coalesced")
+    return f"  saves: {', '.join(held)}, {where}"
 
 
 def skipped_note(record: dict[str, Any]) -> str:

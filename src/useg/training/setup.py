@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,18 @@ from useg.training.trackers import Trackers, open_trackers
 
 
 @dataclass
+class RoutineSaves:
+    """This session's routine mid-epoch saves and what they cost the training thread (--save-budget weighs it
+    with the writer's CPU, which the checkpoint manager counts)."""
+
+    asked: int = 0  # due by --save-every-steps / --save-every-minutes
+    taken: int = 0  # handed to the checkpoint manager (a newer one may still replace it unwritten: coalesced)
+    owed: bool = False  # one was due and waits until the budget allows it
+    stall_s: float = 0.0  # the training thread's time in them: the state built, the copies taken
+    started: float = field(default_factory=time.monotonic)  # when this session began training
+
+
+@dataclass
 class Run:
     """Everything the loop mutates, built once by `prepare_run`."""
 
@@ -58,7 +71,7 @@ class Run:
     trackers: Trackers = field(default_factory=Trackers)  # rank 0's experiment trackers (none: empty)
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     skipped_steps: int = 0  # steps the fp16 scaler skipped over the whole run
-    routine_saves: int = 0  # mid-epoch saves asked for in this session (the epoch line counts them)
+    routine: RoutineSaves = field(default_factory=RoutineSaves)  # this session's mid-epoch saves (--save-every-*)
     thread_choice: dict | None = None  # how this session chose its CPU thread count (the log's session)
     threads_measured: bool = False  # the count is the one a trial step measured fastest (not --num-threads)
     position: TrainingPosition = field(default_factory=TrainingPosition)
