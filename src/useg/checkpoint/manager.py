@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -23,7 +22,6 @@ from .overlap import DeferredCopy
 from .policy import DEFAULT_PERCENTAGES, MID_EPOCH_KINDS, BestRule, SavePlan, checked_metrics, periodic_epochs
 from .policy import plan_save
 from .resume_order import resume_points
-from .serialize import hashing_cpu_s
 from .publish import finalize_pending_sidecars, publish_link, publish_state, remove_orphan_sidecars
 from .retention import CleanPlan, clean_checkpoints, plan_clean
 from .state import StagingPool, snapshot_state, snapshot_state_overlapped, stamp
@@ -103,7 +101,6 @@ class CheckpointManager:
         self._lineage: list[list] = []  # [[session, seq], ...] this session descends from
         self._seq = 0  # saves along the lineage; continues from the file a resume loaded
         self.saves_asked = 0  # save() calls of this manager, coalesced ones included
-        self.routine_write_cpu_s = 0.0  # CPU the writing of routine saves took (writer and hashing threads)
         with explain_write_errors(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
             self._lock: RunLock | None = acquire_run_lock(self.directory, self._warn) if lock else None
@@ -176,8 +173,8 @@ class CheckpointManager:
         if self._writer is None:
             self._write_and_release(snapshot, plan, fields)
         else:
-            self._writer.submit(lambda: self._write_and_release(snapshot, plan, fields, later, routine),
-                                coalesce=routine, discard=lambda: self._staging.give_back(snapshot))
+            self._writer.submit(lambda: self._write_and_release(snapshot, plan, fields, later), coalesce=routine,
+                                discard=lambda: self._staging.give_back(snapshot))
         self.saves_asked += 1
 
     @property
@@ -237,16 +234,13 @@ class CheckpointManager:
         return stamp(snapshot), later
 
     def _write_and_release(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any],
-                           later: DeferredCopy | None = None, routine: bool = False) -> None:
-        cpu, hashing = time.thread_time(), hashing_cpu_s()
+                           later: DeferredCopy | None = None) -> None:
         try:
             if later is not None:
                 later.take()  # first: the optimizer's next step() is waiting for these copies
             self._write(snapshot, plan, fields)
         finally:
             self._staging.give_back(snapshot)  # written or failed, nothing reads these copies again
-            if routine:  # what a loop's save budget weighs (useg.checkpoint.policy.within_budget)
-                self.routine_write_cpu_s += time.thread_time() - cpu + hashing_cpu_s() - hashing
 
     def _write(self, snapshot: dict[str, Any], plan: SavePlan, fields: dict[str, Any]) -> None:
         # Here, on the writer thread, so that the check costs the training loop nothing: a

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,27 +32,6 @@ _WRITEBACK_EVERY = 16 * 1024 * 1024
 # small tensors) are copied into a buffer written out every _GATHER_BYTES.
 _IN_PLACE_MIN_BYTES = 64 * 1024
 _GATHER_BYTES = 1024 * 1024
-
-
-class _CpuTally:
-    """CPU seconds spent by the short-lived hashing threads, summed over the process (a lock: several may end at once)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.seconds = 0.0
-
-    def add(self, seconds: float) -> None:
-        with self._lock:
-            self.seconds += seconds
-
-
-_HASHING = _CpuTally()
-
-
-def hashing_cpu_s() -> float:
-    """CPU seconds the helper threads have spent hashing checkpoints so far in this process (a save's
-    writer thread does the rest of its work, so the two together are what a save costs the cores)."""
-    return _HASHING.seconds
 
 
 @dataclass(frozen=True)
@@ -197,12 +175,10 @@ class _HashingSink:
         return self._in_place.get(address) == len(view)
 
     def _hash(self) -> None:
-        started = time.thread_time()
         try:
             while (chunk := self._queue.get()) is not None:
                 self._digest.update(chunk)
         finally:
-            _HASHING.add(time.thread_time() - started)
             self._hashed_all.set()
 
 

@@ -403,7 +403,9 @@ def run_one_epoch(run: Run, stop: StopRequest, progress: Progress) -> None:
     ahead = Prefetcher(build, range(position.batch, batches), split_cores(cfg.num_threads, cfg.data_workers).workers)
     with progress.epoch_bar(position.epoch + 1, cfg.epochs, batches, position.batch, cfg.batch_size) as bar, ahead:
         for _, batch in ahead:
+            began, writing = time.perf_counter(), writing_now(run)
             train_step(run, batch)
+            run.routine.weigh_step(time.perf_counter() - began, writing or writing_now(run))
             bar.advance(position.mean_loss)
             if any_rank(run.world, stop.signum is not None):
                 save_interrupt(run, stop, progress)
@@ -434,10 +436,13 @@ def save_affordable(run: Run) -> bool:
     manager, budget = run.manager, run.cfg.save_budget
     if manager is None or not budget:
         return True
-    if manager.writing:
-        return False  # what that write costs is not known yet, and a save now would only wait behind it
-    spent = run.routine.stall_s + manager.routine_write_cpu_s
-    return within_budget(spent, time.monotonic() - run.routine.started, budget)
+    if manager.writing or not run.routine.measured:
+        return False  # what the last write cost is not known yet, and a save now would only wait behind it
+    return within_budget(run.routine.spent_s, time.monotonic() - run.routine.started, budget)
+
+
+def writing_now(run: Run) -> bool:
+    return run.manager is not None and run.manager.writing
 
 
 def train_step(run: Run, batch) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,16 +38,44 @@ from useg.training.state import TrainingPosition
 from useg.training.trackers import Trackers, open_trackers
 
 
+CLEAN_STEPS_BETWEEN_SAVES = 4  # under a save budget, what a step costs without a write is measured between saves
+
+
 @dataclass
 class RoutineSaves:
-    """This session's routine mid-epoch saves and what they cost the training thread (--save-budget weighs it
-    with the writer's CPU, which the checkpoint manager counts)."""
+    """This session's routine mid-epoch saves and what they cost training, as --save-budget weighs it: the
+    time the training thread spends in them, and how much longer steps take while a checkpoint is written
+    (the writer's work competes for the cores: on 2 busy cores a step loses about twice the writer's CPU
+    time, on a GPU next to nothing)."""
 
     asked: int = 0  # due by --save-every-steps / --save-every-minutes
     taken: int = 0  # handed to the checkpoint manager (a newer one may still replace it unwritten: coalesced)
     owed: bool = False  # one was due and waits until the budget allows it
     stall_s: float = 0.0  # the training thread's time in them: the state built, the copies taken
+    slowdown_s: float = 0.0  # steps' time beyond a typical step while a checkpoint was being written
     started: float = field(default_factory=time.monotonic)  # when this session began training
+    clean_steps: deque = field(default_factory=lambda: deque(maxlen=16))  # recent steps with nothing written
+    clean_run: int = 0  # steps since the last one beside a write
+
+    @property
+    def spent_s(self) -> float:
+        return self.stall_s + max(0.0, self.slowdown_s)
+
+    @property
+    def measured(self) -> bool:
+        """Enough steps without a write since the last one to know what a step takes without saves."""
+        return self.clean_run >= CLEAN_STEPS_BETWEEN_SAVES
+
+    def weigh_step(self, seconds: float, writing: bool) -> None:
+        """Count a step: beside a write, its time beyond the median recent step without one is the saves' cost
+        (unclamped, so that the steps' own jitter cancels out over a run instead of adding up)."""
+        if not writing:
+            self.clean_steps.append(seconds)
+            self.clean_run += 1
+        else:
+            self.clean_run = 0
+            if self.clean_steps:
+                self.slowdown_s += seconds - statistics.median(self.clean_steps)
 
 
 @dataclass
