@@ -63,7 +63,7 @@ def _overhead(settings: Settings) -> Section:
             return log["epochs"][-1]["epoch_time_s"]
         return one
 
-    rounds = 2 if settings.quick else 5  # runs differ by a few % on their own: the goals are 1-2 %
+    rounds = 2 if settings.quick else 7  # runs differ by a few % on their own: the goals are 1-2 %
     times = interleaved({(0, None): timed(0, None), **{key: timed(*key) for key in variants}}, rounds)
     baseline = median(times[0, None])
     for (every, budget), saves in variants.items():

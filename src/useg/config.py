@@ -73,8 +73,9 @@ class TrainConfig:
     save_every_minutes: float = 0.0
     # Routine mid-epoch saves may cost at most this % of the training time (their stall, and the steps' time
     # beyond a typical step while one is written); a due save over it waits until the budget allows (0: no
-    # budget). Per-step saves cost ~8% of a 2-core CPU epoch without it, about 2% with it (BENCHMARKS.md).
-    save_budget: float = 0.5
+    # budget). Per-step saves cost ~8-10% of a 2-core CPU epoch without it. The steps show about half of what a
+    # write costs such a run (BENCHMARKS.md, per-step checkpoints), so 0.25 keeps it near 0.5%.
+    save_budget: float = 0.25
     num_threads: int = 0  # 0: chosen from the cores this process may use (useg.compute.device.choose_threads); saved as chosen
     device: str | None = None  # None: CUDA when present, else the CPU; saved as chosen, chosen again on resume
     precision: str | None = None  # None: fp32 on the CPU, bf16 (else fp16) on CUDA; saved as chosen

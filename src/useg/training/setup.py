@@ -136,6 +136,8 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
     device = choose_device(cfg.device, world.local_rank, world.enabled)
     cfg.device = str(device)  # saved as chosen: a resume chooses again and compares the type
     cfg.precision = cfg.precision or default_precision(device)  # saved as chosen: a resume keeps it
+    # No other --num-threads than the checkpoint's: the resume computes with the count the run computed with.
+    threads_kept = state is not None and cfg.num_threads in (0, training_state.saved_compute(saved, "num_threads"))
     threads_free = settle_threads(cfg, state)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build_universeg(tuple(cfg.widths)).to(device)
@@ -152,10 +154,12 @@ def build_run(cfg: TrainConfig, paths: RunPaths, world: World, manager: Checkpoi
         restore_state(run, state, progress)
     if threads_free:
         choose_thread_count(run, progress)
+    elif threads_kept:
+        time_kept_thread_count(run)
     settle_determinism(lambda: probe_step(model, cfg, device), cfg, device, lambda flag: any_rank(world, flag),
                        progress.warn)
     if state is not None:
-        say_how_the_resume_computes(cfg, training_state.saved_config(state), device, progress)
+        say_how_the_resume_computes(cfg, training_state.saved_config(state), device, progress, run.thread_choice)
     run.train_model = wrap_model(model, world, cfg)
     run.log_path = Path(broadcast_object(world, str(run.log_path)))
     if world.is_main:
@@ -213,16 +217,50 @@ def choose_thread_count(run: Run, progress: Progress) -> None:
     here, before its first step: the trial leaves weights and random streams alone, so the run computes
     exactly what it would with --num-threads forced to that count (which a resume then keeps)."""
     cfg = run.cfg
-    candidates = thread_candidates(usable_cores())
-    if run.device.type != "cpu" or run.world.enabled or len(candidates) < 2:
-        return  # a GPU step barely uses CPU threads; ranks must not choose differently
-    chosen, seconds = fastest_thread_count(lambda: timing_step(run.model, cfg, run.device), candidates)
+    timed = time_thread_counts(run)
+    if timed is None:
+        return
+    chosen, seconds = timed
     torch.set_num_threads(chosen)  # train's compute_settings restores the caller's count at the end
     cfg.num_threads = chosen
     run.thread_choice = {"chosen": chosen, "seconds_per_trial_step": {str(n): round(s, 4) for n, s in seconds.items()}}
-    timings = ", ".join(f"{n}: {s:.2f} s" for n, s in seconds.items())
-    progress.line(f"CPU threads: {chosen}, the fastest here (one trial step with {timings}); "
+    progress.line(f"CPU threads: {chosen}, the fastest here (one trial step with {trial_timings(seconds)}); "
                   f"--num-threads N forces a count")
+
+
+def time_kept_thread_count(run: Run) -> None:
+    """A resume computes with the count its checkpoint saved; here a trial step is timed at each candidate
+    count, so that the resume can say when this machine runs faster with another (and the log keeps it)."""
+    timed = time_thread_counts(run)
+    if timed is not None:
+        fastest, seconds = timed
+        run.thread_choice = {"kept": run.cfg.num_threads, "fastest_here": fastest,
+                             "seconds_per_trial_step": {str(n): round(s, 4) for n, s in seconds.items()}}
+
+
+def timeable_counts(run: Run) -> list[int]:
+    """The thread counts worth timing for this run: none on a GPU (a step barely uses CPU threads), under
+    torchrun (ranks must not choose differently) or on one core."""
+    candidates = thread_candidates(usable_cores())
+    return [] if run.device.type != "cpu" or run.world.enabled or len(candidates) < 2 else candidates
+
+
+def time_thread_counts(run: Run) -> tuple[int, dict[int, float]] | None:
+    """The fastest count here and each candidate's seconds per trial step, the run's own count restored
+    after; None where there is nothing to time (`timeable_counts`)."""
+    candidates = timeable_counts(run)
+    if not candidates:
+        return None
+    kept = torch.get_num_threads()
+    try:
+        return fastest_thread_count(lambda: timing_step(run.model, run.cfg, run.device), candidates)
+    finally:
+        torch.set_num_threads(kept)  # the count is what the run computes with
+
+
+def trial_timings(seconds: dict) -> str:
+    """`1: 0.20 s, 2: 0.12 s`: seconds per trial step by thread count."""
+    return ", ".join(f"{n}: {s:.2f} s" for n, s in seconds.items())
 
 
 def recheck_thread_count(run: Run) -> ThreadRecheck | None:
@@ -235,15 +273,12 @@ def recheck_thread_count(run: Run) -> ThreadRecheck | None:
     no longer be a function of the seed and settings, nor equal to a run with --num-threads forced to its
     starting count. A stop and resume with --num-threads N is the switch, said as not bit-identical.
     The trial leaves weights, gradients and random streams untouched; the run's count comes back."""
-    candidates = thread_candidates(usable_cores())
-    if not run.threads_measured or run.device.type != "cpu" or run.world.enabled or len(candidates) < 2:
+    if not run.threads_measured or not timeable_counts(run):
         return None
     if run.manager is not None:
         run.manager.wait()  # a checkpoint being written would compete with the trial steps for the cores
-    kept = run.cfg.num_threads
-    fastest, seconds = fastest_thread_count(lambda: timing_step(run.model, run.cfg, run.device), candidates)
-    torch.set_num_threads(kept)  # fastest_thread_count restores it too: the count is what the run computes with
-    return ThreadRecheck(seconds, fastest, kept)
+    timed = time_thread_counts(run)
+    return None if timed is None else ThreadRecheck(timed[1], timed[0], run.cfg.num_threads)
 
 
 def count_was_measured(sessions: list[dict[str, Any]], threads: int) -> bool:
@@ -253,11 +288,14 @@ def count_was_measured(sessions: list[dict[str, Any]], threads: int) -> bool:
 
 
 def say_how_the_resume_computes(cfg: TrainConfig, saved: dict[str, Any], device: torch.device,
-                                progress: Progress) -> None:
+                                progress: Progress, thread_choice: dict | None = None) -> None:
     """Say which settings that change the arithmetic were kept although this machine would choose
-    otherwise, and warn about any that changed; a change marks the run as no longer bit-identical."""
-    machine = {"num_threads": choose_threads(0, cfg.data_workers), "precision": default_precision(device)}
-    for line in training_state.kept_but_not_chosen(saved, cfg, machine):
+    otherwise (the thread count as a trial step measured it here, `time_kept_thread_count`, where it
+    could), and warn about any that changed; a change marks the run as no longer bit-identical."""
+    measured = (thread_choice or {}).get("fastest_here")
+    machine = {"num_threads": measured or choose_threads(0, cfg.data_workers), "precision": default_precision(device)}
+    timings = trial_timings(thread_choice["seconds_per_trial_step"]) if measured else None
+    for line in training_state.kept_but_not_chosen(saved, cfg, machine, timings):
         progress.line(line)
     changes = training_state.compute_changes(saved, cfg, device.type)
     if changes:
