@@ -89,8 +89,9 @@ def _overhead(settings: Settings) -> Section:
         "runs of one variant differ by several % on their own, so compare the ranges before reading much into a "
         "ratio within them). Each save stalls the step for the state and its snapshot (a few ms at this size, see "
         "the stall table), and the writer then serialises, hashes and writes on another thread, competing with "
-        "training for the two cores (next table). The budget weighs both (the training thread's time in the "
-        "saves, the writer's and hashing threads' CPU) against the time trained: a due save over it waits, and is "
+        "training for the two cores (next table). The budget weighs what it can see of both (the training "
+        "thread's time in the saves, and how much longer steps take while a checkpoint is written than the steps "
+        "between writes) against the time trained: a due save over it waits, and is "
         "taken at the first step the budget allows (deferred when the next one falls due first). Without a "
         "budget, a routine save asked for while the previous one is still being written waits as the pending "
         "save, and a newer one replaces it (coalesced).")
