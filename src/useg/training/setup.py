@@ -45,8 +45,7 @@ CLEAN_STEPS_BETWEEN_SAVES = 4  # under a save budget, what a step costs without 
 class RoutineSaves:
     """This session's routine mid-epoch saves and what they cost training, as --save-budget weighs it: the
     time the training thread spends in them, and how much longer steps take while a checkpoint is written
-    (the writer's work competes for the cores: on 2 busy cores a step loses about twice the writer's CPU
-    time, on a GPU next to nothing)."""
+    (the writer competes with the steps for the CPU cores; beside GPU steps it costs them next to nothing)."""
 
     asked: int = 0  # due by --save-every-steps / --save-every-minutes
     taken: int = 0  # handed to the checkpoint manager (a newer one may still replace it unwritten: coalesced)
