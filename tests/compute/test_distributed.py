@@ -124,3 +124,14 @@ def test_a_finished_worker_runs_its_exit_hooks_and_keeps_its_exit_code():
             "from useg.compute.distributed import end_worker_process; end_worker_process(3)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (3, "said hook ran\n")
+
+
+def test_mid_epoch_saves_under_a_budget_keep_two_ranks_in_step_and_change_nothing_they_compute(two_process_run,
+                                                                                               tmp_path):
+    # Rank 0 alone knows what writing costs and the ranks' clocks differ: both decisions are shared, or one
+    # rank would wait in a save the other never starts.
+    straight, _ = two_process_run
+    saved = tmp_path / "saved"
+    done = torchrun("train", "--run-dir", str(saved), *ARGS, "--save-every-steps", "1", "--save-every-minutes", "0.0001")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_training(final_state(straight), final_state(saved))

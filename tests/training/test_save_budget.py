@@ -69,3 +69,9 @@ def test_a_save_costs_the_steps_time_beyond_a_typical_step_while_it_is_written()
     for _ in range(4):
         saves.weigh_step(0.11, writing=False)
     assert saves.measured
+
+
+def test_saves_due_by_the_minute_are_counted_once_each_and_deferred_like_the_others(tmp_path):
+    every_step_by_time = ["--samples-per-epoch", "24", "--save-every-minutes", "0.00001", "--data-workers", "0"]
+    saves = session_saves(train_tiny(tmp_path / "run", 1, *every_step_by_time, *TINY_BUDGET))
+    assert saves["routine_due"] == 11 and saves["deferred"] == 10  # 0.6 ms: due after every step but the last

@@ -409,9 +409,15 @@ def run_one_epoch(run: Run, stop: StopRequest, progress: Progress) -> None:
             bar.advance(position.mean_loss)
             if any_rank(run.world, stop.signum is not None):
                 save_interrupt(run, stop, progress)
-            if position.batch < batches and routine_save(run, mid_epoch_save_due(
-                    position.step, time.monotonic() - last_save, cfg.save_every_steps, cfg.save_every_minutes)):
-                last_save = time.monotonic()
+            if position.batch < batches:
+                due = mid_epoch_save_due(position.step, time.monotonic() - last_save, cfg.save_every_steps,
+                                         cfg.save_every_minutes)
+                if cfg.save_every_minutes:
+                    due = any_rank(run.world, due)  # ranks' clocks differ; all must take the same saves
+                # The minutes restart when a save falls due, taken or not: one that waits for the budget
+                # is one save owed, not a new one due at every step until it is taken.
+                last_save = time.monotonic() if due else last_save
+                routine_save(run, due)
 
 
 def routine_save(run: Run, due: bool) -> bool:
