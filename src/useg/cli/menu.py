@@ -396,10 +396,6 @@ class RunSettings:
                 if value != getattr(default, key) and not (other_data and key in data_keys())]
 
 
-def same_folder(a: str, b: str) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
 def data_folders(data: Any) -> list[str]:
     """The folder of each dataset a `data` or `held_out_data` value names, in order (none: the embedded set)."""
     from useg.data.collection import data_paths
@@ -409,8 +405,9 @@ def data_folders(data: Any) -> list[str]:
 
 def same_data(a: Any, b: Any) -> bool:
     """Whether two `data` values name the same folders in the same order (however each path is written)."""
-    first, second = data_folders(a), data_folders(b)
-    return len(first) == len(second) and all(map(same_folder, first, second))
+    from useg.config import dataset_folders
+
+    return dataset_folders(a) == dataset_folders(b)
 
 
 def own_settings(entry: Any) -> dict[str, Any]:
