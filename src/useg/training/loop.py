@@ -420,21 +420,20 @@ def run_one_epoch(run: Run, stop: StopRequest, progress: Progress) -> None:
                 routine_save(run, due)
 
 
-def routine_save(run: Run, due: bool) -> bool:
+def routine_save(run: Run, due: bool) -> None:
     """Take a mid-epoch save when one is due, or was due and waited, and the save budget allows it
-    (rank 0 decides: it alone knows what writing costs). Returns whether one was taken."""
+    (rank 0 decides: it alone knows what writing costs); else it is owed."""
     saves = run.routine
     saves.asked += due
     if not (due or saves.owed):
-        return False
+        return
     if not broadcast_object(run.world, save_affordable(run)):
         saves.owed = True
-        return False
+        return
     started = time.perf_counter()
     save_checkpoint(run, kind="mid_epoch", routine=True)
     saves.stall_s += time.perf_counter() - started
     saves.taken, saves.owed = saves.taken + 1, False
-    return True
 
 
 def save_affordable(run: Run) -> bool:

@@ -198,6 +198,11 @@ def slowdown_note(samples_per_s: list, samples_trained: list | None = None,
     return f"  SLOW: under a third of this run's {median:.1f} samples/s; {advice}"
 
 
+def trial_seconds_record(seconds: dict[int, float]) -> dict[str, float]:
+    """Seconds per trial step by thread count, as the log records them (`seconds_per_trial_step`)."""
+    return {str(n): round(s, 4) for n, s in seconds.items()}
+
+
 @dataclass
 class ThreadRecheck:
     """The trial step re-timed at each candidate thread count after a slow epoch (seconds per step), the
@@ -209,7 +214,7 @@ class ThreadRecheck:
 
     def record(self, epoch: int) -> dict[str, Any]:
         """The log's record of this re-check (the session's `thread_rechecks`)."""
-        return {"epoch": epoch, "seconds_per_trial_step": {str(n): round(s, 4) for n, s in self.seconds.items()},
+        return {"epoch": epoch, "seconds_per_trial_step": trial_seconds_record(self.seconds),
                 "fastest": self.fastest, "kept": self.kept}
 
     def worth_switching(self) -> bool:

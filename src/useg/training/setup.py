@@ -29,7 +29,7 @@ from useg.training.history import new_history, new_log_name
 from useg.model import build_universeg
 from useg.weights import load_pretrained
 from useg.compute.precision import autocast, default_precision, make_scaler, restore_scaler
-from useg.training.progress import Progress, ThreadRecheck
+from useg.training.progress import Progress, ThreadRecheck, trial_seconds_record
 from useg.run_folder import RunPaths
 from useg.training.losses import segmentation_loss
 from useg.training.log import describe_data, describe_world, log_header, new_session, open_log
@@ -222,7 +222,7 @@ def choose_thread_count(run: Run, progress: Progress) -> None:
     chosen, seconds = timed
     torch.set_num_threads(chosen)  # train's compute_settings restores the caller's count at the end
     cfg.num_threads = chosen
-    run.thread_choice = {"chosen": chosen, "seconds_per_trial_step": {str(n): round(s, 4) for n, s in seconds.items()}}
+    run.thread_choice = {"chosen": chosen, "seconds_per_trial_step": trial_seconds_record(seconds)}
     progress.line(f"CPU threads: {chosen}, the fastest here (one trial step with {trial_timings(seconds)}); "
                   f"--num-threads N forces a count")
 
@@ -234,7 +234,7 @@ def time_kept_thread_count(run: Run) -> None:
     if timed is not None:
         fastest, seconds = timed
         run.thread_choice = {"kept": run.cfg.num_threads, "fastest_here": fastest,
-                             "seconds_per_trial_step": {str(n): round(s, 4) for n, s in seconds.items()}}
+                             "seconds_per_trial_step": trial_seconds_record(seconds)}
 
 
 def timeable_counts(run: Run) -> list[int]:
