@@ -390,17 +390,17 @@ def test_start_afresh_typed_at_a_terminal_keeps_the_runs_data_and_asks_what_matt
         (f"Data folder (Enter: {data}; synthetic: the embedded set)".encode(), b""),
         (b"Classes", b""), (b"Epochs (Enter: 2)", b"1"), (b"(--widths), comma-separated (Enter: 8,8)", b""),
         (b"Image size in pixels (square) (Enter: 32)", b""), (b"Support images per target (Enter: 2)", b""),
-        (b"Batch size (targets per step) (Enter: 2)", b"3"), (b"Learning rate (Enter: 1e-4)", b"3e-4"),
+        (b"Batch size (targets per step) (Enter: 2)", b"3"), (b"Learning rate (Enter: 3e-4)", b"1e-3"),
         (b"Set that run aside and start? [y/N]", b"y"), (PROMPT, b"q")])
     assert "Label-map masks" not in screen  # binary masks: no values to pick
     assert re.search(rf"\$ useg train --run-dir \S+ --data {re.escape(data)} --epochs 1 --widths 8,8 --image-size 32 "
-                     r"--support-size 2 --batch-size 3 --lr 3e-4 --samples-per-epoch 6 .*--overwrite", screen)
+                     r"--support-size 2 --batch-size 3 --lr 1e-3 --samples-per-epoch 6 .*--overwrite", screen)
     assert "moved the previous checkpoints (and pictures) to" in screen
     [kept] = run.glob("checkpoints_replaced_*")
     assert (kept / "latest_checkpoint.pt").read_bytes() == old_latest
     config = torch.load(run / "checkpoints" / "latest_checkpoint.pt", weights_only=True)["config"]
     assert (config["data"], config["widths"], config["batch_size"], config["lr"], config["epochs"]) == (
-        data, [8, 8], 3, 3e-4, 1)
+        data, [8, 8], 3, 1e-3, 1)
     assert config["samples_per_epoch"] == 6  # the replaced run's recipe, kept
 
 

@@ -43,8 +43,8 @@ def test_compare_names_the_settings_that_differ_and_each_runs_results(runs, tmp_
     assert result["differing_settings"] == ["support_size", "lr"]
     rows = {row["run"]: row for row in result["runs"]}
     assert list(rows) == ["base", "fast", "wide"]
-    assert [row["settings"] for row in rows.values()] == [{"support_size": 2, "lr": 1e-4}, {"support_size": 2, "lr": 1e-3},
-                                                          {"support_size": 3, "lr": 1e-4}]
+    assert [row["settings"] for row in rows.values()] == [{"support_size": 2, "lr": 3e-4}, {"support_size": 2, "lr": 1e-3},
+                                                          {"support_size": 3, "lr": 3e-4}]
     for run in runs:
         row, history = rows[run.name], newest_history(run)
         assert (row["best_val_dice"], row["best_epoch"]) == (history["best_val_dice"], history["best_epoch"])
@@ -66,7 +66,7 @@ def test_compare_prints_the_table_then_the_picture(runs, tmp_path, capsys, monke
         assert text in out, text
     [wide_row] = [line for line in out.splitlines() if " wide " in line]
     cells = [cell.strip() for cell in wide_row.strip("│ ").split("│")]
-    assert cells[:3] == ["wide", "3", "1e-4"] and cells[7:9] == ["2/2", "1"]  # epochs, resumed at
+    assert cells[:3] == ["wide", "3", "3e-4"] and cells[7:9] == ["2/2", "1"]  # epochs, resumed at
     assert out.rstrip().endswith("picture saved to compare.png")
     assert (tmp_path / "compare.png").read_bytes()[:8] == PNG
 

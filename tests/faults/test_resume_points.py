@@ -203,13 +203,13 @@ def test_an_extended_run_has_the_lr_of_a_fresh_run_of_the_new_total(cli, referen
 def test_a_lower_lr_on_resume_is_allowed_with_a_warning_and_recorded(cli, finished_run, tmp_path):
     resumed = cli("resume", "2", "--run-dir", finished_run, "--lr", "3e-5")
     assert resumed.returncode == 0, resumed.stderr
-    assert "lr 0.0001 -> 3e-05" in resumed.stderr and "no longer as originally planned" in resumed.stderr
+    assert "lr 0.0003 -> 3e-05" in resumed.stderr and "no longer as originally planned" in resumed.stderr
     fresh = tmp_path / "fresh"
     assert cli("train", "--run-dir", fresh, *RUN_FLAGS, "--lr", "3e-5").returncode == 0
     assert lrs(finished_run)[2:] == lrs(fresh)[2:]  # the schedule of a run planned with that lr
     [log] = (finished_run / "logs").glob("training_*.json")
     sessions = json.loads(log.read_text())["sessions"]
-    assert sessions[-1]["config_changes"]["lr"] == [1e-4, 3e-5]
+    assert sessions[-1]["config_changes"]["lr"] == [3e-4, 3e-5]
 
 
 # --- data that moved -----------------------------------------------------------------------------

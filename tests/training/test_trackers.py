@@ -196,7 +196,7 @@ def test_wandb_runs_offline_and_a_resume_continues_its_run(tmp_path, monkeypatch
     assert steps == [0, 1, 2, 3]
     config = {item.key: json.loads(item.value_json) for record in records
               if record.WhichOneof("record_type") == "run" for item in record.run.config.update}
-    assert config["lr"] == 1e-4 and "data" not in config and "run_dir" not in config
+    assert config["lr"] == 3e-4 and "data" not in config and "run_dir" not in config
     assert str(tmp_path).encode() not in b"".join(path.read_bytes() for path in files)  # no local path leaves
 
 
