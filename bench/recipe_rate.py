@@ -1,4 +1,4 @@
-"""The in-context recipe's augmentation (useg.data.recipe): images/s per core at the official configuration.
+"""The in-context recipe's augmentation (useg.data.recipe_pixels): images/s per core at the official configuration.
 
 One task is 65 images of 128x128 (a target and 64 supports, one class of the synthetic set the
 sampler benchmark uses). Per core: each task is augmented on one thread, timed by that thread's
@@ -23,7 +23,8 @@ import numpy as np
 
 from useg.data import make_synthetic
 from useg.data.augment import augment_into as augment_into_2, noise_bank as draw_2_bank
-from useg.data.recipe import InTaskAugmentation, TaskAugmentation, augment_into
+from useg.data.recipe import InTaskAugmentation, TaskAugmentation
+from useg.data.recipe_pixels import augment_into
 
 from .common import Row, Section, Settings, interleaved, median, spread, verdict
 

@@ -1,4 +1,4 @@
-"""UniverSeg's task and in-task augmentation (useg.data.recipe): what each change does to a task."""
+"""UniverSeg's task and in-task augmentation (useg.data.recipe, recipe_pixels): what each change does to a task."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from useg.data import recipe
-from useg.data.recipe import InTaskAugmentation, TaskAugmentation, augment, augmentation_from, settings_from
+from useg.data import recipe, recipe_pixels
+from useg.data.recipe import InTaskAugmentation, TaskAugmentation, augmentation_from, settings_from
+from useg.data.recipe_pixels import augment, augment_into
 from useg.data.task_kinds import edges, inverted
 
 GEOMETRY = ("flip_left_right", "flip_up_down", "affine", "elastic")
@@ -162,7 +163,7 @@ def test_augment_into_writes_what_augment_returns_into_the_target_and_support_ar
     out_images, out_labels, names = augment(np.random.default_rng(5), images, labels, task, own)
     targets = [np.full((1, 40, 48), -1, np.float32), np.full((6, 40, 48), -1, np.float32)]
     target_labels = [np.full_like(part, -1) for part in targets]
-    assert recipe.augment_into(np.random.default_rng(5), images, labels, task, own, targets, target_labels) == names
+    assert augment_into(np.random.default_rng(5), images, labels, task, own, targets, target_labels) == names
     assert np.array_equal(np.concatenate(targets), out_images)
     assert np.array_equal(np.concatenate(target_labels), out_labels)
 
@@ -191,7 +192,7 @@ def test_the_elastic_field_has_kornias_magnitude_and_smoothness() -> None:
     size, alpha, sigma = 96, 2.0, 7.0
     values = np.zeros((200, 11))
     values[:, 4], values[:, 5] = alpha, sigma
-    field = recipe._elastic_fields(np.random.default_rng(0), values, (1, size, size))[:, :, 8:-8, 8:-8]
+    field = recipe_pixels._elastic_fields(np.random.default_rng(0), values, (1, size, size))[:, :, 8:-8, 8:-8]
     rng = np.random.default_rng(1)
     taps = np.arange(-28, 29)
     kernel = np.exp(-0.5 * (taps / sigma) ** 2)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from useg.config import batches_per_epoch
-from useg.data import recipe
+from useg.data import recipe_pixels
 from useg.data.recipe import augmentation_from
 from useg.data.augment import augment_into, augment_task, noise_bank
 from useg.data.dataset import SegDataset
@@ -246,8 +246,9 @@ class TaskSampler:
                 task = self._draw(rng)
                 members = np.concatenate([[task.target], task.supports])
                 images, labels = self.ds.images[members], self.ds.masks[members, task.cls]
-            recipe.augment_into(rng, images, labels, self._task_augmentation, self._in_task_augmentation,
-                                [target_image[b], support_images[b, :, 0]], [target_label[b], support_labels[b, :, 0]])
+            recipe_pixels.augment_into(rng, images, labels, self._task_augmentation, self._in_task_augmentation,
+                                       [target_image[b], support_images[b, :, 0]],
+                                       [target_label[b], support_labels[b, :, 0]])
             tasks.append(task)
         targets, classes, supports, _ = _task_indices(tasks)
         return Batch(
