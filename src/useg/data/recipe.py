@@ -165,6 +165,11 @@ def augmentation_from(kind: Literal["task", "in_task"],
     return _KINDS[kind](**settings) if settings else None
 
 
+def probability_names(settings: type | TaskAugmentation | InTaskAugmentation) -> list[str]:
+    """The settings that are a change's probability, in field order (the others are its ranges and sizes)."""
+    return [field.name for field in fields(settings) if field.name not in _RULES]
+
+
 def _as_json(settings: TaskAugmentation | InTaskAugmentation) -> dict:
     return {field.name: (list(value) if isinstance(value, tuple) else value)
             for field in fields(settings) for value in [getattr(settings, field.name)]}

@@ -31,13 +31,12 @@ stay in a core's cache (whole 65-image stacks made every pass about three times 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-# _RULES names the settings that are not probabilities: the draws read the others as each change's chance.
-from useg.data.recipe import _RULES, InTaskAugmentation, TaskAugmentation
+from useg.data.recipe import InTaskAugmentation, TaskAugmentation, probability_names
 from useg.data.task_kinds import EDGES, INVERTED, edges, inverted
 
 CHUNK = 3  # images warped and filtered together: their 64 KB (at 128 px) temporaries stay in the cache
@@ -91,7 +90,7 @@ def augment_into(rng: np.random.Generator, images: np.ndarray, labels: np.ndarra
 
 def _never(cls: type) -> TaskAugmentation | InTaskAugmentation:
     """Settings whose probabilities are all 0: what `None` means (its draws are made all the same)."""
-    return cls(**{field.name: 0.0 for field in fields(cls) if field.name not in _RULES})
+    return cls(**{name: 0.0 for name in probability_names(cls)})
 
 
 _NO_TASK, _NO_IN_TASK = _never(TaskAugmentation), _never(InTaskAugmentation)
@@ -167,7 +166,7 @@ def _blur_reach(task: TaskAugmentation, own: InTaskAugmentation) -> int:
 def _coins(rng: np.random.Generator, settings: TaskAugmentation | InTaskAugmentation,
            count: int) -> dict[str, np.ndarray]:
     """For each probability of `settings` (in field order), (count,) bools: drawn or not."""
-    names = [field.name for field in fields(settings) if field.name not in _RULES]
+    names = probability_names(settings)
     drawn = rng.random((count, len(names))) < [getattr(settings, name) for name in names]
     return dict(zip(names, drawn.T))
 
