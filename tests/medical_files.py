@@ -65,21 +65,23 @@ def write_synthetic_folder(root: Path, count: int, seed: int, size: tuple[int, i
     return root
 
 
-FAMILIES = ("blobs", "streaks", "rings")  # write_family_folder's dataset families, deliberately unlike each other
+FAMILIES = ("blobs", "streaks", "rings", "dark_rings")  # write_family_folder's dataset families
 
 
 def write_family_folder(root: Path, family: str, count: int, seed: int, size: int = 64) -> Path:
     """images/ + masks/ (0/255, one class) of `count` grey `size`-px images of one synthetic family, one patient
-    each; the same (family, seed) always gives the same files. The families share no look, so that a run
-    trained on two of them meets something new in the third:
+    each; the same (family, seed) always gives the same files. The first three differ in shape, texture and
+    intensity, so that a run trained on two of them meets something new in the third:
 
     - `blobs`: one to three round bright lesions with soft edges on a smooth, dim background;
     - `streaks`: one or two thin dark elongated shapes on a bright speckled (textured) background;
-    - `rings`: one or two annuli (the ring is the label, not its inside) on a linear intensity gradient.
+    - `rings`: one or two bright annuli (the ring is the label, not its inside) on a linear intensity gradient;
+    - `dark_rings`: the same annuli darker than a bright gradient: streaks' polarity with blobs' smooth
+      background, so that a family held out shares its polarity with one training family either way.
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}")
-    draw = {"blobs": _blobs, "streaks": _streaks, "rings": _rings}[family]
+    draw = {"blobs": _blobs, "streaks": _streaks, "rings": _rings, "dark_rings": _dark_rings}[family]
     y, x = np.mgrid[0:size, 0:size].astype(np.float64) / size
     for index in range(count):
         rng = np.random.default_rng([seed, FAMILIES.index(family), index])
@@ -131,16 +133,20 @@ def _streaks(rng, x, y):
     return image, mask
 
 
-def _rings(rng, x, y):
+def _rings(rng, x, y, level: float = 0.35, slope: float = 0.35, contrast: float = 0.3):
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (x - 0.5) * np.cos(angle) + (y - 0.5) * np.sin(angle)  # about [-0.7, 0.7]
-    image = 0.35 + 0.35 * ramp
+    image = level + slope * ramp
     mask = np.zeros(x.shape, dtype=bool)
     for _ in range(rng.integers(1, 3)):
         outer = rng.uniform(0.12, 0.2)
         inner = outer * rng.uniform(0.5, 0.7)
         distance = np.sqrt(_ellipse(x, y, rng.uniform(0.25, 0.75, 2), (outer, outer), 0.0))
         ring = (distance < 1) & (distance > inner / outer)
-        image[ring] += 0.3
+        image[ring] += contrast
         mask |= ring
     return image + rng.normal(0, 0.03, x.shape), mask
+
+
+def _dark_rings(rng, x, y):
+    return _rings(rng, x, y, level=0.65, slope=0.25, contrast=-0.35)

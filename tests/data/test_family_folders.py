@@ -1,4 +1,4 @@
-"""tests/medical_files.write_family_folder: three synthetic dataset families unlike each other, as images/ + masks/
+"""tests/medical_files.write_family_folder: synthetic dataset families unlike each other, as images/ + masks/
 folders the loader reads, for runs over several datasets (issue 27's held-out benchmark)."""
 
 from __future__ import annotations
@@ -34,27 +34,28 @@ def test_same_seed_same_files_and_another_seed_other_images(tmp_path: Path) -> N
 
 def test_families_differ_in_shape_texture_and_intensity(tmp_path: Path) -> None:
     """What makes each family its own: bright round labels (blobs), dark labels on a grainy background (streaks),
-    labels with a hole in the middle on a smooth ramp (rings)."""
+    labels with a hole in the middle on a smooth ramp (rings bright, dark_rings dark)."""
     data = {family: load_dataset(write_family_folder(tmp_path / family, family, 12, seed=0), image_size=64, seed=0)
             for family in FAMILIES}
     inside = {family: np.mean(ds.images[ds.masks[:, 0]]) for family, ds in data.items()}
     outside = {family: np.mean(ds.images[~ds.masks[:, 0]]) for family, ds in data.items()}
     assert inside["blobs"] > outside["blobs"] + 0.3  # bright on dim
     assert inside["streaks"] < outside["streaks"] - 0.3  # dark on bright
+    assert inside["rings"] > outside["rings"] + 0.15 and inside["dark_rings"] < outside["dark_rings"] - 0.15
     grain = {family: np.mean(np.abs(np.diff(ds.images, axis=2))) for family, ds in data.items()}
-    assert grain["streaks"] > 3 * max(grain["blobs"], grain["rings"])  # speckle against smooth backgrounds
+    assert grain["streaks"] > 3 * max(grain["blobs"], grain["rings"], grain["dark_rings"])  # speckle against smooth
     holes = {family: np.mean([has_hole(mask) for mask in ds.masks[:, 0]]) for family, ds in data.items()}
-    assert holes["rings"] == 1.0 and holes["blobs"] == 0.0 and holes["streaks"] < 0.5
+    assert holes["rings"] == holes["dark_rings"] == 1.0 and holes["blobs"] == 0.0 and holes["streaks"] < 0.5
 
 
-def test_the_three_families_load_as_three_datasets_of_one_run(tmp_path: Path) -> None:
+def test_the_families_load_as_datasets_of_one_run(tmp_path: Path) -> None:
     folders = [str(write_family_folder(tmp_path / family, family, 10, seed=0)) for family in FAMILIES]
     merged = load_data(folders, image_size=64, seed=0)
     assert merged.datasets == list(FAMILIES) and merged.classes == [f"{family}/foreground" for family in FAMILIES]
 
 
 def test_an_unknown_family_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="blobs, streaks, rings"):
+    with pytest.raises(ValueError, match="blobs, streaks, rings, dark_rings"):
         write_family_folder(tmp_path, "clouds", 1, seed=0)
     assert not any(tmp_path.iterdir())
 
