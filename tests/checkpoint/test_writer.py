@@ -53,8 +53,9 @@ _CTRL_C_WHILE_CLOSING = textwrap.dedent("""
     from useg.checkpoint import CheckpointManager
     from useg.checkpoint import manager as manager_module
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal starts it, even from `make test &`
     real_publish = manager_module.publish_state
-    manager_module.publish_state = lambda *a, **k: (time.sleep(1.0), real_publish(*a, **k))
+    manager_module.publish_state = lambda *a, **k: (time.sleep(1.0), real_publish(*a, **k))[1]
     mgr = CheckpointManager(sys.argv[1], total_epochs=10, warn=lambda message: None)
     mgr.save({"weights": torch.ones(1000)}, epoch=1)  # written in the background, slowly
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()

@@ -172,15 +172,21 @@ def test_ctrl_c_while_the_last_save_finishes_says_done_and_complete_and_exits_13
         real_finish(run, *rest)
 
     monkeypatch.setattr(useg.training.loop, "finish", ctrl_c_then_finish)
+    # As a terminal starts it: a shell gives `make test &` SIGINT ignored, and the kill above would do nothing.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     run = tmp_path / "run"
-    code = main(["train", "--run-dir", str(run), *TINY_RUN])
+    try:
+        code = main(["train", "--run-dir", str(run), *TINY_RUN])
+        handler_after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     out, err = capsys.readouterr()
     assert code == 130, err
     assert "Done: 2 epochs" in out
     assert "warning: SIGINT received after the last epoch: every epoch is trained and saved" in err
     assert "the run is complete (2 of 2 epochs)" in err and "--epochs N" in err
     assert final_state(run)["epoch"] == 2
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+    assert handler_after is signal.default_int_handler  # the caller's handler is back
 
 
 def test_ctrl_c_after_the_done_line_does_not_turn_the_exit_code_into_a_kill(tmp_path):
