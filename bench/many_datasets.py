@@ -188,7 +188,7 @@ def run_held_out(settings: Settings) -> list[Section]:
                                for family in TRAINED),
             ratio="-", goal=f">= {DICE_RATIO_GOAL:.2f}", verdict=verdict(ratio >= DICE_RATIO_GOAL)))
     for size in SUPPORT_SIZES_SCORED:
-        gains = {family: dice_at(held["several"], size) - dice_at(held[family], size) for family in TRAINED}
+        gains = gains_over_singles(held, size)
         section.rows.append(Row(
             case=f"held-out Dice ({HELD_OUT}), support {size}: two training datasets against each one alone",
             command=f"the same, and each of {' and '.join(singles)} alone with the same settings"
@@ -204,8 +204,7 @@ def run_held_out(settings: Settings) -> list[Section]:
                     "--json`" if size == SUPPORT_SIZES_SCORED[0] else "the same",
             ours=f"{dice_at(other['several'], size):.4f}",
             baseline="; ".join(f"{family} {dice_at(other[family], size):.4f}" for family in TRAINED),
-            ratio="; ".join(f"{dice_at(other['several'], size) - dice_at(other[family], size):+.4f}"
-                            for family in TRAINED),
+            ratio="; ".join(f"{gain:+.4f}" for gain in gains_over_singles(other, size).values()),
             goal="", verdict=""))
     section.reading += held_out_reading(folders, own)
     section.reading.append(polarity_reading(held, other))
@@ -258,6 +257,11 @@ def held_out_reading(folders: dict[str, Path], own: dict[str, dict]) -> list[str
                      + "; ".join(curves) + f". It moves by up to {largest_move:.2f} from one epoch to the next, so "
                      "which epoch a run keeps (best val Dice) weighs on the comparison.")
     return lines
+
+
+def gains_over_singles(records: dict[str, dict], size: int) -> dict[str, float]:
+    """The two-dataset run's Dice minus each one-dataset run's, at one support size."""
+    return {family: dice_at(records["several"], size) - dice_at(records[family], size) for family in TRAINED}
 
 
 def polarity_reading(held: dict[str, dict], other: dict[str, dict]) -> str:
