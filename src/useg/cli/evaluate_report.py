@@ -89,7 +89,8 @@ def log_to_trackers(result, trained, sweeps: list[Path], say: Callable[[str], No
     stderr; stdout stays the table or the JSON."""
     from useg.checkpoint import warn_to_stderr
     from useg.run_folder import is_checkpoints_folder
-    from useg.training.trackers import STATE_NAME, Evaluated, evaluation_metrics, log_evaluation, saved_tracker_names
+    from useg.training.tracker_evaluation import Evaluated, evaluation_metrics, log_evaluation
+    from useg.training.trackers import STATE_NAME, saved_tracker_names
 
     if trained is None or trained.export is not None or not is_checkpoints_folder(Path(trained.path).parent):
         return  # an export, or a checkpoint copied out of its run: no tracked run of its own

@@ -16,7 +16,9 @@ a logged value, go on in a new tracked run that starts with the epochs up to the
 with the run it left (MLflow also tags the old run with the new one).
 
 `useg evaluate` on a run's own checkpoint reopens the run's tracked runs without changing their state
-(log_evaluation): `evaluation/<split>_dice` at the checkpoint's epoch, and the sweep pictures.
+(tracker_evaluation.log_evaluation): `evaluation/<split>_dice` at the checkpoint's epoch, and the sweep pictures.
+
+This module plans and drives the trackers; the three of them are in tracker_stores.
 
 Anonymous: the config without its paths, the data layout, classes and counts; never a file or patient name.
 """
@@ -26,10 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import math
-import os
 import tempfile
-import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,13 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from useg.files import json_text, write_file_atomically
-from useg.run_folder import run_paths
 from useg.training.history import epoch_rows, read_log
+from useg.training.tracker_stores import OPENERS, PACKAGES
 
 STATE_NAME = "trackers.json"  # in RUN/logs/: {tracker: {run_id, logged_through[, outcome]}}
 RUNS_KEY = "tracker_runs"  # the history's {tracker: run id}
 PATH_KEYS = ("data", "held_out_data", "annotations", "split_file", "pretrained", "run_dir")  # settings that name files: not logged
-OUTCOMES = {"finished": ("FINISHED", 0), "interrupted": ("KILLED", 1), "failed": ("FAILED", 1)}  # MLflow, W&B
 
 
 def tracker_names(cfg) -> list[str]:
@@ -165,159 +163,6 @@ def quiet_libraries() -> Iterator[None]:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
 
-
-# --- the trackers ---------------------------------------------------------------------------------
-
-
-class TensorBoardRun:
-    """RUN/logs/tensorboard/ through torch's SummaryWriter."""
-
-    run_id = None
-
-    def __init__(self, paths, start: Start, about: About):
-        from torch.utils.tensorboard import SummaryWriter
-
-        # purge_step: TensorBoard hides the folder's events from this step on (a branch's left-behind
-        # epochs, or an earlier run's after --overwrite); a new run starts at 1.
-        self.writer = SummaryWriter(log_dir=str(paths.logs / "tensorboard"), purge_step=start.logged + 1)
-        if start.logged == 0 and start.branch_epoch is None:
-            self.writer.add_text("useg/config", f"```\n{json_text(about.params)}\n```", 0)
-        if start.branch_epoch is not None:
-            self.writer.add_text("useg/branch", f"resumed from epoch {start.branch_epoch}; epochs "
-                                 f"{start.branch_epoch + 1}-{start.abandoned} of the earlier branch are hidden",
-                                 start.branch_epoch)
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self.writer.add_scalar(key, value, epoch)
-        self.writer.flush()  # before the run folder records the epoch as logged
-
-    def log_result(self, result: dict[str, Any], pictures: list[Path], best: Path | None) -> None:
-        import numpy as np
-        from PIL import Image
-
-        step = result.get("best_epoch") or 0
-        self.writer.add_text("useg/result", "\n\n".join(f"{key}: {value}" for key, value in result.items()), step)
-        for picture in pictures:
-            with Image.open(picture) as image:
-                self.writer.add_image(picture.stem, np.asarray(image.convert("RGB")), step, dataformats="HWC")
-        self.writer.flush()
-
-    def close(self, outcome: str) -> None:
-        self.writer.close()
-
-
-class MlflowRun:
-    """MLflow through its client: a local SQLite store in the run folder unless MLFLOW_TRACKING_URI is set."""
-
-    def __init__(self, paths, start: Start, about: About):
-        from mlflow.tracking import MlflowClient
-
-        paths.logs.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=mlflow_uri(paths))
-        self.run_id = start.run_id or self.new_run(paths, start, about)
-        if start.run_id:
-            self.client.update_run(self.run_id, status="RUNNING")
-
-    def new_run(self, paths, start: Start, about: About) -> str:
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "useg"
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            local = None if os.environ.get("MLFLOW_TRACKING_URI") else (paths.logs / "mlflow_artifacts").resolve().as_uri()
-            experiment_id = self.client.create_experiment(name, artifact_location=local)
-        else:
-            experiment_id = experiment.experiment_id
-        tags = dict(about.tags)
-        if start.branch_of:
-            tags.update({"useg.branch_of": start.branch_of, "useg.branch_epoch": str(start.branch_epoch)})
-        run_id = self.client.create_run(experiment_id, tags=tags, run_name=about.name).info.run_id
-        self.client.log_batch(run_id, params=[param(key, value) for key, value in about.params.items()])
-        if start.branch_of:
-            self.client.set_tag(start.branch_of, "useg.continued_in", run_id)
-            self.client.set_tag(start.branch_of, "useg.left_after_epoch", str(start.branch_epoch))
-        return run_id
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, epoch) for key, value in metrics.items()])
-
-    def log_result(self, result: dict[str, Any], pictures: list[Path], best: Path | None) -> None:
-        for key, value in result.items():
-            self.client.set_tag(self.run_id, f"useg.{key}", str(value))
-        for picture in pictures:
-            self.client.log_artifact(self.run_id, str(picture))
-        if best is not None:
-            self.client.log_artifact(self.run_id, str(best), "checkpoints")
-
-    def close(self, outcome: str) -> None:
-        self.client.set_terminated(self.run_id, status=OUTCOMES[outcome][0])
-
-
-def mlflow_uri(paths) -> str:
-    """MLFLOW_TRACKING_URI when set, else the run folder's own SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(paths.logs / 'mlflow.db').resolve()}"
-
-
-def param(key: str, value: Any):
-    from mlflow.entities import Param
-
-    return Param(key, value if isinstance(value, str) else json.dumps(value))
-
-
-class WandbRun:
-    """W&B, offline into RUN/logs/wandb/ unless WANDB_MODE says otherwise; no console, code, git or
-    machine details are recorded (they may name files)."""
-
-    def __init__(self, paths, start: Start, about: About):
-        import wandb
-
-        config = None
-        if start.run_id is None:
-            config = {**about.params, **about.tags}
-            if start.branch_of:
-                config.update({"useg.branch_of": start.branch_of, "useg.branch_epoch": start.branch_epoch})
-        paths.logs.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(dir=str(paths.logs), project=os.environ.get("WANDB_PROJECT") or "useg",
-                              name=about.name, id=start.run_id, resume="allow" if start.run_id else None,
-                              mode=wandb_mode(), config=config, settings=wandb_settings())
-        self.run_id = self.run.id
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.run.log(metrics, step=epoch)
-
-    def log_result(self, result: dict[str, Any], pictures: list[Path], best: Path | None) -> None:
-        import wandb
-
-        self.run.summary.update(result)
-        if pictures:
-            self.run.log({picture.stem: wandb.Image(str(picture)) for picture in pictures})
-        if best is not None:
-            artifact = wandb.Artifact(f"{self.run.id}-best", type="model")
-            artifact.add_file(str(best))
-            self.run.log_artifact(artifact)
-
-    def close(self, outcome: str) -> None:
-        # W&B's own process may still be writing when this returns; it finishes before ours exits.
-        self.run.finish(exit_code=OUTCOMES[outcome][1])
-
-
-def wandb_settings():
-    """No console, code, git or machine details (they may name files), and no lines of W&B's own."""
-    import wandb
-
-    return wandb.Settings(console="off", save_code=False, disable_git=True, x_disable_meta=True,
-                          x_disable_stats=True, x_disable_machine_info=True, x_save_requirements=False,
-                          disable_job_creation=True, silent=True)
-
-
-def wandb_mode() -> str:
-    return os.environ.get("WANDB_MODE") or "offline"
-
-
-OPENERS: dict[str, Callable[..., Any]] = {"tensorboard": TensorBoardRun, "mlflow": MlflowRun, "wandb": WandbRun}
-PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 
 
 # --- the run's trackers together ------------------------------------------------------------------
@@ -464,119 +309,3 @@ def open_tracker(name: str, paths, start: Start, about: About, warn: Callable[[s
     except Exception as error:  # an optional tracker that cannot start: training goes on without it
         warn(f"{name} tracking could not start ({short_reason(error)}); continuing without it")
     return None
-
-
-# --- an evaluation of the run's own checkpoint (useg evaluate) -------------------------------------
-
-
-@dataclass
-class Evaluated:
-    """What `useg evaluate` gives the run's tracked runs: anonymous numbers and pictures."""
-
-    split: str  # test, val, or held_out (another folder): as evaluation_<split>.csv is named
-    epoch: int  # the checkpoint's: the trackers' step
-    metrics: dict[str, float]
-    pictures: list[Path] = field(default_factory=list)  # the sweep pictures, anonymous (no file names)
-
-    def picture_key(self, picture: Path) -> str:
-        """`evaluation/test/support_sweep` for evaluation_support_sweep.png."""
-        return f"evaluation/{self.split}/{picture.stem.removeprefix('evaluation_')}"
-
-
-def evaluation_metrics(split: str, mean_dice: float | None, per_class_dice: dict[str, float | None]) -> dict[str, float]:
-    """`evaluation/<split>_dice` (the mean over classes) and `evaluation/<split>_dice/<class>`; none missing or NaN."""
-    key = f"evaluation/{split}_dice"
-    values = {key: mean_dice, **{f"{key}/{name}": value for name, value in per_class_dice.items()}}
-    return {metric_name(name): float(value) for name, value in values.items()
-            if value is not None and math.isfinite(float(value))}
-
-
-class NotLogged(Exception):
-    """A tracked run the evaluation is not given, and why (one line)."""
-
-
-def evaluate_to_tensorboard(paths, entry: dict, evaluated: Evaluated, run_name: str) -> None:
-    """A new event file in the run's TensorBoard folder; no purge_step, so nothing the run logged is hidden."""
-    import numpy as np
-    from PIL import Image
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(log_dir=str(paths.logs / "tensorboard"))
-    try:
-        for key, value in evaluated.metrics.items():
-            writer.add_scalar(key, value, evaluated.epoch)
-        for picture in evaluated.pictures:
-            with Image.open(picture) as image:
-                writer.add_image(evaluated.picture_key(picture), np.asarray(image.convert("RGB")), evaluated.epoch,
-                                 dataformats="HWC")
-    finally:
-        writer.close()
-
-
-def evaluate_to_mlflow(paths, entry: dict, evaluated: Evaluated, run_name: str) -> None:
-    """Metrics and artifacts logged into the tracked run as it is: only set_terminated changes a run's status,
-    so a finished or killed run stays so (a running one goes on running)."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    uri = mlflow_uri(paths)
-    if not os.environ.get("MLFLOW_TRACKING_URI") and not (paths.logs / "mlflow.db").is_file():
-        raise NotLogged(f"no store at {paths.logs / 'mlflow.db'}; set MLFLOW_TRACKING_URI to the store the "
-                        "training used")  # a new, empty store would be created here otherwise
-    client = MlflowClient(tracking_uri=uri)
-    now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, evaluated.epoch) for key, value in evaluated.metrics.items()]
-    client.log_batch(entry["run_id"], metrics=metrics)
-    for picture in evaluated.pictures:
-        client.log_artifact(entry["run_id"], str(picture), f"evaluation/{evaluated.split}/epoch_{evaluated.epoch}")
-
-
-def evaluate_to_wandb(paths, entry: dict, evaluated: Evaluated, run_name: str) -> None:
-    """The run id resumed (offline unless WANDB_MODE says otherwise) and finished again with the exit code its
-    training ended with, so its state stays as it was. The values also go into the run's summary: W&B drops a
-    step lower than one it already holds (a run resumed online); offline, each session counts from 0."""
-    outcome = entry.get("outcome")
-    if outcome not in OUTCOMES:
-        raise NotLogged("its training did not record how it ended (still training, or killed); finishing it "
-                        "again would change its state")
-    import wandb
-
-    run = wandb.init(dir=str(paths.logs), project=os.environ.get("WANDB_PROJECT") or "useg", name=run_name,
-                     id=entry["run_id"], resume="allow", mode=wandb_mode(), settings=wandb_settings())
-    try:
-        run.summary.update(evaluated.metrics)
-        pictures = {evaluated.picture_key(picture): wandb.Image(str(picture)) for picture in evaluated.pictures}
-        if run.step <= evaluated.epoch:  # else the summary alone holds the values
-            run.log({**evaluated.metrics, **pictures}, step=evaluated.epoch)
-    finally:
-        run.finish(exit_code=OUTCOMES[outcome][1])
-
-
-EVALUATION_LOGGERS: dict[str, Callable[..., None]] = {
-    "tensorboard": evaluate_to_tensorboard, "mlflow": evaluate_to_mlflow, "wandb": evaluate_to_wandb}
-
-
-def log_evaluation(run_root: Path, trackers: list[str], evaluated: Evaluated, warn: Callable[[str], None]) -> list[str]:
-    """Give `evaluated` to the run's tracked runs (RUN/logs/trackers.json) of `trackers`, those the checkpoint's
-    run used; the names of those that took it. A tracker missing or failing is one warning and changes nothing else."""
-    paths = run_paths(run_root)
-    state = read_state(paths.logs / STATE_NAME)
-    run_name = Path(paths.root).resolve().name
-    logged = []
-    for name in trackers:
-        entry = state.get(name)
-        if name not in EVALUATION_LOGGERS or entry is None or (name != "tensorboard" and not entry.get("run_id")):
-            continue  # never opened (its package was missing), or the run folder lost its record
-        try:
-            importlib.import_module(PACKAGES[name])  # first: importing MLflow sets its loggers' levels
-            with quiet_libraries():
-                EVALUATION_LOGGERS[name](paths, entry, evaluated, run_name)
-            logged.append(name)
-        except ImportError:
-            warn(f"the evaluation is not logged to {name}: it needs the {PACKAGES[name]} package "
-                 f"(pip install 'useg[{name}]')")
-        except NotLogged as reason:
-            warn(f"the evaluation is not logged to {name}: {reason}")
-        except Exception as error:  # an optional tracker failing: evaluate's own outputs stand
-            warn(f"the evaluation is not logged to {name} ({short_reason(error)})")
-    return logged
