@@ -116,16 +116,22 @@ RECORDED_KEYS = frozenset({"bit_identical"})
 # Keys that checkpoints saved before the key existed lack, with the value those runs computed with.
 OLDER_RUN_VALUES = {"resize": "squash", "task_augmentation": False, "in_task_augmentation": False,
                     "synthetic_tasks": 0.0, "held_out_data": [], "best_metric": "val_dice"}
+# The same inside a saved recipe (useg.data.recipe's settings, stored whole): a setting added later, with
+# the value that leaves what older runs drew unchanged.
+OLDER_RECIPE_VALUES = {"task_augmentation": {"inverted_pairs": 0.0}}
 
 
 def with_older_values(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config with what older runs computed with filled in where they lack a key."""
-    return {**OLDER_RUN_VALUES, **saved}
+    return {key: saved_value(saved, key) for key in {**OLDER_RUN_VALUES, **saved}}
 
 
 def saved_value(saved: dict[str, Any], key: str) -> Any:
     """A saved config's value of `key`; what older runs computed with where they lack it."""
-    return saved.get(key, OLDER_RUN_VALUES.get(key))
+    value = saved.get(key, OLDER_RUN_VALUES.get(key))
+    if isinstance(value, dict) and key in OLDER_RECIPE_VALUES:
+        return {**OLDER_RECIPE_VALUES[key], **value}
+    return value
 
 
 def batches_per_epoch(samples_per_epoch: int, batch_size: int) -> int:

@@ -224,6 +224,7 @@ def test_on_paper_and_off_are_the_presets_and_false_as_plain_json() -> None:
                    for value in defaults.values())
         assert augmentation_from(kind, defaults) == cls(**defaults) and augmentation_from(kind, False) is None
     assert settings_from("task", True)["label_inversion"] == recipe.LABEL_INVERSION_PROBABILITY
+    assert settings_from("task", True)["inverted_pairs"] == recipe.INVERTED_PAIRS_PROBABILITY
     assert settings_from("task", True)["edges"] == recipe.EDGES_PROBABILITY
     assert settings_from("in_task", True)["elastic_alpha"] == [1.0, 2.5]
 
@@ -239,6 +240,7 @@ def test_a_mapping_updates_the_defaults_and_is_stored_as_floats() -> None:
     ("task", "label_inversion", 1.5,
      "task_augmentation.label_inversion must be a probability between 0 and 1; got 1.5"),
     ("task", "edges", -0.1, "task_augmentation.edges must be a probability between 0 and 1; got -0.1"),
+    ("task", "inverted_pairs", 2, "task_augmentation.inverted_pairs must be a probability between 0 and 1; got 2"),
     ("task", "noise", "often", "task_augmentation.noise must be a probability between 0 and 1; got 'often'"),
     ("task", "blur", True, "task_augmentation.blur must be a probability between 0 and 1; got True"),
     ("task", "affine", float("nan"), "task_augmentation.affine must be a probability"),

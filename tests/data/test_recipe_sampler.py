@@ -94,3 +94,47 @@ def test_task_augmentation_changes_what_a_task_asks(dataset) -> None:
 def test_a_recipe_cannot_be_drawn_by_an_older_draw_version(dataset) -> None:
     with pytest.raises(ConfigError, match="draw version 2"):
         sampler(dataset, draw_version=2)
+
+
+def pairs_recipe(probability: float) -> Recipe:
+    settings = recipe_module.settings_from("task", {"label_inversion": 0.0, "inverted_pairs": probability})
+    return Recipe(settings, recipe_module.settings_from("in_task", True), 0.0)
+
+
+def test_an_inverted_pair_is_one_task_twice_with_opposite_labels(dataset) -> None:
+    # Samples 2k and 2k+1 of an epoch: the same target and supports, augmented alike, asking the opposite.
+    batch = sampler(dataset, pairs_recipe(1.0)).batch(0, 0, 4)
+    for first, second in ((0, 1), (2, 3)):
+        for name in ("target_image", "support_images", "targets", "classes", "supports"):
+            assert torch.equal(getattr(batch, name)[first], getattr(batch, name)[second]), name
+        for name in ("target_label", "support_labels"):
+            assert torch.equal(getattr(batch, name)[second], 1 - getattr(batch, name)[first]), name
+            assert 0 < getattr(batch, name)[first].mean() < 1, name
+    assert not torch.equal(batch.target_image[0], batch.target_image[2])
+
+
+def test_a_pair_forms_only_inside_one_batch(dataset) -> None:
+    # Batches of 3 from sample 3: sample 3's partner (2) is in the batch before, so it is a task of its own.
+    draws = sampler(dataset, pairs_recipe(1.0))
+    batch = draws.batch(0, 1, 3)  # samples 3, 4, 5
+    assert torch.equal(batch.target_label[2], 1 - batch.target_label[1])
+    assert torch.equal(batch.target_image[2], batch.target_image[1])
+    assert not torch.equal(batch.target_image[0], batch.target_image[1])
+    alone = draws.batch(0, 3, 1)  # sample 3 alone draws what it drew first in the batch of 3
+    for name, tensor in vars(alone).items():
+        assert torch.equal(tensor[0], getattr(batch, name)[0]), name
+
+
+def test_pairs_come_at_half_their_probability_and_without_them_a_task_draws_the_same_in_any_batch(dataset) -> None:
+    draws = sampler(dataset, pairs_recipe(0.6), samples_per_epoch=400)
+    batches = [draws.batch(0, index, 8) for index in range(50)]
+    twins = [torch.equal(batch.target_image[b], batch.target_image[b - 1]) and
+             torch.equal(batch.target_label[b], 1 - batch.target_label[b - 1])
+             for batch in batches for b in range(1, 8, 2)]
+    assert 0.45 < np.mean(twins) < 0.75  # of the pairs' second tasks: 0.6
+    # At 0 nothing is drawn for pairs: each task draws what it draws alone (a run stored before pairs existed).
+    unpaired = sampler(dataset, pairs_recipe(0.0))
+    together = unpaired.batch(0, 0, 4)
+    alone = [unpaired.batch(0, index, 1) for index in range(4)]
+    for name, tensor in vars(together).items():
+        assert torch.equal(tensor, torch.cat([getattr(one, name) for one in alone])), name

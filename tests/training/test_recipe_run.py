@@ -51,3 +51,18 @@ def test_an_old_checkpoint_without_the_recipe_resumes_with_todays_draws(tmp_path
     resumed = final_state(run)
     assert resumed["sampler_state"]["draw_version"] == 2 and resumed["config"]["task_augmentation"] is False
     assert_same_training(final_state(whole), resumed)
+
+
+def test_a_recipe_saved_before_inverted_pairs_resumes_drawing_none(tmp_path: Path) -> None:
+    # A run of a useg whose task settings had no `inverted_pairs`: it drew no pairs, and must go on so.
+    config_file = tmp_path / "recipe.yaml"
+    config_file.write_text("task_augmentation:\n  label_inversion: 0.5\n  inverted_pairs: 0\n")
+    whole = train_tiny(tmp_path / "whole", 2, "--config", str(config_file))
+    run = Path(shutil.copytree(whole, tmp_path / "run"))
+    older = {key: value for key, value in final_state(whole)["config"]["task_augmentation"].items()
+             if key != "inverted_pairs"}
+    rewrite_saved_config(run / "checkpoints" / "epoch_001_checkpoint.pt", task_augmentation=older)
+    assert main(["resume", "1", "--run-dir", str(run), "--quiet", "--vis-every", "0"]) == 0
+    resumed = final_state(run)
+    assert resumed["config"]["task_augmentation"] == {**older, "inverted_pairs": 0.0}
+    assert_same_training(final_state(whole), resumed)

@@ -24,6 +24,7 @@ from useg.data.recipe import augmentation_from
 from useg.data.augment import augment_into, augment_task, noise_bank
 from useg.data.dataset import SegDataset
 from useg.data.synthetic_tasks import SyntheticTasks
+from useg.data.task_kinds import inverted
 from useg.errors import ConfigError, DataError
 
 
@@ -225,20 +226,28 @@ class TaskSampler:
             )
         rngs = [self._rng(epoch, index) for index in range(start, stop)]
         if self.augment and self.recipe.on:
-            return self._recipe_batch(rngs)
+            return self._recipe_batch(rngs, start)
         tasks = [self._draw(rng) for rng in rngs]
         if self.augment and self.draw_version >= 2:
             return augmented_batch(self._augmentation_source(), tasks, rngs)
         return make_batch(self.ds, tasks, rngs if self.augment else None)
 
-    def _recipe_batch(self, rngs: list[np.random.Generator]) -> Batch:
+    def _recipe_batch(self, rngs: list[np.random.Generator], start: int) -> Batch:
         """Draw version 3 with the recipe on: per task, real or synthetic, then augmented as a whole and per
-        image straight into the batch's arrays."""
+        image straight into the batch's arrays. With inverted pairs, sample 2k+1 may instead be sample 2k
+        with its labels inverted (when both are in this batch)."""
         count, support, (height, width) = len(rngs), self.support_size, self.ds.images.shape[1:]
         target_image, target_label = (np.empty((count, 1, height, width), np.float32) for _ in range(2))
         support_images, support_labels = (np.empty((count, support, 1, height, width), np.float32) for _ in range(2))
+        pairs = self._task_augmentation.inverted_pairs if self._task_augmentation else 0.0
         tasks = []
         for b, rng in enumerate(rngs):
+            # Drawn only where a pair can form, so that runs without pairs draw what they always drew.
+            if pairs and b and (start + b) % 2 and rng.random() < pairs:
+                target_image[b], support_images[b] = target_image[b - 1], support_images[b - 1]
+                target_label[b], support_labels[b] = inverted(target_label[b - 1]), inverted(support_labels[b - 1])
+                tasks.append(tasks[b - 1])
+                continue
             if self._synthetic is not None and rng.random() < self.recipe.synthetic_tasks:
                 images, labels = self._synthetic.task(rng, support)
                 task = Task(SYNTHETIC, SYNTHETIC, np.full(support, SYNTHETIC, dtype=np.int64))
