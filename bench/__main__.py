@@ -24,7 +24,7 @@ DEFAULT = {"checkpoint": checkpoint_io, "resume": resume, "listing": listing, "m
            "precision": precision_cpu, "threads": thread_choice, "trackers": trackers,
            "many_datasets_sampling": SimpleNamespace(run=many_datasets.run_sampling), "gpu": gpu_report}
 # in_context and unseen_class: six and two default training runs (about 25 and 8 minutes on 2 cores);
-# many_datasets_held_out: three (about 15 minutes)
+# many_datasets_held_out: three, two at a time (about 15 minutes)
 OPTIONAL = {"compile": compile_step, "in_context": in_context,
             "unseen_class": SimpleNamespace(run=in_context.run_unseen_class),
             "many_datasets_held_out": SimpleNamespace(run=many_datasets.run_held_out)}

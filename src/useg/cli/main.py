@@ -59,10 +59,10 @@ TRAIN_FLAGS: list[tuple[str, dict[str, Any]]] = [
                           "from train by patient")),
     ("--task-augmentation", dict(choices=("on", "off", "paper"),
                                  help="change each task as a whole, target and supports alike, so that the model "
-                                      "must read its supports to know what to segment: on (default) inverts the "
-                                      "labels of half the tasks and flips and varies brightness and noise; paper "
-                                      "adds the UniverSeg paper's edges, intensity inversion, warps, blur and "
-                                      "sharpness (for long runs); probabilities in the config file")),
+                                      "must read its supports to know what to segment: on (default) puts beside "
+                                      "some tasks a copy with inverted labels, and flips and varies brightness and "
+                                      "noise; paper adds the UniverSeg paper's edges, intensity inversion, warps, "
+                                      "blur and sharpness (for long runs); probabilities in the config file")),
     ("--in-task-augmentation", dict(choices=("on", "off", "paper"),
                                     help="change each image of a task on its own: on (default) varies brightness "
                                          "and noise; paper adds affine and elastic warps, blur and sharpness; "
