@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shlex
@@ -9,12 +10,14 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
+SIDE_BY_SIDE = 2  # training runs at once, one thread each: the 2 cores the quality benchmarks assume
 
 
 @dataclass
@@ -82,6 +85,23 @@ def run_timed(args: list[str], env: dict[str, str] | None = None, cwd: Path | No
     if done.returncode not in expect:
         raise RuntimeError(f"{shell(args)} exited with {done.returncode}:\n{done.stderr[-2000:]}")
     return elapsed, done
+
+
+def side_by_side(function: Callable[[Any], Any], items: Iterable) -> list:
+    """`function` over `items`, SIDE_BY_SIDE at a time (each a subprocess that computes on one thread)."""
+    with ThreadPoolExecutor(SIDE_BY_SIDE) as pool:
+        return list(pool.map(function, items))
+
+
+def evaluate_json(run_dir: Path, *args: str) -> dict:
+    """`useg evaluate --run-dir RUN --json ARGS`, read."""
+    _, done = run_timed(useg_args("evaluate", "--run-dir", str(run_dir), "--json", *args), env=child_env())
+    return json.loads(done.stdout)
+
+
+def training_history(run_dir: Path) -> dict:
+    """The history of a run's JSON log."""
+    return json.loads(next((run_dir / "logs").glob("training_*.json")).read_text())["history"]
 
 
 def useg_args(*args: str) -> list[str]:

@@ -25,12 +25,11 @@ in test Dice from one seed to the next.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-from .common import Row, Section, Settings, child_env, run_timed, shell, useg_args, verdict
+from .common import (Row, Section, Settings, child_env, evaluate_json as evaluate, run_timed, shell, side_by_side,
+                     training_history, useg_args, verdict)
 
 OFF = ["--task-augmentation", "off", "--in-task-augmentation", "off", "--synthetic-tasks", "0"]
 TRAINED, HELD_OUT = "cyst,solid", "septated_cyst"
@@ -38,7 +37,6 @@ RUNS = {"today": OFF, "recipe": []}
 HELD_OUT_RUNS = {"held_out_today": [*OFF, "--classes", TRAINED], "held_out_recipe": ["--classes", TRAINED]}
 TRAIN = ["--quiet", "--num-threads", "1", "--vis-every", "0"]
 SEEDS = (0, 1, 2)
-AT_ONCE = 2  # training runs side by side, one thread each
 
 
 def run(settings: Settings) -> list[Section]:
@@ -47,10 +45,11 @@ def run(settings: Settings) -> list[Section]:
     if settings.quick:
         return skipped(section)
     started = time.perf_counter()
-    seeded = {(name, seed): [*flags, "--seed", str(seed)] for name, flags in RUNS.items() for seed in SEEDS}
-    folders = train_all(settings, {f"{name}_seed{seed}": flags for (name, seed), flags in seeded.items()})
-    scores = {key: evaluate(folders[f"{key[0]}_seed{key[1]}"], "--task", "inverted") for key in seeded}
-    vals = {key: best_val_dice(folders[f"{key[0]}_seed{key[1]}"]) for key in seeded}
+    keys = [(name, seed) for name in RUNS for seed in SEEDS]
+    trained = train_all(settings, {f"{name}_seed{seed}": [*RUNS[name], "--seed", str(seed)] for name, seed in keys})
+    folders = dict(zip(keys, trained.values()))
+    scores = {key: evaluate(folders[key], "--task", "inverted") for key in keys}
+    vals = {key: training_history(folders[key])["best_val_dice"] for key in keys}
     normal = {name: mean(scores[name, seed]["mean_dice"] for seed in SEEDS) for name in RUNS}
     inverted = {name: mean(inverted_dice(scores[name, seed]) for seed in SEEDS) for name in RUNS}
     val = {name: mean(vals[name, seed] for seed in SEEDS) for name in RUNS}
@@ -127,23 +126,14 @@ def skipped(section: Section) -> list[Section]:
 
 
 def train_all(settings: Settings, runs: dict[str, list[str]]) -> dict:
+    """Each run's folder by name, in the order given, once all are trained."""
     folders = {name: settings.workdir / f"in_context_{name}" for name in runs}
 
     def train(name: str) -> None:
         run_timed(useg_args("train", "--run-dir", str(folders[name]), *TRAIN, *runs[name]), env=child_env())
 
-    with ThreadPoolExecutor(AT_ONCE) as pool:
-        list(pool.map(train, runs))
+    side_by_side(train, runs)
     return folders
-
-
-def evaluate(run_dir, *args: str) -> dict:
-    _, done = run_timed(useg_args("evaluate", "--run-dir", str(run_dir), "--json", *args), env=child_env())
-    return json.loads(done.stdout)
-
-
-def best_val_dice(run_dir) -> float:
-    return json.loads(next((run_dir / "logs").glob("training_*.json")).read_text())["history"]["best_val_dice"]
 
 
 def kind_dice(record: dict) -> str:

@@ -22,9 +22,7 @@ the two-dataset run holds up on both. About 15 minutes on 2 free cores (two runs
 
 from __future__ import annotations
 
-import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from useg.data import TaskSampler, make_synthetic, split_by_patient
@@ -32,8 +30,8 @@ from useg.data.collection import merge
 from useg.data.recipe import settings_from
 from useg.data.tasks import Recipe
 
-from .common import (Row, Section, Settings, child_env, interleaved, median, run_timed, spread, useg_args,
-                     verdict)
+from .common import (Row, Section, Settings, child_env, evaluate_json as evaluate, interleaved, median, run_timed,
+                     side_by_side, spread, training_history, useg_args, verdict)
 
 # Sampling: ten datasets of 48 patients x 6 images (2,880 images) against one of 480 patients x 6 images.
 IMAGE_SIZE, DATASETS, PATIENTS_EACH, BATCH = 128, 10, 48, 4
@@ -48,7 +46,6 @@ TRAINED, HELD_OUT = ("blobs", "streaks"), "rings"
 OTHER_POLARITY = "dark_rings"  # scored too, never trained on or validated: rings with streaks' polarity
 TRAIN = ["--quiet", "--num-threads", "1", "--vis-every", "0"]
 TRAIN_SHOWN = "useg train --run-dir RUN --num-threads 1 --vis-every 0"
-AT_ONCE = 2  # training runs side by side, one thread each
 SUPPORT_SIZES_SCORED = (4, 16)  # the runs' own support size, and more supports (the unseen-class goal's size)
 DICE_RATIO_GOAL = 0.8
 
@@ -167,10 +164,9 @@ def run_held_out(settings: Settings) -> list[Section]:
     started = time.perf_counter()
     families = write_families(settings.workdir / "families")
     runs = {"several": TRAINED, **{family: (family,) for family in TRAINED}}
-    with ThreadPoolExecutor(AT_ONCE) as pool:
-        folders = dict(zip(runs, pool.map(
-            lambda name: train(settings.workdir / f"many_datasets_{name}", [families[f] for f in runs[name]],
-                               families[HELD_OUT]), runs)))
+    folders = dict(zip(runs, side_by_side(
+        lambda name: train(settings.workdir / f"many_datasets_{name}", [families[f] for f in runs[name]],
+                           families[HELD_OUT]), runs)))
     sizes = ",".join(map(str, SUPPORT_SIZES_SCORED))
     own = {name: evaluate(folder, "--support-size", sizes) for name, folder in folders.items()}
     held = {name: evaluate(folder, "--data", str(families[HELD_OUT]), "--support-size", sizes)
@@ -232,11 +228,6 @@ def train(run_dir: Path, data: list[Path], held_out: Path) -> Path:
     return run_dir
 
 
-def evaluate(run_dir: Path, *args: str) -> dict:
-    _, done = run_timed(useg_args("evaluate", "--run-dir", str(run_dir), "--json", *args), env=child_env())
-    return json.loads(done.stdout)
-
-
 def dice_at(record: dict, support_size: int) -> float:
     return next(point["mean_dice"] for point in record["sweep"] if point["support_size"] == support_size)
 
@@ -277,7 +268,3 @@ def polarity_reading(held: dict[str, dict], other: dict[str, dict]) -> str:
     return (f"Held-out Dice at support {size} on {HELD_OUT} / {OTHER_POLARITY} (the same annuli, bright or dark): "
             + "; ".join(f"{name} {bright:.2f} / {dark:.2f}" for name, (bright, dark) in scores.items())
             + f". The best worst case of the two: {safest} ({min(scores[safest]):.2f}).")
-
-
-def training_history(run_dir: Path) -> dict:
-    return json.loads(next((run_dir / "logs").glob("training_*.json")).read_text())["history"]

@@ -155,6 +155,7 @@ class TaskSampler:
         self.recipe = recipe
         self._task_augmentation = augmentation_from("task", recipe.task_augmentation)
         self._in_task_augmentation = augmentation_from("in_task", recipe.in_task_augmentation)
+        self._inverted_pairs = self._task_augmentation.inverted_pairs if self._task_augmentation else 0.0
         self._synthetic = SyntheticTasks(seed, ds.images.shape[-1]) if recipe.synthetic_tasks else None
         self._source: AugmentationSource | None = None
         self._source_lock = threading.Lock()
@@ -239,11 +240,10 @@ class TaskSampler:
         count, support, (height, width) = len(rngs), self.support_size, self.ds.images.shape[1:]
         target_image, target_label = (np.empty((count, 1, height, width), np.float32) for _ in range(2))
         support_images, support_labels = (np.empty((count, support, 1, height, width), np.float32) for _ in range(2))
-        pairs = self._task_augmentation.inverted_pairs if self._task_augmentation else 0.0
         tasks = []
         for b, rng in enumerate(rngs):
             # Drawn only where a pair can form, so that runs without pairs draw what they always drew.
-            if pairs and b and (start + b) % 2 and rng.random() < pairs:
+            if self._inverted_pairs and b and (start + b) % 2 and rng.random() < self._inverted_pairs:
                 target_image[b], support_images[b] = target_image[b - 1], support_images[b - 1]
                 target_label[b], support_labels[b] = inverted(target_label[b - 1]), inverted(support_labels[b - 1])
                 tasks.append(tasks[b - 1])
