@@ -105,11 +105,14 @@ class BackgroundWriter:
                 self._error = error
             with self._lock:  # under the lock, so that a job submitted now is either taken here or started anew
                 pending, self._pending = self._pending, None
-                if pending is None or self._error is not None:
+                # Read now: once `done` is set, the training thread's wait() may take the error and clear it,
+                # and the pending save would then be written after the failure it must not outlive.
+                failed = self._error is not None
+                if pending is None or failed:
                     done.set()
             job = None
             if pending is not None:
-                if self._error is None:
+                if not failed:
                     job = pending[0]
                 elif pending[1] is not None:
                     pending[1]()  # after a failed write the newer state is not written either: the error stops the run
