@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,23 +19,36 @@ from tiny import TINY, assert_same_training, final_state, useg
 ARGS = ["--epochs", "3", *TINY, "--quiet", "--vis-every", "0"]  # batch 2: one target per rank
 
 
+# Loaded by every Python process of a two-rank run (the agent and each rank): SIGUSR1 writes that
+# process's stacks to a file of its own, so a hang shows each rank's stacks whole, not interleaved.
+STACKS_ON_SIGNAL = """import faulthandler, os, signal
+faulthandler.register(signal.SIGUSR1, all_threads=True, file=open(os.path.join(
+    os.environ["USEG_TEST_STACKS"], f"rank-{os.environ.get('RANK', 'agent')}-{os.getpid()}.txt"), "w"))
+"""
+
+
 def torchrun(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`useg ARGS` on two ranks; a hang fails with every process's Python stacks (faulthandler on SIGABRT)."""
+    """`useg ARGS` on two ranks; a hang fails with every process's Python stacks, one process after another."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "useg", *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env or {})})
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        stuck = [*descendants(process.pid), process.pid]  # the ranks run in sessions of their own
-        signal_each(stuck, signal.SIGABRT)  # each prints its stacks, then aborts
-        time.sleep(5)
-        signal_each(stuck, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"useg {' '.join(args)} on two ranks hung for {timeout} s; stacks:\n{stderr[-12000:]}\n"
-                    f"stdout:\n{stdout[-2000:]}")
+    with tempfile.TemporaryDirectory() as stacks:
+        Path(stacks, "sitecustomize.py").write_text(STACKS_ON_SIGNAL)
+        path = os.pathsep.join(filter(None, [stacks, os.environ.get("PYTHONPATH")]))
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path,
+                                        "USEG_TEST_STACKS": stacks, **(env or {})})
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stuck = [*descendants(process.pid), process.pid]  # the ranks run in sessions of their own
+            signal_each(stuck, signal.SIGUSR1)
+            time.sleep(5)
+            signal_each(stuck, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            dumps = "\n".join(f"--- {dump.name}\n{dump.read_text()[-6000:]}" for dump in sorted(Path(stacks).glob("*.txt")))
+            pytest.fail(f"useg {' '.join(args)} on two ranks hung for {timeout} s; stacks:\n{dumps}\n"
+                        f"stderr:\n{stderr[-3000:]}\nstdout:\n{stdout[-2000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 

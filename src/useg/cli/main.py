@@ -198,13 +198,14 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `useg` console script."""
     args = build_parser().parse_args(argv)
-    code = run_command(args)
-    if args.command in ("train", "resume"):
-        from useg.compute.distributed import end_worker_process, launched_by_torchrun
+    if args.command not in ("train", "resume"):
+        return run_command(args)
+    from useg.compute.distributed import end_group_with_process, end_worker_process, launched_by_torchrun
 
-        if launched_by_torchrun():
-            end_worker_process(code)
-    return code
+    if not launched_by_torchrun():
+        return run_command(args)
+    end_group_with_process()
+    end_worker_process(run_command(args))
 
 
 def run_command(args: argparse.Namespace) -> int:

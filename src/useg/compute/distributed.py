@@ -8,7 +8,7 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -47,9 +47,24 @@ def init_world() -> World:
     return world
 
 
+_GROUP_ENDS_WITH_PROCESS = False  # set by `end_group_with_process`
+
+
 def close_world(world: World) -> None:
-    if world.enabled and dist.is_initialized():
+    """Destroy the process group once every rank is done with it, unless the process ends right after
+    (`end_group_with_process`): then the exit releases it, and destroying it only risks a hang."""
+    if world.enabled and dist.is_initialized() and not _GROUP_ENDS_WITH_PROCESS:
         dist.destroy_process_group()
+
+
+def end_group_with_process() -> None:
+    """This process ends with `end_worker_process` once it has trained: leave the process group to the exit.
+
+    Gloo's teardown in destroy_process_group can hang for good on a rank whose peers have already
+    left (pytorch/pytorch#75097): seen once as a CI run whose two ranks had trained and saved every
+    epoch, one of them stuck in train() for 300 s. os._exit closes the group's sockets without it."""
+    global _GROUP_ENDS_WITH_PROCESS
+    _GROUP_ENDS_WITH_PROCESS = True
 
 
 def launched_by_torchrun() -> bool:
@@ -57,7 +72,7 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def end_worker_process(code: int) -> None:
+def end_worker_process(code: int) -> NoReturn:
     """End a torchrun worker with `code` once its work is done, without interpreter finalization.
 
     The exit hooks run as usual (they wait for a checkpoint write still in flight), and the output
