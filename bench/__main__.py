@@ -13,8 +13,8 @@ from types import SimpleNamespace
 from pathlib import Path
 
 from . import (checkpoint_io, compile_step, demo, evaluation, gpu_report, in_context, listing, many_datasets,
-               model_step, precision_cpu, resume, sampler, save_overhead, synthetic_rate, thread_choice, trackers,
-               training)
+               model_step, precision_cpu, resample_choice, resume, sampler, save_overhead, synthetic_rate,
+               thread_choice, trackers, training)
 from .common import REPO, Section, Settings, machine
 from .report import merge, render
 
@@ -24,10 +24,12 @@ DEFAULT = {"checkpoint": checkpoint_io, "resume": resume, "listing": listing, "m
            "precision": precision_cpu, "threads": thread_choice, "trackers": trackers,
            "many_datasets_sampling": SimpleNamespace(run=many_datasets.run_sampling), "gpu": gpu_report}
 # in_context and unseen_class: six and two default training runs (about 25 and 8 minutes on 2 cores);
-# many_datasets_held_out: three, two at a time (about 15 minutes)
+# many_datasets_held_out: three, two at a time (about 15 minutes); resample_choice: why the sampler resamples
+# in numpy (about a minute)
 OPTIONAL = {"compile": compile_step, "in_context": in_context,
             "unseen_class": SimpleNamespace(run=in_context.run_unseen_class),
-            "many_datasets_held_out": SimpleNamespace(run=many_datasets.run_held_out)}
+            "many_datasets_held_out": SimpleNamespace(run=many_datasets.run_held_out),
+            "resample_choice": resample_choice}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

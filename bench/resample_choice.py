@@ -1,0 +1,197 @@
+"""Where the recipe sampler's time goes, and why its resampling stays in numpy.
+
+Stages: `sampler.batch(0, i, 4)` with every augmentation of the paper's recipe on and a quarter
+synthetic tasks (the sampler benchmark's RECIPE case), with each stage of useg.data.recipe_pixels
+and the synthetic renderer timed by the thread's CPU time while it runs (nested stages count in
+their caller too: blur and sharpness are part of intensity).
+
+Resampling: one chunk of the recipe (3 images of 128x128 under one rotation and zoom, bilinear
+for the images, nearest for the labels) by `recipe_pixels._resample` against torch's
+`grid_sample` (the two calls a torch version would make), one thread each, interleaved. Then
+whether each gives the same bits under every CPU instruction set its library can pick on this
+machine: torch's kernels chosen by ATEN_CPU_CAPABILITY, numpy's by NPY_DISABLE_CPU_FEATURES, each
+in a fresh process. Batches are a pure function of (seed, epoch, index) only if they do.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .common import REPO, Row, Section, Settings, interleaved, median, spread
+
+SIZE, CHUNK = 128, 3
+STAGES = {"recipe_pixels": ("_resample", "_intensity", "_blur", "_sharpen", "_linear_intensity", "_changed_labels",
+                            "_upsample", "_control_maps", "_affine_maps", "_draw"),
+          "synthetic_tasks": ("render_subjects", "make_family")}
+TORCH_CAPABILITIES = ("default", "avx2", "avx512")
+_AVX512 = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
+NUMPY_FEATURES_OFF = {"all": "", "no avx512": _AVX512, "no avx2, avx512": f"AVX2 FMA3 {_AVX512}"}
+
+
+def run(settings: Settings) -> list[Section]:
+    started = time.perf_counter()
+    stages = _stage_section(batches=16 if settings.quick else 48)
+    choice = _resample_section(rounds=20 if settings.quick else 60)
+    stages.seconds = choice.seconds = time.perf_counter() - started
+    return [stages, choice]
+
+
+def _stage_section(batches: int) -> Section:
+    from useg.data import recipe_pixels, synthetic_tasks
+
+    from .sampler import IMAGES_PER_BATCH, RECIPE, RECIPE_GOAL_PER_CORE, official_sampler
+
+    sampler = official_sampler(RECIPE)
+    sampler.batch(0, 0, 4)  # the noise banks and caches: once per run
+    spent: collections.Counter = collections.Counter()
+    modules = {"recipe_pixels": recipe_pixels, "synthetic_tasks": synthetic_tasks}
+    originals = {(module, name): getattr(modules[module], name) for module, names in STAGES.items() for name in names}
+    for (module, name), function in originals.items():
+        setattr(modules[module], name, _timed(function, name, spent))
+    try:
+        begin = time.thread_time()
+        for index in range(1, batches + 1):
+            sampler.batch(0, index, 4)
+        total = time.thread_time() - begin
+    finally:
+        for (module, name), function in originals.items():
+            setattr(modules[module], name, function)
+    section = Section("Recipe sampler: where a core's time goes (128x128, support 64, batch 4, every augmentation on)",
+                      "CPU seconds", "share of the batch")
+    for name, seconds in spent.most_common():
+        section.rows.append(Row(case=name, command=f"{batches} batches, thread CPU time inside the call",
+                                ours=f"{seconds:.3f} s", baseline=f"{100 * seconds / total:.1f} %", ratio="-"))
+    rate = batches * IMAGES_PER_BATCH / total
+    needed = 1 - rate / RECIPE_GOAL_PER_CORE
+    larger = [name for name, seconds in spent.items() if seconds / total > needed]
+    section.reading.append(
+        f"{batches} batches took {total:.2f} CPU s ({rate:,.0f} images/s; the timing adds a little). "
+        + (f"{RECIPE_GOAL_PER_CORE:,} images/s needs {100 * needed:.0f} % of this time gone: more than any stage "
+           f"but {', '.join(larger) or 'none'} takes, so one of those would have to become several times cheaper, "
+           "or every stage much cheaper." if needed > 0 else f"That meets {RECIPE_GOAL_PER_CORE:,} images/s."))
+    return section
+
+
+def _timed(function, name: str, spent: collections.Counter):
+    def timed(*args, **kwargs):
+        begin = time.thread_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[name] += time.thread_time() - begin
+    return timed
+
+
+def _resample_section(rounds: int) -> Section:
+    import torch
+    from torch.nn.functional import grid_sample
+
+    from useg.data.recipe_pixels import _resample
+
+    images, labels, rows, cols = _chunk()
+    grid = _grid(rows, cols)
+    images_t, labels_t = torch.from_numpy(images)[:, None], torch.from_numpy(labels.astype(np.float32))[:, None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        def ours() -> float:
+            r, c = rows.copy(), cols.copy()  # _resample overwrites its maps
+            begin = time.thread_time()
+            _resample(images, labels, np.arange(CHUNK), r, c)
+            return (time.thread_time() - begin) * 1e6
+
+        def torch_version() -> float:
+            begin = time.thread_time()
+            grid_sample(images_t, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            grid_sample(labels_t, grid, mode="nearest", padding_mode="zeros", align_corners=True)
+            return (time.thread_time() - begin) * 1e6
+
+        timings = interleaved({"ours": ours, "torch": torch_version}, rounds, warmup=3)
+    finally:
+        torch.set_num_threads(threads)
+    ours_hashes = {name: _fresh_hash("numpy", {"NPY_DISABLE_CPU_FEATURES": off}) for name, off in NUMPY_FEATURES_OFF.items()}
+    torch_hashes = {cap: _fresh_hash("torch", {"ATEN_CPU_CAPABILITY": cap}) for cap in TORCH_CAPABILITIES}
+    section = Section("Recipe resampling: numpy (ours) against torch's grid_sample (3 images of 128x128)",
+                      "numpy (recipe_pixels._resample)", "torch grid_sample")
+    ratio = median(timings["torch"]) / median(timings["ours"])
+    section.rows.append(Row(case="one chunk, bilinear images and nearest labels, one thread",
+                            command="`_resample(...)` vs `grid_sample(bilinear)` + `grid_sample(nearest)`, thread CPU time",
+                            ours=spread(timings["ours"], _microseconds), baseline=spread(timings["torch"], _microseconds),
+                            ratio=f"{ratio:.2f}x the time"))
+    section.rows.append(Row(case="same bits under every CPU instruction set here",
+                            command="fresh process per setting: NPY_DISABLE_CPU_FEATURES / ATEN_CPU_CAPABILITY",
+                            ours=_agreement(ours_hashes), baseline=_agreement(torch_hashes), ratio="-"))
+    section.reading.append(
+        f"torch's grid_sample resamples a chunk in {ratio:.2f}x the time, but {_agreement(torch_hashes)}: batches "
+        "would then depend on the CPU a run (or its resume) lands on. The numpy path gives "
+        f"{_agreement(ours_hashes).split(':')[0]}, so it stays. A faster resampling needs a compiled kernel whose "
+        "arithmetic does not follow the CPU, under a draw version of its own.")
+    return section
+
+
+def _chunk() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Three images, their labels and a rotation-and-zoom map (rows, cols + 1: in _resample's padded source)."""
+    rng = np.random.default_rng(0)
+    images = rng.random((CHUNK, SIZE, SIZE), dtype=np.float32)
+    labels = (rng.random((CHUNK, SIZE, SIZE)) > 0.5).astype(np.uint8)
+    row, col = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    angle, zoom = 0.3, 0.9
+    rows = (np.cos(angle) * row + np.sin(angle) * col) * zoom + 5 + 1
+    cols = (-np.sin(angle) * row + np.cos(angle) * col) * zoom + 40 + 1
+    return images, labels, np.repeat(rows[None], CHUNK, 0), np.repeat(cols[None], CHUNK, 0)
+
+
+def _grid(rows: np.ndarray, cols: np.ndarray):
+    """grid_sample's (n, H, W, 2) grid of (x, y) in [-1, 1] (align_corners) for the same source positions."""
+    import torch
+
+    x, y = (cols - 1) / (SIZE - 1) * 2 - 1, (rows - 1) / (SIZE - 1) * 2 - 1
+    return torch.from_numpy(np.stack([x, y], -1).astype(np.float32))
+
+
+_HASH_SCRIPT = """
+import hashlib, sys
+import numpy as np
+from bench.resample_choice import CHUNK, _chunk, _grid
+images, labels, rows, cols = _chunk()
+if sys.argv[1] == "numpy":
+    from useg.data.recipe_pixels import _resample
+    out = _resample(images, labels, np.arange(CHUNK), rows, cols)[0]
+else:
+    import torch
+    from torch.nn.functional import grid_sample
+    torch.set_num_threads(1)
+    out = grid_sample(torch.from_numpy(images)[:, None], _grid(rows, cols), mode="bilinear", padding_mode="zeros",
+                      align_corners=True).numpy()
+print(hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest()[:12])
+"""
+
+
+def _fresh_hash(library: str, env: dict[str, str]) -> str:
+    done = subprocess.run([sys.executable, "-c", _HASH_SCRIPT, library], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "src")]), **env},
+                          timeout=300)
+    return done.stdout.strip() if done.returncode == 0 else "unavailable"
+
+
+def _agreement(hashes: dict[str, str]) -> str:
+    tried = {setting: value for setting, value in hashes.items() if value != "unavailable"}
+    if len(set(tried.values())) == 1:
+        return f"the same bits under all {len(tried)} settings: {', '.join(tried)}"
+    groups = collections.defaultdict(list)
+    for setting, value in tried.items():
+        groups[value].append(setting)
+    return f"{len(groups)} different results over {len(tried)} settings: " + " | ".join(
+        ", ".join(settings) for settings in groups.values())
+
+
+def _microseconds(value: float) -> str:
+    return f"{value:,.0f} us"
+
