@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,fast]'
 	touch $@
 
 .PHONY: install trackers demo test bench clean
@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 # The optional experiment trackers (--tracker mlflow|wandb|tensorboard): CI installs them so that their
 # tests run against the real packages; without them those tests skip.
 trackers: install
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,mlflow,wandb,tensorboard]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,fast,mlflow,wandb,tensorboard]'
 
 demo: install
 	$(VENV)/bin/useg train --run-dir runs/demo --overwrite

@@ -37,6 +37,8 @@ from functools import lru_cache
 import numpy as np
 
 from useg.data.recipe import InTaskAugmentation, TaskAugmentation, probability_names
+from useg.data.filters import blur, sharpen
+from useg.data.resampling import resample
 from useg.data.task_kinds import EDGES, INVERTED, edges, inverted
 
 CHUNK = 3  # images warped and filtered together: their 64 KB (at 128 px) temporaries stay in the cache
@@ -265,14 +267,14 @@ def _chunks(plan: _Plan, images: np.ndarray, labels: np.ndarray):
     affine = np.flatnonzero(plan.warped & ~plan.elastic)
     for start in range(0, len(affine), CHUNK):
         part = affine[start:start + CHUNK]
-        yield part, lambda part=part: _resample(images, labels, part, *_affine_maps(plan, part))
+        yield part, lambda part=part: resample(images, labels, part, *_affine_maps(plan, part))
     elastic = np.flatnonzero(plan.elastic)
     for start in range(0, len(elastic), 4 * CHUNK):  # control maps are small: fewer, larger calls
         group = elastic[start:start + 4 * CHUNK]
         controls = _control_maps(plan, group)
         for first in range(0, len(group), CHUNK):
             def warped(part=group[first:first + CHUNK], maps=controls[first:first + CHUNK]):
-                return _resample(images, labels, part, *_upsample(maps, plan.shape))
+                return resample(images, labels, part, *_upsample(maps, plan.shape))
             yield group[first:first + CHUNK], warped
 
 
@@ -362,50 +364,6 @@ def _row_fractions(height: int, width: int) -> np.ndarray:
     return _read_only(np.repeat(_between(height)[1][:, None], width, axis=1))
 
 
-def _resample(images: np.ndarray, labels: np.ndarray, part: np.ndarray, rows: np.ndarray,
-              cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Images[part] bilinearly and labels[part] at the nearest pixel, at source positions `rows`, `cols`
-    (n, H, W; in the padded source: pixel + 1; the caller's temporaries, overwritten); 0 outside the source.
-
-    Written to keep few arrays alive at once: the work is bound by cache misses, not arithmetic."""
-    _, height, width = images.shape
-    tall, stride = height + 3, width + 3  # one zero row/column before, two after: every read stays inside
-    padded = np.zeros((len(part), tall, stride), np.float32)
-    padded_labels = np.zeros(padded.shape, np.uint8)
-    for i, k in enumerate(part):
-        padded[i, 1:height + 1, 1:width + 1] = images[k]
-        padded_labels[i, 1:height + 1, 1:width + 1] = labels[k]
-    np.clip(rows, 0, height + 1, out=rows)  # beyond the zero border reads the zero border
-    np.clip(cols, 0, width + 1, out=cols)
-    exact = np.float32 if padded.size < 2**24 else np.float64  # the flat index must be an exact float
-    index = np.floor(rows).astype(exact, copy=False)
-    rows -= index  # now the fractions between neighbours
-    nearest = np.floor(cols).astype(exact, copy=False)
-    cols -= nearest
-    index += (np.arange(len(part)) * tall).astype(exact)[:, None, None]
-    index *= stride
-    index += nearest  # the top left neighbour's, in the flat padded stack
-    np.add(index, cols >= 0.5, out=nearest)  # the label's pixel: the neighbour nearest to the position
-    nearest += (rows >= 0.5) * exact(stride)
-    index = index.astype(np.intp)
-    flat = padded.reshape(-1)
-    upper, step = flat.take(index, mode="clip"), flat[1:].take(index, mode="clip")  # (all indices are valid)
-    step -= upper
-    step *= cols
-    upper += step
-    lower = flat[stride:].take(index, mode="clip")
-    flat[stride + 1:].take(index, out=step, mode="clip")
-    step -= lower
-    step *= cols
-    lower += step
-    del step, index
-    lower -= upper
-    lower *= rows
-    upper += lower
-    del lower
-    return upper, padded_labels.reshape(-1).take(nearest.astype(np.intp), mode="clip")
-
-
 # ------------------------------------------------------------------ labels and intensity
 
 
@@ -421,11 +379,11 @@ def _intensity(plan: _Plan, images: np.ndarray, part: np.ndarray) -> None:
     """Blur, sharpness, inversion with brightness/contrast, noise, clipping: in place on a chunk."""
     sigmas = plan.blur_sigma[part]
     if sigmas.any():
-        _on_chosen(images, sigmas > 0, lambda stack: _blur(stack, sigmas[sigmas > 0], plan.blur_reach))
+        _on_chosen(images, sigmas > 0, lambda stack: blur(stack, sigmas[sigmas > 0], plan.blur_reach))
     for factors in plan.sharpness:
         if (factors[part] != 1).any():
             chosen = factors[part] != 1
-            _on_chosen(images, chosen, lambda stack: _sharpen(stack, factors[part][chosen]))
+            _on_chosen(images, chosen, lambda stack: sharpen(stack, factors[part][chosen]))
     _linear_intensity(plan, images, part)
     for image, std, offset in zip(images, plan.noise_std[part], plan.noise_offsets[part]):
         if std:
@@ -457,77 +415,6 @@ def _linear_intensity(plan: _Plan, images: np.ndarray, part: np.ndarray) -> None
         gain, offset = gain * contrast, (offset - mean) * contrast + mean
     images *= gain.astype(np.float32)[:, None, None]
     images += (offset + brightness).astype(np.float32)[:, None, None]
-
-
-def _blur(stack: np.ndarray, sigmas: np.ndarray, reach: int) -> np.ndarray:
-    """Separable Gaussian blur of each image by its own sigma over +-reach pixels, borders reflected."""
-    taps = np.arange(reach + 1)
-    weights = np.exp(-0.5 * (taps / sigmas[:, None]) ** 2)
-    weights /= weights[:, :1] + 2 * weights[:, 1:].sum(axis=1, keepdims=True)
-    weights[weights < 1e-20] = 0  # float32 denormals would make every pass ten times slower
-    weights = weights.astype(np.float32)
-    count, height, width = stack.shape
-    padded = _padded(stack, 1, reach, "reflect").reshape(count, -1)  # each image one line, rows a width apart
-    blurred = _symmetric_sum(padded, weights, width, height * width).reshape(stack.shape)
-    # Along the rows, each image is one line too (its rows padded), so that every shifted window is one
-    # contiguous run (row by row, numpy's loops are about twice as slow); what a window takes across two
-    # rows lands in the padding columns of the result, which are dropped.
-    padded = _padded(blurred, 2, reach, "reflect").reshape(count, -1)
-    out = np.empty((count, height, width + 2 * reach), np.float32)
-    size = padded.shape[1] - 2 * reach
-    _symmetric_sum(padded, weights, 1, size, out=out.reshape(count, -1)[:, :size])
-    return out[:, :, :width]
-
-
-def _symmetric_sum(lines: np.ndarray, weights: np.ndarray, step: int, size: int,
-                   out: np.ndarray | None = None) -> np.ndarray:
-    """(n, size): sum over k of weights[:, k] * (the n lines shifted k * step back + shifted k * step on),
-    read from window [reach * step, reach * step + size) of each line, reach = weights.shape[1] - 1."""
-    reach = weights.shape[1] - 1
-    centre = reach * step
-    out = np.multiply(lines[:, centre:centre + size], weights[:, :1], out=out)
-    pair = np.empty_like(out)
-    for k in range(1, reach + 1):
-        before, after = centre - k * step, centre + k * step
-        np.add(lines[:, before:before + size], lines[:, after:after + size], out=pair)
-        pair *= weights[:, k:k + 1]
-        out += pair
-    return out
-
-
-def _sharpen(stack: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """torchvision's adjust_sharpness: blend with the 3x3 smoothing [[1,1,1],[1,5,1],[1,1,1]] / 13 by
-    `factor` (0 smooth, 1 unchanged, >1 sharper); the border repeats the edge pixels."""
-    factor = factors.astype(np.float32)[:, None, None]
-    padded = _padded(stack, 1, 1, "edge")
-    columns = padded[:, :-2] + padded[:, 1:-1]
-    columns += padded[:, 2:]
-    padded = _padded(columns, 2, 1, "edge")
-    del columns
-    box = padded[:, :, :-2] + padded[:, :, 1:-1]
-    box += padded[:, :, 2:]  # the 3x3 sum
-    del padded
-    # factor * x + (1 - factor) * (box + 4 x) / 13, as one weight on x and one on the box
-    box *= (1 - factor) / 13
-    stack *= factor + 4 * (1 - factor) / 13
-    stack += box
-    return stack
-
-
-def _padded(stack: np.ndarray, axis: int, reach: int, mode: str) -> np.ndarray:
-    """`stack` extended by `reach` values at both ends of `axis`: mirrored ('reflect', -1 -> 1) or repeated."""
-    size = stack.shape[axis]
-    if mode == "reflect" and size > reach:
-        before, after = np.arange(reach, 0, -1), np.arange(size - 2, size - 2 - reach, -1)
-    else:
-        before, after = np.zeros(reach, np.intp), np.full(reach, size - 1)
-    return np.concatenate([stack.take(before, axis), stack, stack.take(after, axis)], axis=axis)
-
-
-def _window(stack: np.ndarray, axis: int, start: int, size: int) -> np.ndarray:
-    index = [slice(None)] * stack.ndim
-    index[axis] = slice(start, start + size)
-    return stack[tuple(index)]
 
 
 def _bank_size(pixels: int) -> int:
