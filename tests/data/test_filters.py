@@ -13,32 +13,53 @@ needs_numba = pytest.mark.skipif(compiled(filters._blur_pixels) is None,
                                  reason="numba (the fast extra) is not installed")
 
 
-def stack(seed: int, count: int, height: int, width: int) -> np.ndarray:
+def stack(seed: int, count: int, height: int, width: int, flipped: bool = False) -> np.ndarray:
+    """Random images with some exact zeros; `flipped`: a view read backwards on both axes, as the recipe
+    passes images that were only flipped."""
     rng = np.random.default_rng(seed)
     images = rng.random((count, height, width), dtype=np.float32)
     images[rng.random(images.shape) < 0.1] = 0.0
-    return images
+    return images[:, ::-1, ::-1] if flipped else images
 
 
 @needs_numba
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 4), height=st.integers(1, 20), width=st.integers(1, 20),
-       reach=st.integers(1, 4))
-def test_compiled_blur_gives_numpys_bits(seed, count, height, width, reach):
-    images = stack(seed, count, height, width)  # images no longer than reach repeat their ends instead
-    sigmas = np.random.default_rng(seed).uniform(0.1, 2.0, count)
-    reference = np.ascontiguousarray(filters.blur_numpy(images.copy(), sigmas, reach))
-    assert filters.blur(images.copy(), sigmas, reach).tobytes() == reference.tobytes()
+       reach=st.integers(1, 4), flipped=st.booleans())
+def test_compiled_blur_gives_numpys_bits(seed, count, height, width, reach, flipped):
+    sigmas = np.random.default_rng(seed).uniform(0.1, 2.0, count)  # images no longer than reach repeat their ends
+    reference = np.ascontiguousarray(filters.blur_numpy(stack(seed, count, height, width, flipped), sigmas, reach))
+    ours = np.ascontiguousarray(filters.blur(stack(seed, count, height, width, flipped), sigmas, reach))
+    assert ours.tobytes() == reference.tobytes()
 
 
 @needs_numba
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 4), height=st.integers(1, 20), width=st.integers(1, 20))
-def test_compiled_sharpness_gives_numpys_bits(seed, count, height, width):
-    images = stack(seed, count, height, width)
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 4), height=st.integers(1, 20), width=st.integers(1, 20),
+       flipped=st.booleans())
+def test_compiled_sharpness_gives_numpys_bits(seed, count, height, width, flipped):
     factors = np.random.default_rng(seed).uniform(0.0, 5.0, count)
-    reference = filters.sharpen_numpy(images.copy(), *filters.sharpen_weights(factors))
-    assert filters.sharpen(images.copy(), factors).tobytes() == reference.tobytes()
+    reference = filters.sharpen_numpy(stack(seed, count, height, width, flipped), *filters.sharpen_weights(factors))
+    ours = filters.sharpen(stack(seed, count, height, width, flipped), factors)
+    assert ours.tobytes() == reference.tobytes()
+
+
+@needs_numba
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 4), height=st.integers(1, 20), width=st.integers(1, 20),
+       flipped=st.booleans(), linear=st.booleans())
+def test_compiled_tone_gives_numpys_bits(seed, count, height, width, flipped, linear):
+    rng = np.random.default_rng(seed)
+    images = stack(seed, count, height, width) * 1.5 - 0.25  # some values to clip at each end
+    images[rng.random(images.shape) < 0.05] = -0.0
+    bank = rng.standard_normal(4 * height * width + 7, dtype=np.float32)
+    starts = rng.integers(0, len(bank) - height * width + 1, count)
+    stds = np.where(rng.random(count) < 0.3, 0.0, rng.uniform(0, 0.05, count))
+    gains = (rng.uniform(-1.2, 1.2, count).astype(np.float32), rng.uniform(-0.5, 1.5, count).astype(np.float32))
+    ours, reference = images.copy(), images.copy()
+    for changed, function in ((ours, filters.tone), (reference, filters.tone_numpy)):
+        function(changed[:, ::-1, ::-1] if flipped else changed, gains if linear else None, bank, starts, stds)
+    assert ours.tobytes() == reference.tobytes()
 
 
 def test_blur_keeps_a_flat_image_and_spreads_a_point_symmetrically():

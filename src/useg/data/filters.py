@@ -1,4 +1,5 @@
-"""The recipe's linear image filters: Gaussian blur and sharpness, on a stack of float32 images.
+"""The recipe's changes of image intensity: Gaussian blur, sharpness, and the per-pixel tone (gain, shift,
+noise, clipping), on a stack of float32 images.
 
 Each has a numpy version in whole-array passes and, with numba (useg.data.compiled), a compiled
 loop that computes the same bits pixel by pixel.
@@ -147,6 +148,47 @@ def _sharpen_pixels(stack, on_image, on_box, columns):  # pragma: no cover (numb
             if width > 1:
                 box = sums[width - 2] + sums[width - 1] + sums[width - 1]
                 out[width - 1] = out[width - 1] * weight + box * box_weight
+
+
+def tone(images: np.ndarray, linear: tuple[np.ndarray, np.ndarray] | None, bank: np.ndarray, starts: np.ndarray,
+         stds: np.ndarray) -> None:
+    """In place: each image times its gain plus its shift (`linear`; None: none), plus its window of `bank`
+    from starts[i] times stds[i] where that is not 0, then clipped to [0, 1]."""
+    kernel = compiled(_tone_pixels)
+    if kernel is None:
+        return tone_numpy(images, linear, bank, starts, stds)
+    gains, shifts = linear if linear is not None else (np.ones(len(images), np.float32), np.zeros(len(images), np.float32))
+    kernel(images, linear is not None, gains, shifts, bank, np.asarray(starts, np.int64), stds.astype(np.float32),
+           stds != 0)
+
+
+def tone_numpy(images: np.ndarray, linear: tuple[np.ndarray, np.ndarray] | None, bank: np.ndarray,
+               starts: np.ndarray, stds: np.ndarray) -> None:
+    if linear is not None:
+        images *= linear[0][:, None, None]
+        images += linear[1][:, None, None]
+    for image, std, start in zip(images, stds, starts):
+        if std:
+            image += bank[start:start + image.size].reshape(image.shape) * np.float32(std)
+    np.clip(images, 0.0, 1.0, out=images)
+
+
+def _tone_pixels(images, scaled, gains, shifts, bank, starts, stds, noisy):  # pragma: no cover (numba)
+    """tone_numpy one pixel at a time: (x * gain + shift) + noise * std, clipped as np.clip clips."""
+    count, height, width = images.shape
+    zero, one = np.float32(0), np.float32(1)
+    for i in range(count):
+        image, gain, shift, std, add_noise = images[i], gains[i], shifts[i], stds[i], noisy[i]
+        for y in range(height):
+            row, noise = image[y], bank[starts[i] + y * width:starts[i] + (y + 1) * width]
+            for x in range(width):
+                value = row[x]
+                if scaled:
+                    value = value * gain
+                    value = value + shift
+                if add_noise:
+                    value = value + noise[x] * std
+                row[x] = min(max(value, zero), one)
 
 
 def padded_stack(stack: np.ndarray, axis: int, reach: int, mode: str) -> np.ndarray:

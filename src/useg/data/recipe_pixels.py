@@ -37,7 +37,7 @@ from functools import lru_cache
 import numpy as np
 
 from useg.data.recipe import InTaskAugmentation, TaskAugmentation, probability_names
-from useg.data.filters import blur, sharpen
+from useg.data.filters import blur, sharpen, tone
 from useg.data.resampling import resample
 from useg.data.task_kinds import EDGES, INVERTED, edges, inverted
 
@@ -384,12 +384,9 @@ def _intensity(plan: _Plan, images: np.ndarray, part: np.ndarray) -> None:
         if (factors[part] != 1).any():
             chosen = factors[part] != 1
             _on_chosen(images, chosen, lambda stack: sharpen(stack, factors[part][chosen]))
-    _linear_intensity(plan, images, part)
-    for image, std, offset in zip(images, plan.noise_std[part], plan.noise_offsets[part]):
-        if std:
-            noise = _noise_bank(image.size)[offset:offset + image.size].reshape(image.shape) * np.float32(std)
-            image += noise
-    np.clip(images, 0.0, 1.0, out=images)
+    linear = _linear_intensity(plan, images, part)
+    _, height, width = images.shape
+    tone(images, linear, _noise_bank(height * width), plan.noise_offsets[part], plan.noise_std[part])
 
 
 def _on_chosen(images: np.ndarray, chosen: np.ndarray, change) -> None:
@@ -401,20 +398,19 @@ def _on_chosen(images: np.ndarray, chosen: np.ndarray, change) -> None:
         images[...] = changed
 
 
-def _linear_intensity(plan: _Plan, images: np.ndarray, part: np.ndarray) -> None:
+def _linear_intensity(plan: _Plan, images: np.ndarray, part: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Inversion (1 - x), then contrast around the mean and brightness (the task's and the image's
-    composed), as one gain and offset per image."""
+    composed), as one float32 gain and shift per image; None where no image changes."""
     contrast, brightness = plan.contrast[part], plan.brightness[part]
     if not plan.inversion and (contrast == 1).all() and not brightness.any():
-        return
+        return None
     gain, offset = np.ones(len(images)), np.zeros(len(images))
     if plan.inversion:
         gain, offset = -gain, offset + 1
     if (contrast != 1).any():
         mean = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64) * gain + offset
         gain, offset = gain * contrast, (offset - mean) * contrast + mean
-    images *= gain.astype(np.float32)[:, None, None]
-    images += (offset + brightness).astype(np.float32)[:, None, None]
+    return gain.astype(np.float32), (offset + brightness).astype(np.float32)
 
 
 def _bank_size(pixels: int) -> int:
