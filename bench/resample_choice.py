@@ -1,4 +1,4 @@
-"""Where the recipe sampler's time goes, and why its resampling stays in numpy.
+"""Where the recipe sampler's time goes, and how its resampling is computed (compiled, numpy or torch).
 
 Stages: `sampler.batch(0, i, 4)` with every augmentation of the paper's recipe on and a quarter
 synthetic tasks (the sampler benchmark's RECIPE case), with each stage of useg.data.recipe_pixels
@@ -6,11 +6,12 @@ and the synthetic renderer timed by the thread's CPU time while it runs (nested 
 their caller too: blur and sharpness are part of intensity).
 
 Resampling: one chunk of the recipe (3 images of 128x128 under one rotation and zoom, bilinear
-for the images, nearest for the labels) by `recipe_pixels._resample` against torch's
-`grid_sample` (the two calls a torch version would make), one thread each, interleaved. Then
-whether each gives the same bits under every CPU instruction set its library can pick on this
-machine: torch's kernels chosen by ATEN_CPU_CAPABILITY, numpy's by NPY_DISABLE_CPU_FEATURES, each
-in a fresh process. Batches are a pure function of (seed, epoch, index) only if they do.
+for the images, nearest for the labels) by the compiled loop (numba), by its numpy version and by
+torch's `grid_sample` (the two calls a torch version would make), one thread each, interleaved.
+Then whether each gives the same bits under every CPU instruction set it can be made to use on
+this machine: numba's code generated for NUMBA_CPU_NAME, numpy's loops limited by
+NPY_DISABLE_CPU_FEATURES, torch's kernels chosen by ATEN_CPU_CAPABILITY, each in a fresh process.
+Batches are a pure function of (seed, epoch, index) only if they do.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import numpy as np
 from .common import REPO, Row, Section, Settings, interleaved, median, spread
 
 SIZE, CHUNK = 128, 3
-STAGES = {"recipe_pixels": ("_resample", "_intensity", "_blur", "_sharpen", "_linear_intensity", "_changed_labels",
-                            "_upsample", "_control_maps", "_affine_maps", "_draw"),
+STAGES = {"recipe_pixels": ("resample", "_intensity", "blur", "sharpen", "tone", "_linear_intensity",
+                            "_changed_labels", "_upsample", "_control_maps", "_affine_maps", "_draw"),
           "synthetic_tasks": ("render_subjects", "make_family")}
 TORCH_CAPABILITIES = ("default", "avx2", "avx512")
+NUMBA_CPUS = ("host", "generic", "haswell")  # this CPU's features, plain x86-64, AVX2 without AVX-512
 _AVX512 = "AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
 NUMPY_FEATURES_OFF = {"all": "", "no avx512": _AVX512, "no avx2, avx512": f"AVX2 FMA3 {_AVX512}"}
 
@@ -93,46 +95,63 @@ def _resample_section(rounds: int) -> Section:
     import torch
     from torch.nn.functional import grid_sample
 
-    from useg.data.recipe_pixels import _resample
+    from useg.data.resampling import resample, resample_numpy
 
     images, labels, rows, cols = _chunk()
     grid = _grid(rows, cols)
     images_t, labels_t = torch.from_numpy(images)[:, None], torch.from_numpy(labels.astype(np.float32))[:, None]
+    part = np.arange(CHUNK)
+
+    def timed(function):
+        def one() -> float:
+            r, c = rows.copy(), cols.copy()  # the resampling overwrites its maps
+            begin = time.thread_time()
+            function(images, labels, part, r, c)
+            return (time.thread_time() - begin) * 1e6
+        return one
+
+    def torch_version() -> float:
+        begin = time.thread_time()
+        grid_sample(images_t, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        grid_sample(labels_t, grid, mode="nearest", padding_mode="zeros", align_corners=True)
+        return (time.thread_time() - begin) * 1e6
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        def ours() -> float:
-            r, c = rows.copy(), cols.copy()  # _resample overwrites its maps
-            begin = time.thread_time()
-            _resample(images, labels, np.arange(CHUNK), r, c)
-            return (time.thread_time() - begin) * 1e6
-
-        def torch_version() -> float:
-            begin = time.thread_time()
-            grid_sample(images_t, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-            grid_sample(labels_t, grid, mode="nearest", padding_mode="zeros", align_corners=True)
-            return (time.thread_time() - begin) * 1e6
-
-        timings = interleaved({"ours": ours, "torch": torch_version}, rounds, warmup=3)
+        timings = interleaved({"compiled": timed(resample), "numpy": timed(resample_numpy), "torch": torch_version},
+                              rounds, warmup=3)
     finally:
         torch.set_num_threads(threads)
-    ours_hashes = {name: _fresh_hash("numpy", {"NPY_DISABLE_CPU_FEATURES": off}) for name, off in NUMPY_FEATURES_OFF.items()}
-    torch_hashes = {cap: _fresh_hash("torch", {"ATEN_CPU_CAPABILITY": cap}) for cap in TORCH_CAPABILITIES}
-    section = Section("Recipe resampling: numpy (ours) against torch's grid_sample (3 images of 128x128)",
-                      "numpy (recipe_pixels._resample)", "torch grid_sample")
-    ratio = median(timings["torch"]) / median(timings["ours"])
+    hashes = {"compiled": {cpu: _fresh_hash("compiled", {"NUMBA_CPU_NAME": cpu}) for cpu in NUMBA_CPUS},
+              "numpy": {name: _fresh_hash("numpy", {"NPY_DISABLE_CPU_FEATURES": off})
+                        for name, off in NUMPY_FEATURES_OFF.items()},
+              "torch": {cap: _fresh_hash("torch", {"ATEN_CPU_CAPABILITY": cap}) for cap in TORCH_CAPABILITIES}}
+    same = len({next(iter(hashes["compiled"].values())), *hashes["numpy"].values()}) == 1
+    section = Section("Recipe resampling: compiled (numba) and numpy, against torch's grid_sample (3 images of 128x128)",
+                      "compiled (useg.data.resampling.resample)", "numpy (resample_numpy)")
+    compiled_us, numpy_us, torch_us = (median(timings[name]) for name in ("compiled", "numpy", "torch"))
     section.rows.append(Row(case="one chunk, bilinear images and nearest labels, one thread",
-                            command="`_resample(...)` vs `grid_sample(bilinear)` + `grid_sample(nearest)`, thread CPU time",
-                            ours=spread(timings["ours"], _microseconds), baseline=spread(timings["torch"], _microseconds),
-                            ratio=f"{ratio:.2f}x the time"))
+                            command="`resample(...)` vs `resample_numpy(...)`, thread CPU time, interleaved",
+                            ours=spread(timings["compiled"], _microseconds),
+                            baseline=spread(timings["numpy"], _microseconds), ratio=f"{compiled_us / numpy_us:.2f}x the time"))
+    section.rows.append(Row(case="torch's grid_sample on the same chunk", command="`grid_sample(bilinear)` + "
+                            "`grid_sample(nearest)`, one torch thread, in the same rounds", ours="-",
+                            baseline=spread(timings["torch"], _microseconds),
+                            ratio=f"{torch_us / numpy_us:.2f}x numpy's time"))
     section.rows.append(Row(case="same bits under every CPU instruction set here",
-                            command="fresh process per setting: NPY_DISABLE_CPU_FEATURES / ATEN_CPU_CAPABILITY",
-                            ours=_agreement(ours_hashes), baseline=_agreement(torch_hashes), ratio="-"))
+                            command="fresh process per setting: NUMBA_CPU_NAME / NPY_DISABLE_CPU_FEATURES "
+                                    "(baseline column: numpy; torch below)",
+                            ours=_agreement(hashes["compiled"]), baseline=_agreement(hashes["numpy"]),
+                            ratio="compiled = numpy" if same else "**compiled != numpy**"))
+    section.rows.append(Row(case="torch's grid_sample, same bits?", command="fresh process per ATEN_CPU_CAPABILITY",
+                            ours="-", baseline=_agreement(hashes["torch"]), ratio="-"))
     section.reading.append(
-        f"torch's grid_sample resamples a chunk in {ratio:.2f}x the time, but {_agreement(torch_hashes)}: batches "
-        "would then depend on the CPU a run (or its resume) lands on. The numpy path gives "
-        f"{_agreement(ours_hashes).split(':')[0]}, so it stays. A faster resampling needs a compiled kernel whose "
-        "arithmetic does not follow the CPU, under a draw version of its own.")
+        f"The compiled loop resamples a chunk in {compiled_us / numpy_us:.2f}x numpy's time and gives "
+        f"{'the same bits as numpy' if same else 'OTHER bits than numpy'} under every instruction set tried, so "
+        "batches do not depend on whether numba is installed nor on the CPU. torch's grid_sample takes "
+        f"{torch_us / numpy_us:.2f}x numpy's time, but gives {_agreement(hashes['torch'])}: batches would follow "
+        "the CPU a run, or its resume, lands on.")
     return section
 
 
@@ -161,15 +180,16 @@ import hashlib, sys
 import numpy as np
 from bench.resample_choice import CHUNK, _chunk, _grid
 images, labels, rows, cols = _chunk()
-if sys.argv[1] == "numpy":
-    from useg.data.recipe_pixels import _resample
-    out = _resample(images, labels, np.arange(CHUNK), rows, cols)[0]
-else:
+if sys.argv[1] == "torch":
     import torch
     from torch.nn.functional import grid_sample
     torch.set_num_threads(1)
     out = grid_sample(torch.from_numpy(images)[:, None], _grid(rows, cols), mode="bilinear", padding_mode="zeros",
                       align_corners=True).numpy()
+else:
+    from useg.data.resampling import resample, resample_numpy
+    function = resample if sys.argv[1] == "compiled" else resample_numpy
+    out = function(images, labels, np.arange(CHUNK), rows, cols)[0]
 print(hashlib.sha256(np.ascontiguousarray(out).tobytes()).hexdigest()[:12])
 """
 
