@@ -17,13 +17,17 @@ not an option in a process whose torch threads are running: a forked worker hung
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from useg.data import TaskSampler, make_synthetic, split_by_patient
+from useg.data.compiled import OFF_SWITCH, compiled
+from useg.data.resampling import _resample_pixels
 from useg.data.recipe import settings_from
 from useg.data.tasks import Recipe
 from useg.model import build_universeg
@@ -35,6 +39,7 @@ IMAGES_PER_BATCH = BATCH * (SUPPORT + 1)
 GOAL_PER_CORE = 10_000  # images/s (issue 17)
 RECIPE_GOAL_PER_CORE = 3_000  # images/s with every augmentation on and synthetic tasks (issue 26)
 RECIPE = "recipe"  # draw version 3 with every augmentation on: the paper's recipe, a quarter synthetic tasks
+RECIPE_NUMPY = "recipe, numpy loops"  # the same without numba's loops (the same batches, bit for bit)
 RECIPE_SYNTHETIC = 0.25
 CONFIG = f"{IMAGE_SIZE}x{IMAGE_SIZE}, support {SUPPORT}, batch {BATCH}"
 
@@ -45,7 +50,7 @@ def run(settings: Settings) -> list[Section]:
     section = Section(f"Task sampler at the official configuration ({CONFIG})",
                       "sampler images/s", "model images/s (forward+backward)")
     started = time.perf_counter()
-    samplers = {version: official_sampler(version) for version in (1, 2, RECIPE)}
+    samplers = {version: official_sampler(version) for version in (1, 2, RECIPE, RECIPE_NUMPY)}
     rounds = 8 if settings.quick else 24
     per_core = _per_core(samplers, rounds)
     model_wall, model_cpu = _model_step(1)  # one step after a warm-up: it takes minutes here
@@ -68,14 +73,19 @@ def run(settings: Settings) -> list[Section]:
         command="the same batches (seed 0, epoch 0) of each version, interleaved",
         ours=spread(per_core[2], _images_per_s), baseline=spread(per_core[1], _images_per_s),
         ratio=f"{new / median(per_core[1]):.1f}x faster"))
-    recipe = median(per_core[RECIPE])
+    recipe, recipe_numpy = median(per_core[RECIPE]), median(per_core[RECIPE_NUMPY])
+    loops = "numba's loops" if compiled(_resample_pixels) is not None else "numpy's loops (numba is not installed)"
     section.rows.append(Row(
-        case="sampler per core with every augmentation on (draw version 3, the paper's recipe)",
+        case=f"sampler per core with every augmentation on (draw version 3, the paper's recipe), {loops}",
         command="`sampler.batch(0, i, 4)` on one thread, `--task-augmentation paper --in-task-augmentation paper "
                 f"--synthetic-tasks {RECIPE_SYNTHETIC:g}`, per CPU second",
         ours=spread(per_core[RECIPE], _images_per_s), baseline=spread(per_core[2], _images_per_s),
         ratio=f"{recipe / new:.2f}x version 2", goal=f">= {RECIPE_GOAL_PER_CORE:,} images/s per core",
         verdict=verdict(recipe >= RECIPE_GOAL_PER_CORE)))
+    section.rows.append(Row(
+        case="the same, numba's loops vs numpy's (`pip install 'useg[fast]'` or not; the same batches bit for bit)",
+        command=f"as above; baseline with {OFF_SWITCH}=1, in the same rounds", ours=spread(per_core[RECIPE], _images_per_s),
+        baseline=spread(per_core[RECIPE_NUMPY], _images_per_s), ratio=f"{recipe / recipe_numpy:.2f}x"))
     workers = _threads_against_processes(samplers[2], 6 if settings.quick else 16, 2 if settings.quick else 4)
     thread_rate, process_rate = (median(workers[kind]) for kind in ("threads", "processes"))
     section.rows.append(Row(
@@ -87,10 +97,10 @@ def run(settings: Settings) -> list[Section]:
     section.reading.append(
         f"With every augmentation of the paper's recipe on and a quarter of the tasks synthetic, a core builds "
         f"{_images_per_s(recipe)} ({'met' if recipe >= RECIPE_GOAL_PER_CORE else 'missed'} against "
-        f"{RECIPE_GOAL_PER_CORE:,}): each image is resampled once along its composed warps and filtered "
-        "(blur, sharpness) where version 2 only copies and adds noise; still "
-        f"{recipe / model_per_core:,.0f}x what the model consumes per core. A default run (`on`: no warps, blur "
-        "or sharpness) costs less.")
+        f"{RECIPE_GOAL_PER_CORE:,}) with {loops}, {_images_per_s(recipe_numpy)} with numpy's: each image is "
+        "resampled once along its composed warps and filtered (blur, sharpness) where version 2 only copies and "
+        f"adds noise; still {recipe / model_per_core:,.0f}x what the model consumes per core. A default run (`on`: "
+        "no warps, blur or sharpness) costs less.")
     section.seconds = time.perf_counter() - started
     return [section]
 
@@ -99,7 +109,7 @@ def official_sampler(version: int | str) -> TaskSampler:
     """The sampler of draw version 1 or 2, or (RECIPE) of version 3 with every augmentation on."""
     dataset = make_synthetic(image_size=IMAGE_SIZE, seed=0, n_patients=96)
     split = split_by_patient(dataset, seed=0)
-    if version == RECIPE:
+    if version in (RECIPE, RECIPE_NUMPY):
         recipe = Recipe(settings_from("task", "paper"), settings_from("in_task", "paper"), RECIPE_SYNTHETIC)
         return TaskSampler(dataset, split.train, support_size=SUPPORT, seed=0, samples_per_epoch=10**6, recipe=recipe)
     return TaskSampler(dataset, split.train, support_size=SUPPORT, seed=0, samples_per_epoch=10**6,
@@ -111,15 +121,29 @@ def _per_core(samplers: dict[int, TaskSampler], rounds: int) -> dict[int, list[f
     for sampler in samplers.values():
         sampler.batch(0, 0, BATCH)  # builds the mirror copy and the noise bank: once per run
 
-    def timed(sampler: TaskSampler):
+    def timed(sampler: TaskSampler, numpy_loops: bool):
         def one() -> float:
             index = next(batches)
-            begin = time.thread_time()
-            sampler.batch(0, index, BATCH)
-            return IMAGES_PER_BATCH / (time.thread_time() - begin)
+            with numba_off(numpy_loops):
+                begin = time.thread_time()
+                sampler.batch(0, index, BATCH)
+                return IMAGES_PER_BATCH / (time.thread_time() - begin)
         return one
 
-    return interleaved({version: timed(sampler) for version, sampler in samplers.items()}, rounds, warmup=2)
+    return interleaved({version: timed(sampler, version == RECIPE_NUMPY) for version, sampler in samplers.items()},
+                       rounds, warmup=2)
+
+
+@contextlib.contextmanager
+def numba_off(off: bool):
+    """Run the recipe's numpy loops although numba is installed (USEG_NO_NUMBA), while `off`."""
+    if off:
+        os.environ[OFF_SWITCH] = "1"
+    try:
+        yield
+    finally:
+        if off:
+            del os.environ[OFF_SWITCH]
 
 
 def _model_step(runs: int) -> list[float]:

@@ -10,6 +10,8 @@ import torch
 
 from useg.data import TaskSampler
 from useg.data import recipe as recipe_module
+from useg.data.compiled import OFF_SWITCH, compiled
+from useg.data.resampling import _resample_pixels
 from useg.data.synthetic import make_synthetic
 from useg.data.tasks import SYNTHETIC, Recipe
 from useg.errors import ConfigError
@@ -138,3 +140,18 @@ def test_pairs_come_at_half_their_probability_and_without_them_a_task_draws_the_
     alone = [unpaired.batch(0, index, 1) for index in range(4)]
     for name, tensor in vars(together).items():
         assert torch.equal(tensor, torch.cat([getattr(one, name) for one in alone])), name
+
+
+@pytest.mark.skipif(compiled(_resample_pixels) is None, reason="numba (the fast extra) is not installed")
+def test_batches_are_the_same_with_numbas_loops_and_with_numpys(monkeypatch) -> None:
+    # Every augmentation at probability 1 but the inversions (which would undo each other), on images whose
+    # side is not a multiple of the elastic control spacing: every loop numba compiles takes part.
+    every = {name: 1.0 for name in recipe_module.probability_names(recipe_module.TaskAugmentation)}
+    task = recipe_module.settings_from("task", {**every, "label_inversion": 0.0, "inverted_pairs": 0.0})
+    in_task = recipe_module.settings_from(
+        "in_task", {name: 1.0 for name in recipe_module.probability_names(recipe_module.InTaskAugmentation)})
+    draws = sampler(make_synthetic(26, seed=1, n_patients=6, images_per_patient=3), Recipe(task, in_task, 0.5))
+    with_numba = [draws.batch(1, index, 3) for index in range(4)]
+    monkeypatch.setenv(OFF_SWITCH, "1")
+    assert compiled(_resample_pixels) is None
+    assert all(same_batch(a, draws.batch(1, index, 3)) for index, a in enumerate(with_numba))
