@@ -164,7 +164,7 @@ def _chunk() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     angle, zoom = 0.3, 0.9
     rows = (np.cos(angle) * row + np.sin(angle) * col) * zoom + 5 + 1
     cols = (-np.sin(angle) * row + np.cos(angle) * col) * zoom + 40 + 1
-    return images, labels, np.repeat(rows[None], CHUNK, 0), np.repeat(cols[None], CHUNK, 0)
+    return images, labels, *(np.repeat(m[None], CHUNK, 0).astype(np.float32) for m in (rows, cols))
 
 
 def _grid(rows: np.ndarray, cols: np.ndarray):

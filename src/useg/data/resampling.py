@@ -19,6 +19,8 @@ from useg.data.compiled import compiled
 def resample(images: np.ndarray, labels: np.ndarray, part: np.ndarray, rows: np.ndarray,
              cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """images[part] (float32) bilinearly and labels[part] (uint8) at the nearest pixel, at `rows`, `cols`."""
+    if rows.dtype != np.float32 or cols.dtype != np.float32:  # the arithmetic both versions agree on
+        raise TypeError(f"source positions must be float32, not {rows.dtype} and {cols.dtype}")
     kernel = compiled(_resample_pixels)
     if kernel is None:
         return resample_numpy(images, labels, part, rows, cols)
