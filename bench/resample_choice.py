@@ -128,13 +128,15 @@ def _resample_section(rounds: int) -> Section:
                         for name, off in NUMPY_FEATURES_OFF.items()},
               "torch": {cap: _fresh_hash("torch", {"ATEN_CPU_CAPABILITY": cap}) for cap in TORCH_CAPABILITIES}}
     same = len({next(iter(hashes["compiled"].values())), *hashes["numpy"].values()}) == 1
-    section = Section("Recipe resampling: compiled (numba) and numpy, against torch's grid_sample (3 images of 128x128)",
+    section = Section("Recipe resampling: compiled (numba) and numpy, against torch's grid_sample "
+                      "(3 images of 128x128)",
                       "compiled (useg.data.resampling.resample)", "numpy (resample_numpy)")
     compiled_us, numpy_us, torch_us = (median(timings[name]) for name in ("compiled", "numpy", "torch"))
     section.rows.append(Row(case="one chunk, bilinear images and nearest labels, one thread",
                             command="`resample(...)` vs `resample_numpy(...)`, thread CPU time, interleaved",
                             ours=spread(timings["compiled"], _microseconds),
-                            baseline=spread(timings["numpy"], _microseconds), ratio=f"{compiled_us / numpy_us:.2f}x the time"))
+                            baseline=spread(timings["numpy"], _microseconds),
+                            ratio=f"{compiled_us / numpy_us:.2f}x the time"))
     section.rows.append(Row(case="torch's grid_sample on the same chunk", command="`grid_sample(bilinear)` + "
                             "`grid_sample(nearest)`, one torch thread, in the same rounds", ours="-",
                             baseline=spread(timings["torch"], _microseconds),

@@ -84,7 +84,8 @@ def run(settings: Settings) -> list[Section]:
         verdict=verdict(recipe >= RECIPE_GOAL_PER_CORE)))
     section.rows.append(Row(
         case="the same, numba's loops vs numpy's (`pip install 'useg[fast]'` or not; the same batches bit for bit)",
-        command=f"as above; baseline with {OFF_SWITCH}=1, in the same rounds", ours=spread(per_core[RECIPE], _images_per_s),
+        command=f"as above; baseline with {OFF_SWITCH}=1, in the same rounds",
+        ours=spread(per_core[RECIPE], _images_per_s),
         baseline=spread(per_core[RECIPE_NUMPY], _images_per_s), ratio=f"{recipe / recipe_numpy:.2f}x"))
     workers = _threads_against_processes(samplers[2], 6 if settings.quick else 16, 2 if settings.quick else 4)
     thread_rate, process_rate = (median(workers[kind]) for kind in ("threads", "processes"))

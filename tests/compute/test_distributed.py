@@ -46,7 +46,8 @@ def torchrun(*args: str, env: dict | None = None, timeout: float = 300) -> subpr
             time.sleep(5)
             signal_each(stuck, signal.SIGKILL)
             stdout, stderr = process.communicate()
-            dumps = "\n".join(f"--- {dump.name}\n{dump.read_text()[-6000:]}" for dump in sorted(Path(stacks).glob("*.txt")))
+            dumps = "\n".join(f"--- {dump.name}\n{dump.read_text()[-6000:]}"
+                              for dump in sorted(Path(stacks).glob("*.txt")))
             pytest.fail(f"useg {' '.join(args)} on two ranks hung for {timeout} s; stacks:\n{dumps}\n"
                         f"stderr:\n{stderr[-3000:]}\nstdout:\n{stdout[-2000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -35,7 +35,8 @@ def test_the_compiled_kernel_gives_numpys_bits(seed, count, height, width):
     labels = (rng.random(images.shape) < 0.5).astype(np.uint8)
     part = rng.choice(count + 2, count, replace=False)
     rows, cols = maps(rng, count, height, width)
-    ours, reference = (function(images, labels, part, rows.copy(), cols.copy()) for function in (resample, resample_numpy))
+    ours, reference = (function(images, labels, part, rows.copy(), cols.copy())
+                       for function in (resample, resample_numpy))
     assert ours[0].tobytes() == reference[0].tobytes()
     assert ours[1].tobytes() == reference[1].tobytes()
 

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not launched_by_torchrun():
         return run_command(args)
-    end_group_with_process()
+    end_group_with_process()  # the worker ends below, without interpreter teardown: its group goes with it
     end_worker_process(run_command(args))
 
 

@@ -60,9 +60,9 @@ def close_world(world: World) -> None:
 def end_group_with_process() -> None:
     """This process ends with `end_worker_process` once it has trained: leave the process group to the exit.
 
-    Gloo's teardown in destroy_process_group can hang for good on a rank whose peers have already
-    left (pytorch/pytorch#75097): seen once as a CI run whose two ranks had trained and saved every
-    epoch, one of them stuck in train() for 300 s. os._exit closes the group's sockets without it."""
+    destroy_process_group is known to hang for good now and then (pytorch/pytorch#75097), and a CI run
+    once hung for 300 s with both ranks past their last save, one still inside train(); os._exit
+    closes the group's sockets without that call."""
     global _GROUP_ENDS_WITH_PROCESS
     _GROUP_ENDS_WITH_PROCESS = True
 

@@ -157,7 +157,8 @@ def tone(images: np.ndarray, linear: tuple[np.ndarray, np.ndarray] | None, bank:
     kernel = compiled(_tone_pixels)
     if kernel is None:
         return tone_numpy(images, linear, bank, starts, stds)
-    gains, shifts = linear if linear is not None else (np.ones(len(images), np.float32), np.zeros(len(images), np.float32))
+    unchanged = (np.ones(len(images), np.float32), np.zeros(len(images), np.float32))
+    gains, shifts = linear if linear is not None else unchanged
     kernel(images, linear is not None, gains, shifts, bank, np.asarray(starts, np.int64), stds.astype(np.float32),
            stds != 0)
 

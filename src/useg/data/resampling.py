@@ -55,7 +55,8 @@ def _resample_pixels(padded, padded_labels, rows, cols, out_images, out_labels):
             step = (source[k + stride + one] - lower) * col_fraction
             lower = lower + step
             all_images[j] = upper + (lower - upper) * row_fraction
-            all_labels[j] = source_labels[k + stride * np.uint64(row_fraction >= half) + np.uint64(col_fraction >= half)]
+            nearest = k + stride * np.uint64(row_fraction >= half) + np.uint64(col_fraction >= half)
+            all_labels[j] = source_labels[nearest]
 
 
 def padded_sources(images: np.ndarray, labels: np.ndarray, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

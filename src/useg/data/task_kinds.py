@@ -68,7 +68,8 @@ def _edge_pixels(masks, band):  # pragma: no cover (numba)
                 left, right = max(x - 1, 0), min(x + 1, width - 1)
                 row[x] = (across[right] != across[left]) | (down_diff[left] + 2 * down_diff[x] + down_diff[right] != 0)
             for x in range(1, width - 1):  # no branch: LLVM vectorizes it
-                row[x] = (across[x + 1] != across[x - 1]) | (down_diff[x - 1] + 2 * down_diff[x] + down_diff[x + 1] != 0)
+                down = down_diff[x - 1] + 2 * down_diff[x] + down_diff[x + 1]
+                row[x] = (across[x + 1] != across[x - 1]) | (down != 0)
 
 
 def task_labels(kind: str, labels: np.ndarray) -> np.ndarray:
