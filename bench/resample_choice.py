@@ -3,7 +3,7 @@
 Stages: `sampler.batch(0, i, 4)` with every augmentation of the paper's recipe on and a quarter
 synthetic tasks (the sampler benchmark's RECIPE case), with each stage of useg.data.recipe_pixels
 and the synthetic renderer timed by the thread's CPU time while it runs (nested stages count in
-their caller too: blur and sharpness are part of intensity).
+their caller too: blur, sharpness and tone are part of _intensity).
 
 Resampling: one chunk of the recipe (3 images of 128x128 under one rotation and zoom, bilinear
 for the images, nearest for the labels) by the compiled loop (numba), by its numpy version and by
