@@ -17,7 +17,6 @@ Batches are a pure function of (seed, epoch, index) only if they do.
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import subprocess
 import sys

@@ -26,8 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from useg.data import TaskSampler, make_synthetic, split_by_patient
-from useg.data.compiled import OFF_SWITCH, compiled
-from useg.data.resampling import _resample_pixels
+from useg.data.compiled import OFF_SWITCH, enabled
 from useg.data.recipe import settings_from
 from useg.data.tasks import Recipe
 from useg.model import build_universeg
@@ -74,7 +73,7 @@ def run(settings: Settings) -> list[Section]:
         ours=spread(per_core[2], _images_per_s), baseline=spread(per_core[1], _images_per_s),
         ratio=f"{new / median(per_core[1]):.1f}x faster"))
     recipe, recipe_numpy = median(per_core[RECIPE]), median(per_core[RECIPE_NUMPY])
-    loops = "numba's loops" if compiled(_resample_pixels) is not None else "numpy's loops (numba is not installed)"
+    loops = "numba's loops" if enabled() else "numpy's loops (numba is not installed)"
     section.rows.append(Row(
         case=f"sampler per core with every augmentation on (draw version 3, the paper's recipe), {loops}",
         command="`sampler.batch(0, i, 4)` on one thread, `--task-augmentation paper --in-task-augmentation paper "

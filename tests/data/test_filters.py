@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from useg.data import filters
-from useg.data.compiled import compiled
+from useg.data.compiled import enabled
 
-needs_numba = pytest.mark.skipif(compiled(filters._blur_pixels) is None,
-                                 reason="numba (the fast extra) is not installed")
+needs_numba = pytest.mark.skipif(not enabled(),
+                                 reason="numba's loops are off: the fast extra is not installed, or USEG_NO_NUMBA is set")
 
 
 def stack(seed: int, count: int, height: int, width: int, flipped: bool = False) -> np.ndarray:

@@ -10,8 +10,7 @@ import torch
 
 from useg.data import TaskSampler
 from useg.data import recipe as recipe_module
-from useg.data.compiled import OFF_SWITCH, compiled
-from useg.data.resampling import _resample_pixels
+from useg.data.compiled import OFF_SWITCH, enabled
 from useg.data.synthetic import make_synthetic
 from useg.data.tasks import SYNTHETIC, Recipe
 from useg.errors import ConfigError
@@ -142,7 +141,8 @@ def test_pairs_come_at_half_their_probability_and_without_them_a_task_draws_the_
         assert torch.equal(tensor, torch.cat([getattr(one, name) for one in alone])), name
 
 
-@pytest.mark.skipif(compiled(_resample_pixels) is None, reason="numba (the fast extra) is not installed")
+@pytest.mark.skipif(not enabled(),
+                   reason="numba's loops are off: the fast extra is not installed, or USEG_NO_NUMBA is set")
 def test_batches_are_the_same_with_numbas_loops_and_with_numpys(monkeypatch) -> None:
     # Every augmentation at probability 1 but the inversions (which would undo each other), on images whose
     # side is not a multiple of the elastic control spacing: every loop numba compiles takes part.
@@ -153,5 +153,5 @@ def test_batches_are_the_same_with_numbas_loops_and_with_numpys(monkeypatch) -> 
     draws = sampler(make_synthetic(26, seed=1, n_patients=6, images_per_patient=3), Recipe(task, in_task, 0.5))
     with_numba = [draws.batch(1, index, 3) for index in range(4)]
     monkeypatch.setenv(OFF_SWITCH, "1")
-    assert compiled(_resample_pixels) is None
+    assert not enabled()
     assert all(same_batch(a, draws.batch(1, index, 3)) for index, a in enumerate(with_numba))

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from useg.data import resampling
-from useg.data.compiled import compiled
+from useg.data.compiled import enabled
 from useg.data.resampling import resample, resample_numpy
 
 # Positions where rounding decides: on a pixel, half way, at and beyond the padded border, signed zeros.
@@ -25,7 +24,8 @@ def maps(rng: np.random.Generator, count: int, height: int, width: int) -> tuple
     return rows, cols
 
 
-@pytest.mark.skipif(compiled(resampling._resample_pixels) is None, reason="numba (the fast extra) is not installed")
+@pytest.mark.skipif(not enabled(),
+                   reason="numba's loops are off: the fast extra is not installed, or USEG_NO_NUMBA is set")
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), count=st.integers(1, 4), height=st.integers(1, 24), width=st.integers(1, 24))
 def test_the_compiled_kernel_gives_numpys_bits(seed, count, height, width):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from useg.data import task_kinds
-from useg.data.compiled import compiled
+from useg.data.compiled import enabled
 from useg.data.task_kinds import edges, edges_numpy
 
 
-@pytest.mark.skipif(compiled(task_kinds._edge_pixels) is None, reason="numba (the fast extra) is not installed")
+@pytest.mark.skipif(not enabled(),
+                   reason="numba's loops are off: the fast extra is not installed, or USEG_NO_NUMBA is set")
 @settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), shape=st.lists(st.integers(1, 12), min_size=2, max_size=4),
        dtype=st.sampled_from([np.uint8, np.float32, bool]), flipped=st.booleans())

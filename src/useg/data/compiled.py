@@ -18,18 +18,26 @@ import os
 OFF_SWITCH = "USEG_NO_NUMBA"
 
 
+def enabled() -> bool:
+    """Whether the compiled loops run: numba is installed and USEG_NO_NUMBA is not set."""
+    return os.environ.get(OFF_SWITCH, "") in ("", "0") and _numba() is not None
+
+
 def compiled(function):
-    """`function` compiled by numba (on first use; cached on disk, the GIL released), or None: numba is not
-    installed, or USEG_NO_NUMBA is set."""
-    if os.environ.get(OFF_SWITCH, "") not in ("", "0"):
-        return None
-    return _compile(function)
+    """`function` compiled by numba (on first use; cached on disk, the GIL released), or None where not
+    `enabled`."""
+    return _compile(function) if enabled() else None
 
 
 @functools.cache
-def _compile(function):
+def _numba():
     try:
         import numba
     except ImportError:
         return None
-    return numba.njit(cache=True, nogil=True, boundscheck=False)(function)
+    return numba
+
+
+@functools.cache
+def _compile(function):
+    return _numba().njit(cache=True, nogil=True, boundscheck=False)(function)
