@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from useg.training.history import latest_log, read_log
+
 MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[1]
 SIDE_BY_SIDE = 2  # training runs at once, one thread each: the 2 cores the quality benchmarks assume
@@ -100,8 +102,8 @@ def evaluate_json(run_dir: Path, *args: str) -> dict:
 
 
 def training_history(run_dir: Path) -> dict:
-    """The history of a run's JSON log."""
-    return json.loads(next((run_dir / "logs").glob("training_*.json")).read_text())["history"]
+    """The history of a run's newest JSON log."""
+    return read_log(latest_log(run_dir / "logs"))["history"]
 
 
 def useg_args(*args: str) -> list[str]:
